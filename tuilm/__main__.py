@@ -1,0 +1,3 @@
+from tuilm.cli import main
+
+main()

@@ -1,0 +1,280 @@
+"""The `tuilm` command line. Imports stay inside commands so `tuilm --help` starts without loading torch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuilm import __version__
+from tuilm.errors import TuilmError
+
+app = typer.Typer(
+    name="tuilm",
+    help="Train small BPE language models and watch them learn, live in the terminal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Inspect training data.", no_args_is_help=True)
+vocab_app = typer.Typer(help="Train BPE tokenizers.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(vocab_app, name="vocab")
+
+ModelPath = Annotated[
+    Path,
+    typer.Option("--model-path", "-m", help="A .safetensors checkpoint, or a run directory (its best checkpoint)."),
+]
+Temperature = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.")]
+TopK = Annotated[int, typer.Option("--top-k", help="Sample among the K most likely tokens; 0 for all.")]
+TopP = Annotated[float, typer.Option("--top-p", help="Sample among the most likely tokens holding P of the mass.")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible samples.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tuilm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Train small BPE language models and watch them learn, live in the terminal.
+
+    Start with `tuilm train tiny_shakespeare`, then `tuilm chat --model-path runs/<run>`.
+    """
+
+
+@app.command()
+def train(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="A recipe name (see `tuilm recipes`), a recipe .toml file, a dataset name, or a data path "
+            "(.txt, .jsonl, .jsonl.zst, or a directory of .txt files).",
+            show_default=False,
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a setting, e.g. --set train.lr=3e-4 --set d_model=256."),
+    ] = None,
+    headless: Annotated[bool, typer.Option("--headless", help="No dashboard: a progress bar or log lines.")] = False,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue the run in this directory from its last checkpoint.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<recipe>-<time>).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Run name: the run directory becomes runs/<name>.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = None,
+    time: Annotated[str | None, typer.Option("--time", help="Wall-clock training budget, e.g. 90s, 10m, 1h.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Stop after this many optimizer steps.")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="Compile the model with torch.compile.")] = False,
+    wandb: Annotated[bool, typer.Option("--wandb", help="Also log to Weights & Biases.")] = False,
+    wandb_project: Annotated[str, typer.Option("--wandb-project", help="wandb project.")] = "tuilm",
+    wandb_name: Annotated[str | None, typer.Option("--wandb-name", help="wandb run name.")] = None,
+) -> None:
+    """Train a model: a live dashboard in a terminal, a progress bar otherwise (or with --headless).
+
+    Checkpoints go to the run directory: last.safetensors, best.safetensors and train_state.safetensors,
+    with metrics.jsonl beside them. Keys in the dashboard: p pause, s save, g sample, e evaluate, q quit.
+    """
+    from tuilm.train.run import TrainOptions, train_command
+
+    options = TrainOptions(
+        source=source,
+        overrides=list(overrides or []),
+        headless=headless,
+        resume=resume,
+        out=out,
+        name=name,
+        device=device,
+        time=time,
+        steps=steps,
+        compile=compile,
+        wandb=wandb,
+        wandb_project=wandb_project,
+        wandb_name=wandb_name,
+    )
+    raise typer.Exit(train_command(options))
+
+
+@app.command()
+def recipes() -> None:
+    """List the named recipes shipped in baseline/."""
+    from tuilm.train.run import list_recipes
+
+    list_recipes()
+
+
+@app.command()
+def sample(
+    model_path: ModelPath,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; - reads standard input.")] = "",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate.")] = 200,
+    temperature: Temperature = 0.8,
+    top_k: TopK = 0,
+    top_p: TopP = 0.95,
+    seed: Seed = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the whole context for every token.")] = False,
+    device: Device = "auto",
+) -> None:
+    """Print a completion of a prompt (streamed as it is sampled)."""
+    from tuilm.sampling import sample_command
+
+    prompt_text = sys.stdin.read() if prompt == "-" else prompt
+    sample_command(model_path, prompt_text, max_new_tokens, temperature, top_k, top_p, seed, not no_cache, device)
+
+
+@app.command(name="eval")
+def eval_(
+    model_path: ModelPath,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", "-d", help="Evaluate on this text (all of it); default: the run's own val split."),
+    ] = None,
+    device: Device = "auto",
+) -> None:
+    """Print validation loss, perplexity and bits per character."""
+    from tuilm.train.evaluate import eval_command
+
+    eval_command(model_path, data, device)
+
+
+@app.command()
+def chat(
+    model_path: ModelPath,
+    temperature: Temperature = 0.8,
+    top_k: TopK = 0,
+    top_p: TopP = 0.95,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens per reply.")] = 200,
+    seed: Seed = None,
+    prompt_format: Annotated[
+        str, typer.Option("--format", help="plain: continue the text; chat: turns separated by end-of-sequence.")
+    ] = "plain",
+    device: Device = "auto",
+) -> None:
+    """Talk to a checkpoint in a REPL that streams replies. /help lists the commands.
+
+    With standard input not a terminal, each input line is a prompt and each reply is printed.
+    """
+    from tuilm.chat.repl import chat_command
+
+    raise typer.Exit(chat_command(model_path, temperature, top_k, top_p, max_new_tokens, seed, prompt_format, device))
+
+
+@app.command()
+def health(run: Annotated[Path, typer.Argument(help="A run directory (with metrics.jsonl).")]) -> None:
+    """Summarise a run's gradient health: per-layer table with sparklines, and every alert raised."""
+    from tuilm.train.health_report import health_command
+
+    health_command(run)
+
+
+@app.command()
+def watch(run: Annotated[Path, typer.Argument(help="A run directory being written by another process.")]) -> None:
+    """Follow a run written by another process in the dashboard (read-only)."""
+    from tuilm.tui.app import watch_command
+
+    raise typer.Exit(watch_command(run))
+
+
+@app.command()
+def sweep(
+    recipe: Annotated[str, typer.Argument(help="Recipe name, .toml file or data path, as for `tuilm train`.")],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", "-g", help="key=v1,v2,... ; repeat for a grid over several keys."),
+    ] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Fixed override for every run.")] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option("--budget", help="Per-run budget: steps (e.g. 500), tokens (e.g. 2M tokens) or time (e.g. 60s)."),
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Repeat every configuration with this many seeds.")] = 1,
+    out: Annotated[Path | None, typer.Option("--out", help="Sweep directory (default runs/<name>).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Sweep name (default <recipe>-sweep-<keys>).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = None,
+) -> None:
+    """Train every combination of a grid; write results.csv, results.md and plots."""
+    from tuilm.sweep import sweep_command
+
+    raise typer.Exit(sweep_command(recipe, list(grid or []), list(overrides or []), budget, seeds, out, name, device))
+
+
+@app.command()
+def runs(folder: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs")) -> None:
+    """List runs: name, recipe, steps, best val loss, bits/char and status."""
+    from tuilm.sweep import runs_command
+
+    runs_command(folder)
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+) -> None:
+    """Show config differences side by side and overlay the runs' learning curves."""
+    from tuilm.sweep import compare_command
+
+    compare_command(run_dirs)
+
+
+@data_app.command("stats")
+def data_stats(
+    data: Annotated[str, typer.Argument(help="A dataset name or a data path.")],
+    vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary size.")] = 10_000,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Sequence length the policies are compared at.")] = 128,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for bucket's padding figure.")] = 32,
+) -> None:
+    """Documents, characters, tokens, the length distribution, and what each sequence policy keeps."""
+    from rich.console import Console
+
+    from tuilm.data.stats import corpus_stats, render
+
+    stats = corpus_stats(data, vocab_size, seq_len, batch_size, on_status=_status)
+    render(stats, Console())
+
+
+@vocab_app.command("train")
+def vocab_train(
+    data: Annotated[str, typer.Argument(help="A dataset name or a data path.")],
+    size: Annotated[int, typer.Option("--size", help="Vocabulary size, special tokens included.")] = 10_000,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the tokenizer JSON here.")] = None,
+) -> None:
+    """Train (or fetch from the cache) a byte-level BPE tokenizer."""
+    from tuilm.data.sources import load_corpus
+    from tuilm.data.tokenizer import TokenizerSettings, load_or_train, save_tokenizer, vocab_filename
+
+    corpus = load_corpus(data)
+    settings = TokenizerSettings(size)
+    tokenizer = load_or_train(corpus, settings, on_train=_status)
+    path = out or Path(vocab_filename(corpus.name, settings, settings.cache_key(corpus.fingerprint)))
+    save_tokenizer(tokenizer, path)
+    typer.echo(f"wrote {path} ({tokenizer.vocab_size:,} tokens)")
+
+
+def _status(message: str) -> None:
+    typer.echo(message + "…", err=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except TuilmError as e:
+        print_error(str(e))
+        sys.exit(e.exit_code)
+
+
+def print_error(message: str) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), message))

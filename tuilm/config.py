@@ -1,0 +1,305 @@
+"""Run configuration: frozen dataclasses, loaded from TOML recipes, overridden with `--set key=value`.
+
+A recipe is a TOML file with up to four tables, [data], [model], [train] and [health], plus an optional top-level
+`description`. Every field has a default, so `tuilm train data.txt` needs no recipe at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tuilm.errors import ConfigError
+from tuilm.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "tiny_shakespeare"  # a named dataset, or a path to .txt / .jsonl / .jsonl.zst / a directory
+    vocab_size: int = 10_000
+    policy: str = "pack"  # pack | pad | pad-overflow | bucket
+    stride: int = 0  # pack only: window stride; 0 means seq_len (no overlap)
+    overflow_min: int = 1  # pad-overflow and bucket: shortest overflow piece kept, in tokens
+    doc_mask: bool = False  # pack only: attention never crosses a document end; positions restart
+    split: str = "random"  # random | tail
+    val_fraction: float = 0.1
+    split_seed: int = 1337
+    train_fraction: float = 1.0  # use only this (seeded) fraction of the training documents
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32  # rows per optimizer step
+    micro_batch_size: int = 0  # rows per forward pass; 0 means batch_size (no accumulation)
+    optimizer: str = "adamw"  # adamw | adam | sgd | adafactor
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup, towards min_lr)
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # on matrices only
+    beta1: float = 0.9
+    beta2: float = 0.99
+    momentum: float = 0.9  # sgd
+    grad_clip: float = 1.0  # 0 turns clipping off
+    epochs: float = 0  # stopping criteria: 0 means unset; training stops at the first one reached
+    max_steps: int = 0
+    max_tokens: int = 0
+    time: str = ""  # wall-clock training budget, e.g. "90s", "10m", "1h30m"
+    patience: int = 0  # stop after this many evaluations without a new best val loss; 0 means never
+    eval_interval: int = 200  # steps
+    checkpoint_interval: int = 500  # steps
+    sample_prompt: str = "\n"  # text sampled from at each evaluation
+    sample_tokens: int = 80
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False
+    threads: int = 0  # CPU threads for torch; 0 leaves torch's default
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval: int = 25  # steps between per-layer measurements (see benchmarks/health_overhead.py)
+    nonfinite: str = "skip"  # skip | stop: what a NaN/Inf loss or gradient does
+    explode_factor: float = 10.0  # global grad norm above this multiple of its running average
+    explode_limit: float = 1e4  # ... or above this absolute value
+    vanish_floor: float = 1e-8  # a layer's grad norm below this
+    vanish_ratio: float = 1e-4  # ... or below this fraction of the median layer's
+    update_low: float = -5.0  # log10 update/weight ratio band; healthy is near -3
+    update_high: float = -1.0
+    spike_factor: float = 1.5  # loss above this multiple of its running average
+    dead_limit: float = 0.5  # fraction of an MLP's ReLU units that never fire on a batch
+    overfit_evals: int = 3  # val loss rising this many evaluations in a row while train loss falls
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    recipe: str = "custom"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["model"].pop("vocab_size", None)  # follows the tokenizer, set by data.vocab_size
+        return out
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "health": HealthConfig}
+CHOICES = {
+    "data.policy": ("pack", "pad", "pad-overflow", "bucket"),
+    "data.split": ("random", "tail"),
+    "train.optimizer": ("adamw", "adam", "sgd", "adafactor"),
+    "train.schedule": ("cosine", "linear", "constant"),
+    "train.dtype": ("auto", "fp32", "bf16", "fp16"),
+    "health.nonfinite": ("skip", "stop"),
+}
+_HIDDEN = {"model.vocab_size"}  # set through data.vocab_size; the model takes the tokenizer's real size
+
+
+def all_keys() -> list[str]:
+    keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+    return [k for k in keys if k not in _HIDDEN]
+
+
+def from_dict(data: dict[str, Any], recipe: str = "custom") -> RunConfig:
+    data = dict(data)
+    description = data.pop("description", "")
+    data.pop("recipe", None)
+    parts: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        values = data.pop(section, {}) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table of settings")
+        kwargs = {}
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if dotted not in all_keys():
+                raise ConfigError(f"unknown setting '{dotted}'{_suggest(dotted)}")
+            kwargs[key] = _coerce(dotted, value)
+        parts[section] = cls(**kwargs)
+    if data:
+        key = next(iter(data))
+        raise ConfigError(f"unknown setting '{key}'{_suggest(key)} (sections are {', '.join(SECTIONS)})")
+    config = RunConfig(recipe=recipe, description=str(description), **parts)
+    validate(config)
+    return config
+
+
+def load_toml(path: Path, recipe: str | None = None) -> RunConfig:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    try:
+        return from_dict(data, recipe or Path(path).stem)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `key=value` strings; a key may drop its section when the name is unique (`lr=3e-4`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.lr=3e-4")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        dotted = resolve_key(key)
+        section, name = dotted.split(".")
+        value = _coerce(dotted, _parse_value(raw))
+        config = replace(config, **{section: replace(getattr(config, section), **{name: value})})
+    validate(config)
+    return config
+
+
+def resolve_key(key: str) -> str:
+    keys = all_keys()
+    if key in keys:
+        return key
+    matches = [k for k in keys if k.split(".")[1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"'{key}' is ambiguous; write one of: {', '.join(matches)}")
+    raise ConfigError(f"unknown setting '{key}'{_suggest(key)}")
+
+
+def _suggest(key: str) -> str:
+    keys = all_keys()
+    pool = keys if "." in key else [k.split(".")[1] for k in keys]
+    close = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+    if close:
+        best = close[0] if "." in key else resolve_key(close[0]) if pool.count(close[0]) == 1 else close[0]
+        return f"; did you mean '{best}'?"
+    return "; run `tuilm train --help` or see README.md for the settings"
+
+
+def _parse_value(raw: str) -> Any:
+    """TOML's syntax for one value (numbers, true/false, "strings"), falling back to a bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _field_type(dotted: str) -> type:
+    section, name = dotted.split(".")
+    default = next(f for f in fields(SECTIONS[section]) if f.name == name)
+    value = default.default
+    return type(value) if value is not None else (int if name == "d_ff" else str)
+
+
+def _coerce(dotted: str, value: Any) -> Any:
+    kind = _field_type(dotted)
+    if dotted == "model.d_ff" and value in (None, 0, "auto", "none"):
+        return None
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+                return value.lower() in ("true", "yes", "on", "1")
+            if isinstance(value, bool | int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if kind is int:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError
+            return int(str(value).replace("_", ""))
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except ValueError:
+        raise ConfigError(f"{dotted} must be {kind.__name__}, got {value!r}") from None
+
+
+def validate(config: RunConfig) -> None:
+    for dotted, choices in CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in choices:
+            raise ConfigError(f"{dotted} '{value}' is not one of: {', '.join(choices)}")
+    d, t = config.data, config.train
+    checks = [
+        (
+            d.vocab_size >= 258,
+            f"data.vocab_size must be at least 258 (256 bytes + 2 special tokens), got {d.vocab_size}",
+        ),
+        (0 < d.val_fraction < 1, f"data.val_fraction must be between 0 and 1, got {d.val_fraction}"),
+        (0 < d.train_fraction <= 1, f"data.train_fraction must be in (0, 1], got {d.train_fraction}"),
+        (
+            d.stride == 0 or 1 <= d.stride <= config.model.seq_len,
+            f"data.stride must be 0 or 1..seq_len, got {d.stride}",
+        ),
+        (d.overflow_min >= 1, f"data.overflow_min must be at least 1, got {d.overflow_min}"),
+        (t.batch_size >= 1, f"train.batch_size must be at least 1, got {t.batch_size}"),
+        (t.micro_batch_size >= 0, f"train.micro_batch_size must be 0 or positive, got {t.micro_batch_size}"),
+        (t.lr > 0, f"train.lr must be positive, got {t.lr}"),
+        (0 <= t.min_lr <= t.lr, f"train.min_lr must be between 0 and train.lr ({t.lr}), got {t.min_lr}"),
+        (t.warmup_steps >= 0, f"train.warmup_steps must be 0 or more, got {t.warmup_steps}"),
+        (t.grad_clip >= 0, f"train.grad_clip must be 0 (off) or positive, got {t.grad_clip}"),
+        (t.eval_interval >= 1, f"train.eval_interval must be at least 1, got {t.eval_interval}"),
+        (t.checkpoint_interval >= 1, f"train.checkpoint_interval must be at least 1, got {t.checkpoint_interval}"),
+        (
+            min(t.epochs, t.max_steps, t.max_tokens) >= 0,
+            "stopping criteria (epochs, max_steps, max_tokens) must be >= 0",
+        ),
+        (config.health.interval >= 0, f"health.interval must be 0 (off) or positive, got {config.health.interval}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if t.time:
+        parse_duration(t.time)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90", "90s", "10m", "1h30m", "1.5h"."""
+    text = str(text).strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or _DURATION.sub("", text).strip():
+        raise ConfigError(f"time '{text}' is not a duration; write e.g. 90s, 10m or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """TOML for a flat config dict of tables (the standard library reads TOML but cannot write it)."""
+    lines = []
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables.items():
+        lines += ["", f"[{name}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)

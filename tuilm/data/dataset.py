@@ -1,0 +1,73 @@
+"""One call from a data config to everything training needs: corpus, tokenizer, split, rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tuilm.data.pipeline import Rows, TokenizedDocs, eval_rows, make_rows, split_indices, tokenize
+from tuilm.data.sources import Corpus, load_corpus
+from tuilm.data.tokenizer import Tokenizer, TokenizerSettings, load_or_train
+
+
+@dataclass(frozen=True)
+class Dataset:
+    corpus: Corpus
+    tokenizer: Tokenizer
+    train: TokenizedDocs
+    val: TokenizedDocs
+    train_rows: Rows
+    val_rows: Rows
+
+    def summary(self) -> dict:
+        report = self.train_rows.report
+        return {
+            "source": self.corpus.name,
+            "fingerprint": self.corpus.fingerprint,
+            "documents": len(self.corpus.documents),
+            "characters": self.corpus.n_chars,
+            "vocab_size": self.tokenizer.vocab_size,
+            "train_documents": self.train.n_docs,
+            "val_documents": self.val.n_docs,
+            "train_tokens": self.train.n_tokens,
+            "val_tokens": self.val.n_tokens,
+            "val_characters": self.val.chars,
+            "policy": report.policy,
+            "train_rows": report.rows,
+            "tokens_kept": report.tokens_kept,
+            "tokens_dropped": report.tokens_dropped,
+            "padding_fraction": round(report.padding_fraction, 4),
+        }
+
+
+def prepare(
+    data,
+    seq_len: int,
+    batch_size: int = 32,
+    *,
+    progress: bool = True,
+    on_status: Callable[[str], None] | None = None,
+) -> Dataset:
+    """`data` is a DataConfig. `progress` shows a download bar; `on_status` hears of tokenizer training."""
+    corpus = load_corpus(data.source, progress=progress)
+    tokenizer = load_or_train(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
+    train_idx, val_idx = split_indices(len(corpus.documents), data.split, data.val_fraction, data.split_seed)
+    if data.train_fraction < 1:
+        keep = max(1, round(len(train_idx) * data.train_fraction))
+        train_idx = np.sort(np.random.default_rng(data.split_seed + 1).choice(train_idx, keep, replace=False))
+    docs = corpus.documents
+    train_texts = [docs[i] for i in train_idx]
+    val_texts = [docs[i] for i in val_idx]
+    train = tokenize(tokenizer.encode_batch(train_texts), train_texts, tokenizer.eos_id)
+    val = tokenize(tokenizer.encode_batch(val_texts), val_texts, tokenizer.eos_id)
+    rows = make_rows(
+        train,
+        data.policy,
+        seq_len,
+        stride=data.stride or None,
+        overflow_min=data.overflow_min,
+        batch_size=batch_size,
+    )
+    return Dataset(corpus, tokenizer, train, val, rows, eval_rows(val, seq_len))

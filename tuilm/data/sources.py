@@ -1,0 +1,178 @@
+"""Where training text comes from: named datasets (found locally or downloaded) and local files.
+
+A corpus is a list of documents. Plain text splits on blank lines; JSONL (optionally zstd-compressed, the Pile's
+format) gives one document per record's `text` field; a directory gives the documents of every .txt file in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuilm.data.download import download, sha256_file
+from tuilm.errors import DataError
+
+DATA_DIR_ENV = "TUILM_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class NamedSource:
+    name: str
+    filename: str
+    url: str
+    sha256: str
+    size: int
+
+
+NAMED_SOURCES = {
+    "tiny_shakespeare": NamedSource(
+        name="tiny_shakespeare",
+        filename="tiny_shakespeare.txt",
+        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        size=1_115_394,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str  # the named source, or the path as given
+    path: Path
+    documents: list[str]
+    fingerprint: str  # sha256 of the raw bytes read, so caches keyed on it follow the content
+
+    @property
+    def n_chars(self) -> int:
+        return sum(len(d) for d in self.documents)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tuilm"
+
+
+def dataset_path(source: NamedSource, *, progress: bool = True) -> Path:
+    """The local file for a named source: $TUILM_DATA_DIR, then the user cache, else a verified download."""
+    candidates = []
+    if os.environ.get(DATA_DIR_ENV):
+        candidates.append(Path(os.environ[DATA_DIR_ENV]).expanduser() / source.filename)
+    cached = cache_dir() / "datasets" / source.filename
+    candidates.append(cached)
+    for path in candidates:
+        if path.is_file():
+            if sha256_file(path) != source.sha256:
+                raise DataError(
+                    f"{path} is not the expected {source.name} file (sha256 mismatch); delete or replace it"
+                )
+            return path
+    try:
+        return download(source.url, cached, source.sha256, progress=progress)
+    except DataError as e:
+        places = " or ".join(str(p) for p in candidates)
+        raise DataError(f"{e}; to work offline, put {source.filename} at {places}") from None
+
+
+def load_corpus(spec: str | Path, *, progress: bool = True) -> Corpus:
+    """A named dataset or a local path (.txt, .jsonl, .jsonl.zst, or a directory of .txt files)."""
+    spec = str(spec)
+    if spec in NAMED_SOURCES:
+        source = NAMED_SOURCES[spec]
+        path = dataset_path(source, progress=progress)
+        docs, digest = _read_text_file(path)
+        return Corpus(spec, path, docs, digest)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        known = ", ".join(NAMED_SOURCES)
+        raise DataError(f"{spec}: no such file or directory (named datasets: {known})")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise DataError(f"{path}: the directory holds no .txt files")
+        docs, hasher = [], hashlib.sha256()
+        for f in files:
+            file_docs, digest = _read_text_file(f, allow_empty=True)
+            docs += file_docs
+            hasher.update(f"{f.relative_to(path)}\0{digest}\0".encode())
+        if not docs:
+            raise DataError(f"{path}: every .txt file in the directory is empty")
+        return Corpus(spec, path, docs, hasher.hexdigest())
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.zst", ".json.zst")):
+        docs, digest = _read_jsonl(path)
+    else:
+        docs, digest = _read_text_file(path)
+    return Corpus(spec, path, docs, digest)
+
+
+_BLANK_LINES = re.compile(r"\r?\n(?:[ \t]*\r?\n)+")
+
+
+def split_documents(text: str) -> list[str]:
+    """Documents are separated by one or more blank lines; surrounding line breaks are dropped."""
+    docs = (d.strip("\r\n") for d in _BLANK_LINES.split(text))
+    return [d for d in docs if d.strip()]
+
+
+def decode_utf8(data: bytes, path: Path) -> str:
+    """Decode strictly, naming the offset of the first bad byte so the user can find it."""
+    nul = data.find(b"\0")
+    if nul != -1:
+        raise DataError(f"{path}: looks like a binary file (NUL byte at offset {nul}); tuilm trains on UTF-8 text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start} is invalid); "
+            "convert it with e.g. `iconv -t UTF-8`"
+        ) from None
+
+
+def _read_text_file(path: Path, *, allow_empty: bool = False) -> tuple[list[str], str]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    docs = split_documents(decode_utf8(data, path))
+    if not docs and not allow_empty:
+        raise DataError(f"{path}: the file is empty (no text to train on)")
+    return docs, hashlib.sha256(data).hexdigest()
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], str]:
+    hasher = hashlib.sha256()
+    docs = []
+    stream_errors: tuple[type[Exception], ...] = ()
+    with open(path, "rb") as raw:
+        stream = raw
+        if path.name.lower().endswith(".zst"):
+            import zstandard
+
+            # The Pile's shards were written with long windows; the default limit refuses them.
+            stream = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(raw)
+            stream_errors = (zstandard.ZstdError,)
+        try:
+            for lineno, line in enumerate(io.BufferedReader(stream), start=1):
+                hasher.update(line)
+                if not line.strip():
+                    continue
+                if b"\0" in line:
+                    raise DataError(f"{path}:{lineno}: looks like binary data (NUL byte); expected JSON lines")
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise DataError(f"{path}:{lineno}: not a JSON object ({e})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise DataError(f"{path}:{lineno}: each line must be a JSON object with a string 'text' field")
+                if record["text"].strip():
+                    docs.append(record["text"])
+        except stream_errors as e:
+            raise DataError(f"{path}: not a valid zstd-compressed file ({e})") from None
+    if not docs:
+        raise DataError(f"{path}: the file is empty (no records with text)")
+    return docs, hasher.hexdigest()

@@ -1,0 +1,154 @@
+"""Sampling from a model, token by token, through the KV cache.
+
+A prompt is encoded after an end-of-sequence token, the context every document started from in training.
+When the context window fills, the oldest tokens are dropped and the kept ones re-encoded into the cache.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuilm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 0.8
+    top_k: int = 0  # 0: no limit
+    top_p: float = 0.95  # 1.0: no limit
+    max_new_tokens: int = 200
+
+    def validate(self) -> None:
+        if not 0 <= self.temperature <= 100:
+            raise ConfigError(f"temperature must be between 0 (greedy) and 100, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top-k must be 0 (off) or positive, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
+
+
+def next_token(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """Sample ids (B,) from logits (B, V) with temperature, top-k and top-p (nucleus) filtering."""
+    if s.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / s.temperature
+    if s.top_k and s.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= s.top_p  # keep the token that crosses top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    context: list[int],
+    settings: SamplingSettings,
+    *,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    stop_ids: tuple[int, ...] = (),
+    on_truncate: Callable[[int], None] | None = None,
+) -> Iterator[int]:
+    """Yield up to max_new_tokens ids continuing `context` (which should start with the eos id).
+
+    `stop_ids` end generation (the stop token is yielded first). `on_truncate(n)` is told whenever n of the
+    oldest tokens leave the context window.
+    """
+    window = model.cfg.seq_len
+    device = next(model.parameters()).device
+    tokens = list(context)
+    if len(tokens) > window:
+        if on_truncate:
+            on_truncate(len(tokens) - window)
+        tokens = tokens[-window:]
+    was_training = model.training
+    model.eval()
+    try:
+        cache = model.new_cache(1) if use_cache else None
+        fed = 0  # tokens of `tokens` already in the cache
+        for _ in range(settings.max_new_tokens):
+            if len(tokens) > window:
+                # Keep the newest half-window so one re-encode buys many cheap cached steps.
+                keep = max(1, window // 2) if use_cache else window
+                if on_truncate:
+                    on_truncate(len(tokens) - keep)
+                tokens = tokens[-keep:]
+                fed = 0
+                if cache is not None:
+                    cache.reset()
+            if cache is not None:
+                x = torch.tensor([tokens[fed:]], device=device)
+                logits = model(x, cache=cache)[:, -1]
+                fed = len(tokens)
+            else:
+                logits = model(torch.tensor([tokens], device=device))[:, -1]
+            token = int(next_token(logits, settings, generator).item())
+            tokens.append(token)
+            yield token
+            if token in stop_ids:
+                return
+    finally:
+        model.train(was_training)
+
+
+def sample_text(model, tokenizer, prompt: str, settings: SamplingSettings, seed: int | None = None) -> str:
+    generator = make_generator(seed, next(model.parameters()).device)
+    ids = generate(model, [tokenizer.eos_id, *tokenizer.encode(prompt)], settings, generator=generator)
+    return tokenizer.decode(list(ids))
+
+
+def make_generator(seed: int | None, device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def sample_command(
+    model_path: Path,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    use_cache: bool,
+    device: str,
+) -> None:
+    from tuilm.checkpoint import load_checkpoint
+    from tuilm.train.device import pick_device
+
+    settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
+    settings.validate()
+    ckpt = load_checkpoint(model_path, pick_device(device))
+    tokenizer = ckpt.tokenizer
+    context = [tokenizer.eos_id, *tokenizer.encode(prompt)]
+    window = ckpt.model.cfg.seq_len
+    if len(context) > window:
+        print(
+            f"note: the prompt is {len(context) - 1} tokens; only its last {window - 1} fit the context window",
+            file=sys.stderr,
+        )
+    generator = make_generator(seed, next(ckpt.model.parameters()).device)
+    decoder = tokenizer.stream_decoder()
+    out = sys.stdout
+    out.write(prompt)
+    for token in generate(ckpt.model, context, settings, generator=generator, use_cache=use_cache):
+        out.write(decoder.feed(token))
+        out.flush()
+    out.write(decoder.flush() + "\n")

@@ -1,0 +1,91 @@
+"""Which device to train on and at what precision."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from tuilm.errors import ConfigError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto prefers CUDA, then Apple's MPS, then the CPU; an explicit device must be usable."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("CUDA is not available here (no GPU, or torch built without CUDA); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"there is no {name}: {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("MPS is not available here (Apple silicon with a recent macOS); use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device '{name}' is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # fp32 | bf16 | fp16
+    dtype: torch.dtype | None  # autocast dtype; None means plain fp32
+    scaler: bool  # fp16 needs loss scaling to keep small gradients from flushing to zero
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+
+def pick_precision(device: torch.device, name: str = "auto") -> Precision:
+    """Weights and optimizer stay fp32; autocast runs matmuls in bf16 (or fp16 with a GradScaler) on GPUs."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif device.type == "mps":
+            name = "fp16" if _mps_autocast_works() else "fp32"
+        else:
+            name = "fp32"
+    if name == "fp32":
+        return Precision("fp32", None, False)
+    if name == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("this GPU does not support bf16; use --set train.dtype=fp16")
+        return Precision("bf16", torch.bfloat16, False)
+    if name == "fp16":
+        if device.type == "cpu":
+            raise ConfigError("fp16 training is not supported on the CPU; use fp32 or bf16")
+        return Precision("fp16", torch.float16, True)
+    raise ConfigError(f"unknown dtype '{name}'; use auto, fp32, bf16 or fp16")
+
+
+def _mps_autocast_works() -> bool:
+    try:
+        with torch.autocast(device_type="mps", dtype=torch.float16):
+            x = torch.ones(2, 2, device="mps")
+            (x @ x).sum().item()
+        return True
+    except Exception:  # older macOS/torch: autocast on MPS raises; train in fp32 there
+        return False
+
+
+def memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated; MPS: currently allocated; CPU: this process's resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "mps":
+        return torch.mps.current_allocated_memory() / 2**20
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20

@@ -1,0 +1,224 @@
+"""Typed events from the trainer to whoever listens (dashboard, progress bar, metrics file, wandb).
+
+The trainer imports no front end: it calls `bus.emit(event)` and subscribers do the rest, in the trainer's
+thread, so a subscriber must be quick (the dashboard only appends to a buffer it drains on a timer).
+Every event serialises to one JSON object with an "event" field, which is what metrics.jsonl holds and what
+`tuilm watch` and `tuilm health` read back.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.kind, **{k: _finite(v) for k, v in asdict(self).items()}}
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    kind: ClassVar[str] = "run_started"
+    run_dir: str
+    name: str
+    recipe: str
+    config: dict
+    params: int
+    params_no_embeddings: int
+    device: str
+    dtype: str
+    data: dict
+    max_steps: int | None  # None when no criterion fixes it (time budget, or none at all)
+    resumed_step: int = 0
+    time: float = 0.0  # wall clock (unix seconds)
+
+
+@dataclass(frozen=True)
+class Step(Event):
+    kind: ClassVar[str] = "step"
+    step: int
+    epoch: float
+    tokens: int  # target tokens seen so far
+    loss: float
+    lr: float
+    tokens_per_s: float
+    step_time: float  # seconds
+    grad_norm: float  # global L2 norm before clipping
+    clipped: bool
+    elapsed: float  # seconds of training so far (evaluation excluded)
+    progress: float  # 0..1 towards the first stopping criterion; nan when none is set
+    loss_scale: float | None = None  # fp16 only
+    memory_mb: float | None = None
+    skipped: bool = False  # non-finite step that was dropped
+
+
+@dataclass(frozen=True)
+class Eval(Event):
+    kind: ClassVar[str] = "eval"
+    step: int
+    val_loss: float
+    val_ppl: float
+    val_bpc: float  # bits per character
+    best_val_loss: float
+    is_best: bool
+    train_loss: float  # mean training loss since the previous evaluation
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Health(Event):
+    """Per-layer signals every health interval. Lists are aligned with `layers`."""
+
+    kind: ClassVar[str] = "health"
+    step: int
+    layers: list[str]
+    grad_norm: list[float]
+    weight_norm: list[float]
+    update_ratio: list[float]  # log10 ||dw|| / ||w||
+    adam_m_norm: list[float] = field(default_factory=list)
+    adam_v_norm: list[float] = field(default_factory=list)
+    adam_snr: list[float] = field(default_factory=list)  # mean |m| / sqrt(v)
+    blocks: list[str] = field(default_factory=list)
+    act_mean: list[float] = field(default_factory=list)
+    act_std: list[float] = field(default_factory=list)
+    act_max: list[float] = field(default_factory=list)
+    mlp_std: list[float] = field(default_factory=list)
+    dead_fraction: list[float | None] = field(default_factory=list)
+    attn_entropy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Alert(Event):
+    kind: ClassVar[str] = "alert"
+    step: int
+    code: str  # nonfinite | exploding | vanishing | update_ratio | loss_spike | dead_units | overfitting
+    severity: str  # warn | bad
+    message: str
+    layer: str | None = None
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class Sample(Event):
+    kind: ClassVar[str] = "sample"
+    step: int
+    prompt: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    kind: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+    reason: str  # interval | best | end | stop | request
+
+
+@dataclass(frozen=True)
+class Status(Event):
+    """Training state changes: running, paused, evaluating, saving, stopping."""
+
+    kind: ClassVar[str] = "status"
+    step: int
+    state: str
+
+
+@dataclass(frozen=True)
+class Log(Event):
+    kind: ClassVar[str] = "log"
+    step: int
+    message: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    kind: ClassVar[str] = "finished"
+    step: int
+    reason: str  # max_steps | max_tokens | epochs | time | early_stop | stopped | interrupted | nonfinite
+    status: str  # completed | stopped | diverged
+    elapsed: float
+    tokens: int
+    best_val_loss: float | None
+    best_val_bpc: float | None
+    last_val_loss: float | None
+    last_val_bpc: float | None
+    tokens_per_s: float
+    last_checkpoint: str | None
+    best_checkpoint: str | None
+    peak_memory_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    kind: ClassVar[str] = "failed"
+    step: int
+    error: str
+    traceback: str = ""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (RunStarted, Step, Eval, Health, Alert, Sample, CheckpointSaved, Status, Log, Finished, Failed)
+}
+
+
+def from_dict(data: dict[str, Any]) -> Event | None:
+    """Rebuild an event from its JSON form; None for unknown kinds (a newer tuilm wrote them)."""
+    cls = EVENT_TYPES.get(data.get("event", ""))
+    if cls is None:
+        return None
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: _restore(v) for k, v in data.items() if k in names})
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN/Infinity; strings keep them readable and round-trip through _restore.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _restore(value: Any) -> Any:
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> Subscriber:
+        with self._lock:
+            self._subscribers.append(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            subscriber(event)

@@ -1,0 +1,298 @@
+"""Gradient health: the signals that say whether training is working, and alerts when it is not.
+
+Every step costs almost nothing here: the loss and the global gradient norm (which clipping computes anyway)
+feed running averages for the exploding and spike alerts. Every `interval` steps the monitor also measures, per
+layer group (embedding; each block's attention, MLP and norms; final norm; head):
+- gradient and weight L2 norms, and the update/weight ratio ||dw|| / ||w|| of the step just taken (log10;
+  healthy is near -3),
+- Adam's first and second moments and their signal-to-noise |m| / sqrt(v),
+- activation statistics of each block's output and MLP hidden layer (forward hooks), with the fraction of dead
+  ReLU units,
+- attention entropy per layer on a small sub-batch (the fused attention kernel returns no weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Callable
+
+import torch
+
+from tuilm.train import events as ev
+
+WARMUP_STEPS = 20  # running averages need some history before they can call a value abnormal
+REPEAT_AFTER = 100  # steps before the same alert (code, layer) may fire again
+ENTROPY_ROWS = 4
+
+
+def group_name(param_name: str) -> str:
+    """`blocks.3.attn.qkv.weight` -> `block3.attn`; norms of a block share one group."""
+    parts = param_name.split(".")
+    if parts[0] in ("tok_emb", "pos_emb"):
+        return "embedding"
+    if parts[0] == "blocks":
+        part = parts[2]
+        return f"block{parts[1]}.{'norm' if part.startswith('norm') else part}"
+    return parts[0]  # norm_f, head
+
+
+class HealthMonitor:
+    def __init__(self, model, optimizer, cfg, emit: Callable[[ev.Event], None], warmup_steps: int = 0):
+        """`cfg` is a HealthConfig; `emit` publishes Health and Alert events."""
+        self.model, self.optimizer, self.cfg, self.emit = model, optimizer, cfg, emit
+        self.warmup_steps = warmup_steps
+        self.names = [n for n, _ in model.named_parameters()]
+        self.params = [p for _, p in model.named_parameters()]
+        self.groups = list(dict.fromkeys(group_name(n) for n in self.names))
+        index = {g: i for i, g in enumerate(self.groups)}
+        self._group_of = torch.tensor([index[group_name(n)] for n in self.names])
+        self.relu_family = model.cfg.act in ("relu", "relu2")
+        self.grad_ema: float | None = None
+        self.loss_ema: float | None = None
+        self.seen = 0
+        self._last_alert: dict[tuple[str, str | None], int] = {}
+        self._evals: list[tuple[float, float]] = []  # (val loss, train loss)
+        self._grads: torch.Tensor | None = None
+        self._before: list[torch.Tensor] | None = None
+        self._acts: dict[str, list] = {}
+
+    # -- every step -------------------------------------------------------------------------------------------
+
+    def due(self, step: int) -> bool:
+        return self.cfg.interval > 0 and step % self.cfg.interval == 0
+
+    def check_step(self, step: int, loss: float, grad_norm: float) -> None:
+        c = self.cfg
+        self.seen += 1
+        if self.seen > WARMUP_STEPS and self.grad_ema is not None:
+            if grad_norm > c.explode_limit:
+                self._alert(
+                    step,
+                    "exploding",
+                    "bad",
+                    f"gradient norm {grad_norm:.3g} above the limit {c.explode_limit:g}",
+                    None,
+                    grad_norm,
+                )
+            elif grad_norm > c.explode_factor * self.grad_ema:
+                self._alert(
+                    step,
+                    "exploding",
+                    "bad",
+                    f"gradient norm {grad_norm:.3g} is {grad_norm / self.grad_ema:.0f}x its running average {self.grad_ema:.3g}",
+                    None,
+                    grad_norm,
+                )
+            if self.loss_ema is not None and loss > c.spike_factor * self.loss_ema:
+                self._alert(
+                    step,
+                    "loss_spike",
+                    "warn",
+                    f"loss {loss:.3f} spiked above {c.spike_factor:g}x its running average {self.loss_ema:.3f}",
+                    None,
+                    loss,
+                )
+        # Slow averages (about 50 steps) so that one spike does not hide the next.
+        self.grad_ema = grad_norm if self.grad_ema is None else 0.98 * self.grad_ema + 0.02 * min(grad_norm, 1e30)
+        self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
+
+    def first_nonfinite(self) -> str | None:
+        """The first parameter (in model order) whose weight or gradient holds NaN/Inf."""
+        for name, p in zip(self.names, self.params, strict=True):
+            if not torch.isfinite(p).all():
+                return f"{name} (weights)"
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                return name
+        return None
+
+    def group_of(self, where: str) -> str:
+        return group_name(where.split(" ")[0])
+
+    # -- every `interval` steps -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def activation_hooks(self, active: bool):
+        """Collect activation statistics from the forward passes run inside (only the first micro-batch)."""
+        if not active:
+            yield
+            return
+        self._acts = {}
+        handles = []
+        for i, block in enumerate(self.model.blocks):
+            handles.append(block.register_forward_hook(self._hook(f"block{i}", "out")))
+            handles.append(block.mlp.act.register_forward_hook(self._hook(f"block{i}", "mlp")))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _hook(self, block: str, kind: str):
+        def hook(module, inputs, output):
+            key = (block, kind)
+            if key in self._acts:
+                return
+            with torch.no_grad():
+                a = output.detach().float().flatten(0, -2)  # (tokens, features)
+                stats = [a.mean(), a.std(), a.abs().max()]
+                if kind == "mlp" and self.relu_family:
+                    stats.append(1.0 - (a > 0).any(dim=0).float().mean())
+                self._acts[key] = stats
+
+        return hook
+
+    def record_grads(self) -> None:
+        """Per-group gradient norms, before clipping changes them."""
+        norms = torch.zeros(len(self.params))
+        have = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
+        if have:
+            values = torch._foreach_norm([g.float() for _, g in have])
+            norms[[i for i, _ in have]] = torch.stack(values).float().cpu()
+        self._grads = self._by_group(norms)
+
+    def snapshot(self) -> None:
+        self._before = [p.detach().clone() for p in self.params]
+
+    def measure(self, step: int, batch, to_tensors) -> None:
+        """After the optimizer step: update ratios, weights, moments, activations, entropy; then alerts."""
+        import time
+
+        t0 = time.perf_counter()
+        if self._before is None or self._grads is None:
+            return
+        with torch.no_grad():
+            weights = torch.stack(torch._foreach_norm([p.detach().float() for p in self.params])).cpu()
+            deltas = torch._foreach_sub([p.detach() for p in self.params], self._before)
+            updates = torch.stack(torch._foreach_norm([d.float() for d in deltas])).cpu()
+        self._before = None
+        w = self._by_group(weights)
+        u = self._by_group(updates)
+        ratio = torch.log10(u / w.clamp_min(1e-12)).clamp_min(-12.0)
+        m_norm, v_norm, snr = self._moments()
+        blocks = [f"block{i}" for i in range(len(self.model.blocks))]
+        x, _, pos, doc = to_tensors(batch)
+        rows = slice(0, ENTROPY_ROWS)
+        entropy = self.model.attention_entropy(
+            x[rows], None if pos is None else pos[rows], None if doc is None else doc[rows]
+        ).tolist()
+        acts = {k: [float(s) for s in v] for k, v in self._acts.items()}
+        event = ev.Health(
+            step=step,
+            layers=self.groups,
+            grad_norm=self._grads.tolist(),
+            weight_norm=w.tolist(),
+            update_ratio=ratio.tolist(),
+            adam_m_norm=m_norm,
+            adam_v_norm=v_norm,
+            adam_snr=snr,
+            blocks=blocks,
+            act_mean=[acts.get((b, "out"), [math.nan])[0] for b in blocks],
+            act_std=[acts.get((b, "out"), [math.nan] * 2)[1] for b in blocks],
+            act_max=[acts.get((b, "out"), [math.nan] * 3)[2] for b in blocks],
+            mlp_std=[acts.get((b, "mlp"), [math.nan] * 2)[1] for b in blocks],
+            dead_fraction=[acts[(b, "mlp")][3] if self.relu_family and (b, "mlp") in acts else None for b in blocks],
+            attn_entropy=entropy,
+            seconds=time.perf_counter() - t0,
+        )
+        self._grads, self._acts = None, {}
+        self.emit(event)
+        self._layer_alerts(event)
+
+    def _moments(self) -> tuple[list[float], list[float], list[float]]:
+        """Norms of Adam's moments per group, and the mean element-wise |m| / sqrt(v) (empty for other optimizers)."""
+        n = len(self.params)
+        m, v, snr, count = torch.zeros(n), torch.zeros(n), torch.zeros(n), torch.zeros(n)
+        found = False
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                state = self.optimizer.state.get(p, {})
+                if "exp_avg" in state and "exp_avg_sq" in state:
+                    found = True
+                    ma, va = state["exp_avg"].float(), state["exp_avg_sq"].float()
+                    m[i], v[i] = ma.norm(), va.norm()
+                    snr[i] = (ma.abs() / (va.sqrt() + 1e-12)).sum()
+                    count[i] = ma.numel()
+        if not found:
+            return [], [], []
+        snr_group = self._sum_groups(snr) / self._sum_groups(count).clamp_min(1)
+        return self._by_group(m).tolist(), self._by_group(v).tolist(), snr_group.tolist()
+
+    def _sum_groups(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(self.groups)).index_add_(0, self._group_of, values)
+
+    def _by_group(self, norms: torch.Tensor) -> torch.Tensor:
+        """Combine per-parameter L2 norms into per-group L2 norms."""
+        return self._sum_groups(norms.float() ** 2).sqrt()
+
+    def _layer_alerts(self, h: ev.Health) -> None:
+        c = self.cfg
+        grads = [g for g in h.grad_norm if math.isfinite(g)]
+        median = sorted(grads)[len(grads) // 2] if grads else 0.0
+        for layer, g, r in zip(h.layers, h.grad_norm, h.update_ratio, strict=True):
+            if g < c.vanish_floor:
+                self._alert(
+                    h.step, "vanishing", "bad", f"{layer} gradient norm {g:.2g} is below {c.vanish_floor:g}", layer, g
+                )
+            elif median > 0 and g < c.vanish_ratio * median:
+                self._alert(
+                    h.step,
+                    "vanishing",
+                    "warn",
+                    f"{layer} gradient norm {g:.2g} is {median / g:.0f}x below the median layer's",
+                    layer,
+                    g,
+                )
+            if h.step > self.warmup_steps and g >= c.vanish_floor and not c.update_low <= r <= c.update_high:
+                side = "small: the layer barely moves" if r < c.update_low else "large: the layer is being overwritten"
+                self._alert(
+                    h.step, "update_ratio", "warn", f"{layer} update/weight ratio 10^{r:.1f} is too {side}", layer, r
+                )
+        for block, dead in zip(h.blocks, h.dead_fraction, strict=True):
+            if dead is not None and dead > c.dead_limit:
+                self._alert(
+                    h.step,
+                    "dead_units",
+                    "warn",
+                    f"{block} MLP: {dead:.0%} of ReLU units never fire on this batch",
+                    f"{block}.mlp",
+                    dead,
+                )
+
+    def on_eval(self, step: int, val_loss: float, train_loss: float) -> None:
+        """Overfitting: val loss rising for N evaluations in a row while the train loss keeps falling."""
+        self._evals.append((val_loss, train_loss))
+        n = self.cfg.overfit_evals
+        recent = self._evals[-(n + 1) :]
+        if n and len(recent) == n + 1:
+            val_up = all(b[0] > a[0] for a, b in itertools.pairwise(recent))
+            train_down = all(b[1] < a[1] for a, b in itertools.pairwise(recent) if math.isfinite(b[1]))
+            if val_up and train_down:
+                self._alert(
+                    step,
+                    "overfitting",
+                    "warn",
+                    f"val loss rose {n} evaluations in a row ({recent[0][0]:.3f} -> {val_loss:.3f}) while train loss fell",
+                    None,
+                    val_loss,
+                )
+
+    def _alert(self, step: int, code: str, severity: str, message: str, layer: str | None, value: float) -> None:
+        key = (code, layer)
+        last = self._last_alert.get(key)
+        if last is not None and step - last < REPEAT_AFTER:
+            return
+        self._last_alert[key] = step
+        self.emit(ev.Alert(step, code, severity, message, layer, float(value)))
+
+    # -- resume -------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"grad_ema": self.grad_ema, "loss_ema": self.loss_ema, "seen": self.seen, "evals": self._evals}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.grad_ema = state.get("grad_ema")
+        self.loss_ema = state.get("loss_ema")
+        self.seen = state.get("seen", 0)
+        self._evals = [tuple(e) for e in state.get("evals", [])]
