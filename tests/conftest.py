@@ -1,0 +1,41 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep tests out of the user's ~/.cache (tokenizers trained by tests go to a temp dir)."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    # A checkout next to the shared data folder finds tiny Shakespeare without setting anything.
+    shared = REPO.parent / "shared" / "data"
+    if "TUILM_DATA_DIR" not in os.environ and (shared / "tiny_shakespeare.txt").is_file():
+        os.environ["TUILM_DATA_DIR"] = str(shared)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def shakespeare_path():
+    """The real tiny Shakespeare file (CI points TUILM_DATA_DIR at it)."""
+    folder = os.environ.get("TUILM_DATA_DIR")
+    path = Path(folder) / "tiny_shakespeare.txt" if folder else None
+    if path is None or not path.is_file():
+        pytest.skip("tiny_shakespeare.txt not available (set TUILM_DATA_DIR)")
+    return path
+
+
+SMALL_TEXT = "\n\n".join(
+    f"SPEAKER {i}:\n" + " ".join(f"word{(i * 7 + j) % 23}" for j in range(5 + (i * 5) % 17)) for i in range(60)
+)
+
+
+@pytest.fixture
+def small_corpus(tmp_path) -> Path:
+    """A few dozen documents of varied length, separated by blank lines."""
+    path = tmp_path / "small.txt"
+    path.write_text(SMALL_TEXT, encoding="utf-8")
+    return path

@@ -1,0 +1,47 @@
+"""Shared builders for tests that train real (tiny) models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuilm.config import apply_overrides, from_dict
+from tuilm.train import events as ev
+from tuilm.train.run import build_trainer
+
+TINY = [
+    "vocab_size=300",
+    "seq_len=16",
+    "d_model=32",
+    "n_layers=2",
+    "n_heads=2",
+    "batch_size=8",
+    "warmup_steps=2",
+    "eval_interval=5",
+    "checkpoint_interval=1000",
+    "sample_tokens=8",
+    "health.interval=2",
+]
+
+
+def tiny_config(source: Path | str, *overrides: str):
+    return apply_overrides(from_dict({"data": {"source": str(source)}}, "tiny"), [*TINY, *overrides])
+
+
+class Recorder:
+    """Collects every event a trainer emits."""
+
+    def __init__(self):
+        self.events: list[ev.Event] = []
+
+    def __call__(self, event: ev.Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[ev.Event]) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def tiny_trainer(source, run_dir, *overrides, resume=False):
+    trainer = build_trainer(tiny_config(source, *overrides), Path(run_dir), resume=resume)
+    recorder = Recorder()
+    trainer.bus.subscribe(recorder)
+    return trainer, recorder

@@ -1,0 +1,134 @@
+"""Checkpoints end to end: `tuilm sample` and `tuilm eval` on a trained run, and every bad checkpoint refused."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.helpers import tiny_trainer
+from tuilm.checkpoint import load_checkpoint, read_metadata
+from tuilm.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    corpus = folder / "corpus.txt"
+    from tests.conftest import SMALL_TEXT
+
+    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    trainer, _ = tiny_trainer(corpus, folder / "run", "max_steps=10", "sample_tokens=0")
+    trainer.run()
+    return folder / "run"
+
+
+def tuilm(*args, input=None):
+    return subprocess.run(
+        [sys.executable, "-m", "tuilm", *args], capture_output=True, text=True, input=input, timeout=120
+    )
+
+
+def test_load_checkpoint_restores_the_trained_weights(run_dir):
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt.path.name == "best.safetensors"
+    saved = load_file(str(run_dir / "best.safetensors"))
+    for name, tensor in saved.items():
+        assert torch.equal(ckpt.model.state_dict()[name], tensor)
+    assert ckpt.model.head.weight is ckpt.model.tok_emb.weight
+    assert ckpt.meta["step"] == 10 and not ckpt.model.training
+
+
+def test_sample_command_is_reproducible_with_a_seed(run_dir):
+    args = ["sample", "--model-path", str(run_dir), "--prompt", "SPEAKER 1:", "-n", "20", "--seed", "3"]
+    first, second = tuilm(*args), tuilm(*args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout and first.stdout.startswith("SPEAKER 1:")
+    assert len(first.stdout) > len("SPEAKER 1:")
+
+
+def test_sample_with_and_without_cache_agree_greedy(run_dir):
+    base = ["sample", "--model-path", str(run_dir / "last.safetensors"), "-p", "word", "-n", "12", "-t", "0"]
+    cached, uncached = tuilm(*base), tuilm(*base, "--no-cache")
+    assert cached.returncode == uncached.returncode == 0
+    assert cached.stdout == uncached.stdout
+
+
+def test_sample_prompt_from_stdin(run_dir):
+    out = tuilm("sample", "-m", str(run_dir), "-p", "-", "-n", "5", "--seed", "1", input="SPEAKER 2:")
+    assert out.returncode == 0 and out.stdout.startswith("SPEAKER 2:")
+
+
+def test_eval_command_reproduces_the_runs_val_split(run_dir):
+    out = tuilm("eval", "--model-path", str(run_dir))
+    assert out.returncode == 0, out.stderr
+    meta = read_metadata(run_dir / "best.safetensors")
+    assert f"{json.loads(meta['val_loss']):.4f}" in out.stdout
+    assert "bits/char" in out.stdout and "perplexity" in out.stdout
+
+
+def test_eval_on_other_data(run_dir, tmp_path):
+    path = tmp_path / "other.txt"
+    path.write_text("SPEAKER 1:\nword1 word2\n\nSPEAKER 2:\nword3", encoding="utf-8")
+    out = tuilm("eval", "-m", str(run_dir), "--data", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "2 documents" in out.stdout
+
+
+def assert_refused(path, *fragments):
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+    out = tuilm("sample", "--model-path", str(path), "-n", "1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_missing_checkpoint(tmp_path):
+    assert_refused(tmp_path / "nope.safetensors", "no such checkpoint")
+    assert_refused(tmp_path, "no best.safetensors or last.safetensors")
+
+
+def test_pickle_is_refused_without_unpickling(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    assert_refused(path, "refusing to load a PyTorch pickle", "arbitrary code")
+    renamed = tmp_path / "model.safetensors"
+    renamed.write_bytes(path.read_bytes())
+    assert_refused(renamed, "pickle")
+
+
+def test_not_a_safetensors_file(tmp_path):
+    path = tmp_path / "garbage.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken header...")
+    assert_refused(path, "not a safetensors file")
+
+
+def test_foreign_safetensors_file(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3, 3)}, str(path))
+    assert_refused(path, "not written by tuilm")
+
+
+def test_truncated_checkpoint(run_dir, tmp_path):
+    data = (run_dir / "best.safetensors").read_bytes()
+    path = tmp_path / "truncated.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    assert_refused(path, "")
+
+
+def test_weights_that_do_not_match_their_config(run_dir, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "best.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f}
+    config = json.loads(meta["model_config"])
+    config["d_model"] = 64
+    meta["model_config"] = json.dumps(config)
+    path = tmp_path / "mismatch.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    assert_refused(path, "do not match the model config")
