@@ -22,7 +22,7 @@ import torch
 
 from tuilm.train import events as ev
 
-WARMUP_STEPS = 20  # running averages need some history before they can call a value abnormal
+MIN_HISTORY = 5  # steps of running averages before a value can be called abnormal relative to them
 REPEAT_AFTER = 100  # steps before the same alert (code, layer) may fire again
 ENTROPY_ROWS = 4
 
@@ -66,49 +66,62 @@ class HealthMonitor:
     def check_step(self, step: int, loss: float, grad_norm: float) -> None:
         c = self.cfg
         self.seen += 1
-        if self.seen > WARMUP_STEPS and self.grad_ema is not None:
-            if grad_norm > c.explode_limit:
-                self._alert(
-                    step,
-                    "exploding",
-                    "bad",
-                    f"gradient norm {grad_norm:.3g} above the limit {c.explode_limit:g}",
-                    None,
-                    grad_norm,
-                )
-            elif grad_norm > c.explode_factor * self.grad_ema:
-                self._alert(
-                    step,
-                    "exploding",
-                    "bad",
-                    f"gradient norm {grad_norm:.3g} is {grad_norm / self.grad_ema:.0f}x its running average {self.grad_ema:.3g}",
-                    None,
-                    grad_norm,
-                )
-            if self.loss_ema is not None and loss > c.spike_factor * self.loss_ema:
-                self._alert(
-                    step,
-                    "loss_spike",
-                    "warn",
-                    f"loss {loss:.3f} spiked above {c.spike_factor:g}x its running average {self.loss_ema:.3f}",
-                    None,
-                    loss,
-                )
+        if grad_norm > c.explode_limit:
+            message = f"gradient norm {grad_norm:.3g} is above the limit {c.explode_limit:g}"
+            self._alert(step, "exploding", "bad", message, None, grad_norm)
+        elif self.seen > MIN_HISTORY and grad_norm > c.explode_factor * self.grad_ema:
+            message = f"gradient norm {grad_norm:.3g} is {grad_norm / self.grad_ema:.0f}x its running average {self.grad_ema:.3g}"
+            self._alert(step, "exploding", "bad", message, None, grad_norm)
+        if self.seen > MIN_HISTORY and loss > c.spike_factor * self.loss_ema:
+            message = f"loss {loss:.3f} spiked above {c.spike_factor:g}x its running average {self.loss_ema:.3f}"
+            self._alert(step, "loss_spike", "warn", message, None, loss)
         # Slow averages (about 50 steps) so that one spike does not hide the next.
         self.grad_ema = grad_norm if self.grad_ema is None else 0.98 * self.grad_ema + 0.02 * min(grad_norm, 1e30)
         self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
 
-    def first_nonfinite(self) -> str | None:
-        """The first parameter (in model order) whose weight or gradient holds NaN/Inf."""
+    def non_finite(self, step: int, loss: float, grad_norm: float, action: str, forward=None) -> None:
+        """Alert for a NaN/Inf loss or gradient, naming where it starts (see first_nonfinite)."""
+        where = self.first_nonfinite(forward if not math.isfinite(loss) else None)
+        if not math.isfinite(loss):
+            what = f"loss ({loss})"
+        elif where:
+            what = "gradient"
+        else:
+            what = f"gradient norm ({grad_norm}: the squares overflow although each value is finite)"
+        place = f" in {where}" if where else ""
+        layer = group_name(where.split(" ")[0]) if where else None
+        self._alert(step, "nonfinite", "bad", f"non-finite {what}{place}; {action}", layer, grad_norm)
+
+    def first_nonfinite(self, forward: Callable[[], object] | None = None) -> str | None:
+        """Where NaN/Inf starts: a weight; else (given a forward pass to rerun) the first module whose output
+        is not finite; else the gradient nearest the loss (a NaN gradient spreads towards the input)."""
         for name, p in zip(self.names, self.params, strict=True):
             if not torch.isfinite(p).all():
                 return f"{name} (weights)"
+        if forward is not None:
+            found: list[str] = []
+
+            def make_hook(module_name):
+                def hook(module, inputs, output):
+                    if not found and isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
+                        found.append(module_name)
+
+                return hook
+
+            leaves = [(n, m) for n, m in self.model.named_modules() if n and not any(m.children())]
+            handles = [m.register_forward_hook(make_hook(n)) for n, m in leaves]
+            try:
+                with torch.no_grad():
+                    forward()
+            finally:
+                for h in handles:
+                    h.remove()
+            if found:
+                return f"{found[0]} (output)"
+        for name, p in reversed(list(zip(self.names, self.params, strict=True))):
             if p.grad is not None and not torch.isfinite(p.grad).all():
                 return name
         return None
-
-    def group_of(self, where: str) -> str:
-        return group_name(where.split(" ")[0])
 
     # -- every `interval` steps -------------------------------------------------------------------------------
 
@@ -205,6 +218,7 @@ class HealthMonitor:
         n = len(self.params)
         m, v, snr, count = torch.zeros(n), torch.zeros(n), torch.zeros(n), torch.zeros(n)
         found = False
+        betas = {id(p): g.get("betas", (0.9, 0.999)) for g in self.optimizer.param_groups for p in g["params"]}
         with torch.no_grad():
             for i, p in enumerate(self.params):
                 state = self.optimizer.state.get(p, {})
@@ -212,7 +226,11 @@ class HealthMonitor:
                     found = True
                     ma, va = state["exp_avg"].float(), state["exp_avg_sq"].float()
                     m[i], v[i] = ma.norm(), va.norm()
-                    snr[i] = (ma.abs() / (va.sqrt() + 1e-12)).sum()
+                    # The signal-to-noise of what Adam applies: bias-corrected moments, as in its update.
+                    t = float(state.get("step", 1))
+                    b1, b2 = betas[id(p)]
+                    scale = math.sqrt(1 - b2**t) / (1 - b1**t)
+                    snr[i] = (ma.abs() / (va.sqrt() + 1e-12)).sum() * scale
                     count[i] = ma.numel()
         if not found:
             return [], [], []

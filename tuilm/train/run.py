@@ -196,19 +196,18 @@ def report_outcome(trainer) -> int:
 def list_recipes() -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title="recipes (tuilm train NAME)", title_justify="left")
-    table.add_column("name", style="bold")
-    table.add_column("data")
-    table.add_column("model")
-    table.add_column("description")
+    table = Table(title="recipes: tuilm train NAME", title_justify="left", show_lines=True)
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("what it trains")
     for name in recipe_names():
         config = load_toml(recipe_path(name), name)
-        m = config.model
-        table.add_row(
-            name,
-            config.data.source,
-            f"{m.n_layers}x{m.d_model}, {m.n_heads} heads, seq {m.seq_len}",
-            config.description,
+        m, t = config.model, config.train
+        stops = [f"{t.max_steps:,} steps" if t.max_steps else "", t.time, f"{t.epochs:g} epochs" if t.epochs else ""]
+        shape = (
+            f"{config.data.source}, BPE {config.data.vocab_size:,}, {m.n_layers} layers x {m.d_model}, "
+            f"{m.n_heads} heads, seq {m.seq_len}; stops at {', '.join(x for x in stops if x) or 'Ctrl-C'}"
         )
+        table.add_row(name, Text.assemble(config.description, "\n", (shape, "dim")))
     Console().print(table)

@@ -33,6 +33,7 @@ from tuilm.train.health import HealthMonitor
 from tuilm.train.optim import build_optimizer, lr_at
 
 LAST, BEST, STATE = "last.safetensors", "best.safetensors", "train_state.safetensors"
+MAX_SKIPS = 10  # non-finite steps in a row before a `skip` policy gives up
 
 
 class Trainer:
@@ -80,6 +81,7 @@ class Trainer:
         self.evals_since_best = 0
         self._train_losses: list[float] = []  # since the last evaluation
         self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
+        self._skips = 0  # non-finite steps in a row
         self._start_tokens, self._start_elapsed = 0, 0.0  # at run() start, for this session's tokens/s
 
         self._stop = threading.Event()
@@ -254,7 +256,7 @@ class Trainer:
         model = self.model if health_step else self.forward  # hooks need the eager module
         with self.health.activation_hooks(health_step):
             for batch in micro:
-                x, y, pos, doc = self._tensors(batch)
+                x, y, pos, doc = self._last_batch = self._tensors(batch)
                 with self.precision.autocast(self.device):
                     logits = model(x, pos_ids=pos, doc_ids=doc)
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
@@ -266,11 +268,13 @@ class Trainer:
         if health_step:
             self.health.record_grads()
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.tcfg.grad_clip:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.tcfg.grad_clip, foreach=True))
-        else:
-            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True))
+        # Norm first, clip after the finiteness check: clipping by a NaN norm would turn every gradient into
+        # NaN and hide which parameter was the source.
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        grad_norm = float(norm)
         loss_value = float(loss_sum) / max(1, n_targets)
+        if self.tcfg.grad_clip and math.isfinite(grad_norm):
+            torch.nn.utils.clip_grads_with_norm_(params, self.tcfg.grad_clip, norm, foreach=True)
         lr = lr_at(self.step, self.progress, self.tcfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -280,6 +284,7 @@ class Trainer:
         if not finite and self.scaler is None:
             skipped = self._non_finite(loss_value, grad_norm)
         else:
+            self._skips = 0
             if health_step:
                 self.health.snapshot()
             if self.scaler:
@@ -320,22 +325,24 @@ class Trainer:
         )
 
     def _non_finite(self, loss_value: float, grad_norm: float) -> bool:
-        """A NaN/Inf loss or gradient: name where it is, then skip the step or stop (health.nonfinite)."""
-        where = self.health.first_nonfinite()
-        what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-        place = f"; first non-finite values in {where}" if where else ""
-        policy = self.config.health.nonfinite
-        action = "step skipped" if policy == "skip" else "training stopped"
-        self._emit(
-            ev.Alert(
-                self.step + 1,
-                "nonfinite",
-                "bad",
-                f"non-finite {what} ({loss_value if what == 'loss' else grad_norm}){place}; {action}",
-                layer=self.health.group_of(where) if where else None,
-            )
+        """A NaN/Inf loss or gradient: alert, then skip the step, or stop (health.nonfinite = stop).
+
+        Skipping helps with a rare bad batch; when every step is non-finite the weights themselves are gone,
+        so after MAX_SKIPS in a row training stops as diverged instead of spinning.
+        """
+        self._skips += 1
+        stop = self.config.health.nonfinite == "stop" or self._skips >= MAX_SKIPS
+        if self.config.health.nonfinite == "stop":
+            action = "training stopped"
+        elif stop:
+            action = f"{self._skips} steps in a row were skipped, training stopped"
+        else:
+            action = "step skipped"
+        x, _, pos, doc = self._last_batch
+        self.health.non_finite(
+            self.step + 1, loss_value, grad_norm, action, lambda: self.model(x, pos_ids=pos, doc_ids=doc)
         )
-        if policy == "stop":
+        if stop:
             self.stop("nonfinite")
         return True
 

@@ -1,0 +1,118 @@
+"""`tuilm health RUN`: a run's gradient health from its metrics.jsonl, finished or still running."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from tuilm.errors import TuilmError
+from tuilm.train import events as ev
+from tuilm.train.sinks import read_events
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 24, log: bool = True) -> str:
+    """The last `width` values (log-scaled: norms span decades) as block characters; blanks where not finite."""
+    values = values[-width:]
+    scaled = [math.log10(v) if log and v > 0 else (v if not log else math.nan) for v in values]
+    finite = [v for v in scaled if math.isfinite(v)]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = hi - lo or 1.0
+    return "".join(BARS[round((v - lo) / span * (len(BARS) - 1))] if math.isfinite(v) else " " for v in scaled)
+
+
+def ratio_style(r: float, low: float = -5.0, high: float = -1.0) -> str:
+    if not math.isfinite(r):
+        return "red"
+    if low <= r <= high:
+        return "green" if -4 <= r <= -2 else "yellow"
+    return "red"
+
+
+def summarize(events: list[ev.Event]) -> dict:
+    health = [e for e in events if isinstance(e, ev.Health)]
+    alerts = [e for e in events if isinstance(e, ev.Alert)]
+    started = next((e for e in events if isinstance(e, ev.RunStarted)), None)
+    end = next((e for e in reversed(events) if isinstance(e, ev.Finished | ev.Failed)), None)
+    steps = [e for e in events if isinstance(e, ev.Step)]
+    return {"health": health, "alerts": alerts, "started": started, "end": end, "steps": steps}
+
+
+def render(run: Path, summary: dict, console: Console) -> None:
+    started, end, health, steps = summary["started"], summary["end"], summary["health"], summary["steps"]
+    name = started.name if started else run.name
+    state = "running" if end is None else (end.status if isinstance(end, ev.Finished) else "failed")
+    last_step = steps[-1].step if steps else 0
+    title = Text.assemble((name, "bold"), f"  {state} at step {last_step}")
+    parts: list = [title]
+    if steps:
+        grads = [s.grad_norm for s in steps]
+        clipped = sum(s.clipped for s in steps)
+        parts.append(
+            Text(
+                f"global grad norm: median {statistics.median(grads):.3g}, last {grads[-1]:.3g}, "
+                f"clipped on {clipped} of {len(steps)} steps   {sparkline(grads, 40)}"
+            )
+        )
+    if health:
+        layers = health[-1].layers
+        table = Table(title=f"per layer ({len(health)} measurements)", title_justify="left")
+        for column in ("layer", "median grad norm", "grad norm history", "log10 update/weight", "weight norm"):
+            table.add_column(column, justify="left" if column in ("layer", "grad norm history") else "right")
+        for i, layer in enumerate(layers):
+            history = [h.grad_norm[i] for h in health if i < len(h.grad_norm)]
+            ratio = health[-1].update_ratio[i]
+            table.add_row(
+                layer,
+                f"{statistics.median(history):.3g}",
+                sparkline(history),
+                Text(f"{ratio:.2f}", style=ratio_style(ratio)),
+                f"{health[-1].weight_norm[i]:.3g}",
+            )
+        parts.append(table)
+        last = health[-1]
+        blocks = Table(title=f"activations at step {last.step}", title_justify="left")
+        for column in ("block", "output std", "max |a|", "MLP hidden std", "dead fraction", "attention entropy"):
+            blocks.add_column(column, justify="left" if column == "block" else "right")
+        for i, block in enumerate(last.blocks):
+            dead = last.dead_fraction[i] if i < len(last.dead_fraction) else None
+            entropy = last.attn_entropy[i] if i < len(last.attn_entropy) else math.nan
+            blocks.add_row(
+                block,
+                f"{last.act_std[i]:.3g}",
+                f"{last.act_max[i]:.3g}",
+                f"{last.mlp_std[i]:.3g}",
+                "-" if dead is None else f"{dead:.1%}",
+                f"{entropy:.2f}",
+            )
+        parts.append(blocks)
+    else:
+        parts.append(Text("no per-layer measurements yet (health.interval steps apart)", style="dim"))
+    alerts = summary["alerts"]
+    if alerts:
+        table = Table(title=f"alerts ({len(alerts)})", title_justify="left")
+        for column in ("step", "kind", "layer", "message"):
+            table.add_column(column, justify="right" if column == "step" else "left")
+        for a in alerts:
+            style = "red" if a.severity == "bad" else "yellow"
+            table.add_row(str(a.step), Text(a.code, style=style), a.layer or "", a.message)
+        parts.append(table)
+    else:
+        parts.append(Text("no alerts raised", style="green"))
+    console.print(Group(*parts))
+
+
+def health_command(run: Path) -> None:
+    run = Path(run)
+    path = run / "metrics.jsonl" if run.is_dir() else run
+    if not path.is_file():
+        raise TuilmError(f"{run}: no metrics.jsonl here; point at a run directory written by `tuilm train`")
+    render(run, summarize(read_events(path)), Console())
