@@ -84,7 +84,7 @@ class HeadlessProgress:
 
         self.stream = stream or sys.stdout
         tty = self.stream.isatty() if force_plain is None else not force_plain
-        self.console = Console(file=self.stream, highlight=False, force_terminal=tty or None)
+        self.console = Console(file=self.stream, highlight=False, force_terminal=tty or None, soft_wrap=True)
         self.plain = not tty
         self.interval = interval
         self._last_line = 0.0

@@ -1,0 +1,125 @@
+"""`tuilm train --headless` as a user runs it: piped output, Ctrl-C, --resume, wandb offline."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.helpers import TINY
+from tuilm.train.sinks import read_events
+
+SETS = [arg for item in TINY for arg in ("--set", item)]
+
+
+def train(*args, env=None, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "tuilm", "train", *args, *SETS],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def kinds(run):
+    return [type(e).__name__ for e in read_events(run / "metrics.jsonl")]
+
+
+def test_piped_output_is_plain_log_lines(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    out = train(str(small_corpus), "--headless", "--steps", "10", "--out", str(run))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("run run: custom on ")
+    assert any(line.startswith("step 1 (10%)") and "tok/s" in line for line in lines)
+    assert any(line.startswith("step 5: val loss") for line in lines)
+    assert lines[-1].startswith("finished (max_steps) at step 10")
+    assert "\x1b[" not in out.stdout  # no terminal control codes in a pipe
+    assert kinds(run)[0] == "RunStarted" and kinds(run)[-1] == "Finished"
+    for name in ("last.safetensors", "best.safetensors", "train_state.safetensors", "config.toml"):
+        assert (run / name).is_file()
+
+
+def test_default_run_dir_is_named_after_the_source(small_corpus, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "tuilm", "train", str(small_corpus), "--headless", "--steps", "2", *SETS],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("small-")
+
+
+def test_ctrl_c_stops_cleanly_and_saves_then_resume_continues(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuilm", "train", str(small_corpus), "--headless", "--out", str(run), *SETS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if metrics.exists() and sum(1 for line in metrics.open() if '"event":"step"' in line) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "stopping after this step and saving" in stderr
+    events = read_events(metrics)
+    finished = events[-1]
+    assert type(finished).__name__ == "Finished" and finished.reason == "interrupted"
+    assert (run / "last.safetensors").is_file() and f"saved {run / 'last.safetensors'}" in stdout
+    stopped_at = finished.step
+
+    out = train("--resume", str(run), "--headless", "--steps", str(stopped_at + 3))
+    assert out.returncode == 0, out.stderr
+    events = read_events(metrics)
+    started = [e for e in events if type(e).__name__ == "RunStarted"]
+    assert len(started) == 2 and started[1].resumed_step == stopped_at
+    assert events[-1].step == stopped_at + 3
+    assert f"resumed at step {stopped_at}" in out.stdout
+
+
+def test_resume_needs_a_run(tmp_path):
+    out = train("--resume", str(tmp_path), "--headless")
+    assert out.returncode == 2 and "nothing to resume" in out.stderr
+
+
+def test_existing_run_dir_is_not_overwritten(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    assert train(str(small_corpus), "--headless", "--steps", "1", "--out", str(run)).returncode == 0
+    out = train(str(small_corpus), "--headless", "--steps", "1", "--out", str(run))
+    assert out.returncode == 2 and "--resume" in out.stderr
+
+
+def test_wandb_offline(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    out = train(
+        str(small_corpus),
+        "--headless",
+        "--steps",
+        "6",
+        "--out",
+        str(run),
+        "--wandb",
+        "--wandb-project",
+        "tuilm-test",
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    files = list(offline[0].glob("*.wandb"))
+    assert len(files) == 1
+    # The offline log is protobuf records; the metric names are stored as plain strings in it.
+    data = files[0].read_bytes()
+    for key in (b"train/loss", b"train/tokens_per_s", b"val/bpc", b"health/grad_norm/block0.attn", b"best_val_bpc"):
+        assert key in data, key
