@@ -197,3 +197,12 @@ def test_default_cpu_recipe_training_is_healthy(shakespeare_path, tmp_path):
     trainer.run()
     assert trainer.result.status == "completed"
     assert alerts == []
+
+
+def test_a_diverged_run_still_finishes_and_saves(small_corpus, tmp_path):
+    # Samples and the final evaluation must not trip over NaN weights: the run ends as diverged, with its files.
+    trainer, rec = tiny_trainer(small_corpus, tmp_path / "r", "lr=1e30", "health.nonfinite=stop", "max_steps=10")
+    trainer.run()
+    assert trainer.error is None and trainer.result.status == "diverged"
+    assert (tmp_path / "r" / "last.safetensors").is_file()
+    assert rec.of(ev.Failed) == []

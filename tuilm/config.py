@@ -157,7 +157,7 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         key, raw = (s.strip() for s in item.split("=", 1))
         dotted = resolve_key(key)
         section, name = dotted.split(".")
-        value = _coerce(dotted, _parse_value(raw))
+        value = parse_value(dotted, raw)
         config = replace(config, **{section: replace(getattr(config, section), **{name: value})})
     validate(config)
     return config
@@ -183,6 +183,11 @@ def _suggest(key: str) -> str:
         best = close[0] if "." in key else resolve_key(close[0]) if pool.count(close[0]) == 1 else close[0]
         return f"; did you mean '{best}'?"
     return "; run `tuilm train --help` or see README.md for the settings"
+
+
+def parse_value(dotted: str, raw: str) -> Any:
+    """A value as typed on the command line, parsed and checked against the setting's type."""
+    return _coerce(dotted, _parse_value(raw))
 
 
 def _parse_value(raw: str) -> Any:

@@ -375,12 +375,15 @@ class Trainer:
         self.health.on_eval(self.step, result.loss, train_loss)
         if is_best:
             self._save_model(self.run_dir / BEST, "best")
-        if self.tcfg.sample_tokens:
+        if self.tcfg.sample_tokens and math.isfinite(result.loss):  # a diverged model has nothing to say
             self._sample(self.tcfg.sample_prompt)
         self._emit(ev.Status(self.step, "paused" if self.paused else "running"))
         return event
 
     def _sample(self, prompt: str) -> str:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self._emit(ev.Log(self.step, "no sample: the model's weights are no longer finite", "warning"))
+            return ""
         tokenizer = self.dataset.tokenizer
         settings = SamplingSettings(temperature=0.8, top_p=0.95, max_new_tokens=self.tcfg.sample_tokens)
         # A generator of its own, seeded by the step, leaves the training RNG untouched (resumes stay exact).

@@ -1,0 +1,119 @@
+"""`tuilm runs` and `tuilm compare`: what the run folders on disk hold, read from their metrics.jsonl. Torch-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from tuilm.errors import TuilmError
+from tuilm.sweep import plots
+from tuilm.sweep.results import STYLES, ppl, show_value
+from tuilm.sweep.runinfo import (
+    METRICS,
+    RunSummary,
+    differing_keys,
+    find_runs,
+    fmt,
+    fmt_rate,
+    make_console,
+    read_config,
+    short_labels,
+    summarize_run,
+)
+from tuilm.sweep.spec import SPEC_FILE
+
+STATUS_STYLES = {**STYLES, "running": "cyan", "stopped": "yellow", "interrupted": "yellow"}
+
+
+def runs_command(folder: Path) -> None:
+    folder = Path(folder)
+    if not folder.exists():
+        raise TuilmError(f"{folder}: no such folder (runs are written to runs/ by default)")
+    if not folder.is_dir():
+        raise TuilmError(f"{folder}: not a folder; give the folder that holds the runs")
+    console = make_console()
+    run_dirs = find_runs(folder)
+    if not run_dirs:
+        console.print(f"no runs under {folder} (a run is a folder with a metrics.jsonl; start one with tuilm train)")
+        return
+    table = Table(title=f"{len(run_dirs)} run{'s' if len(run_dirs) > 1 else ''} under {folder}", title_justify="left")
+    table.add_column("run", style="bold")
+    table.add_column("recipe")
+    table.add_column("steps", justify="right")
+    table.add_column("best val loss", justify="right")
+    table.add_column("bits/char", justify="right")
+    table.add_column("status")
+    for run_dir in run_dirs:
+        name = run_dir.relative_to(folder).as_posix() if run_dir != folder else folder.resolve().name
+        summary = _summary(run_dir)
+        table.add_row(
+            name,
+            summary.recipe,
+            f"{summary.steps:,}",
+            fmt(summary.best_val_loss),
+            fmt(summary.best_val_bpc),
+            _status(summary.status),
+        )
+    console.print(table)
+
+
+def compare_command(run_dirs: list[Path]) -> None:
+    run_dirs = [Path(d) for d in run_dirs]
+    if len(run_dirs) < 2:
+        raise TuilmError("compare needs at least two run folders, e.g. tuilm compare runs/a runs/b")
+    missing = [str(d) for d in run_dirs if not d.is_dir()]
+    if missing:
+        raise TuilmError(f"no such run folder: {', '.join(missing)}")
+    for d in run_dirs:
+        if not (d / METRICS).is_file():
+            hint = " (it is a sweep: list its runs with tuilm runs)" if (d / SPEC_FILE).is_file() else ""
+            raise TuilmError(f"{d}: not a run folder, it has no {METRICS}{hint}")
+    console = make_console()
+    labels = short_labels(run_dirs)
+    configs = [read_config(d) for d in run_dirs]
+    keys = differing_keys(configs, ignore=("description",))
+    if keys:
+        table = Table(title="settings that differ", title_justify="left")
+        table.add_column("setting", style="bold")
+        for label in labels:
+            table.add_column(label)
+        for key in keys:
+            table.add_row(key, *[show_value(c[key]) if key in c else "[dim]unset[/]" for c in configs])
+        console.print(table)
+    else:
+        console.print("the runs have the same settings")
+    summaries = [_summary(d) for d in run_dirs]
+    table = Table(title="final numbers", title_justify="left")
+    for header in ("run", "status", "steps", "best val loss", "final val loss", "ppl", "bits/char", "tok/s"):
+        table.add_column(header, justify="left" if header in ("run", "status") else "right")
+    table.add_column("peak MB", justify="right")
+    best = min((s.best_val_loss for s in summaries if s.best_val_loss is not None), default=None)
+    for label, s in zip(labels, summaries, strict=True):
+        perplexity = ppl(s.best_val_loss)
+        table.add_row(
+            label,
+            _status(s.status),
+            f"{s.steps:,}",
+            fmt(s.best_val_loss),
+            fmt(s.final_val_loss),
+            fmt(perplexity, 2),
+            fmt(s.best_val_bpc),
+            fmt_rate(s.tokens_per_s),
+            fmt(s.peak_memory_mb, 0),
+            style="bold" if best is not None and s.best_val_loss == best else None,
+        )
+    console.print(table)
+    plots.terminal_overlay(console, list(zip(labels, summaries, strict=True)))
+
+
+def _summary(run_dir: Path) -> RunSummary:
+    try:
+        return summarize_run(run_dir)
+    except (OSError, UnicodeDecodeError) as e:
+        return RunSummary(run_dir, run_dir.name, "?", "unreadable", error=str(e))
+
+
+def _status(status: str) -> str:
+    style = STATUS_STYLES.get(status)
+    return f"[{style}]{status}[/]" if style else status

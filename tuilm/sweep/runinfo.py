@@ -1,0 +1,158 @@
+"""What a run directory says about itself: its config and a summary of its metrics.jsonl. Torch-free."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tuilm.errors import TuilmError
+from tuilm.train import events as ev
+from tuilm.train.sinks import read_events
+
+METRICS = "metrics.jsonl"
+# A run with no Finished/Failed event counts as running while its metrics.jsonl keeps changing; every step
+# appends a line, so minutes of silence mean the process died (or sits paused in a dashboard).
+RUNNING_WINDOW_S = 300.0
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    name: str
+    recipe: str
+    status: str  # completed | stopped | diverged | failed | running | interrupted | empty
+    steps: int = 0
+    best_val_loss: float | None = None
+    best_val_bpc: float | None = None
+    final_val_loss: float | None = None
+    final_val_bpc: float | None = None
+    tokens_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    error: str = ""
+    nonfinite: bool = False  # a non-finite loss or gradient was reported in the last session
+    evals: list[ev.Eval] = field(default_factory=list)
+    train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of every finite step
+
+
+def summarize_run(run_dir: Path, events: list[ev.Event] | None = None) -> RunSummary:
+    run_dir = Path(run_dir)
+    path = run_dir / METRICS
+    if events is None:
+        events = read_events(path) if path.is_file() else []
+    started = [e for e in events if isinstance(e, ev.RunStarted)]
+    first = started[0] if started else None
+    summary = RunSummary(
+        path=run_dir,
+        name=first.name if first else run_dir.name,
+        recipe=first.recipe if first else "?",
+        status="empty",
+    )
+    if not events:
+        return summary
+    # A resumed run appends a session per resume: the status is the last session's, the curves are all of them.
+    last_start = max((i for i, e in enumerate(events) if isinstance(e, ev.RunStarted)), default=0)
+    session = events[last_start:]
+    end = next((e for e in reversed(session) if isinstance(e, ev.Finished | ev.Failed)), None)
+    summary.evals = [e for e in events if isinstance(e, ev.Eval)]
+    summary.train = [(e.step, e.loss) for e in events if isinstance(e, ev.Step) and math.isfinite(e.loss)]
+    steps = [e.step for e in events if isinstance(e, ev.Step)]
+    summary.steps = steps[-1] if steps else 0
+    summary.nonfinite = any(isinstance(e, ev.Alert) and e.code == "nonfinite" for e in session)
+    finite_evals = [e for e in summary.evals if math.isfinite(e.val_loss)]
+    if finite_evals:
+        best = min(finite_evals, key=lambda e: e.val_loss)
+        summary.best_val_loss, summary.best_val_bpc = best.val_loss, best.val_bpc
+    if summary.evals:
+        summary.final_val_loss, summary.final_val_bpc = summary.evals[-1].val_loss, summary.evals[-1].val_bpc
+    if isinstance(end, ev.Finished):
+        summary.status = end.status
+        summary.steps = end.step
+        summary.best_val_loss = end.best_val_loss
+        summary.best_val_bpc = end.best_val_bpc
+        summary.final_val_loss, summary.final_val_bpc = end.last_val_loss, end.last_val_bpc
+        summary.tokens_per_s = end.tokens_per_s
+        summary.peak_memory_mb = end.peak_memory_mb
+    elif isinstance(end, ev.Failed):
+        # A crash after the loss went non-finite (say, sampling from NaN weights) is the divergence showing.
+        summary.status = "diverged" if summary.nonfinite else "failed"
+        summary.error = end.error
+    else:
+        recent = time.time() - path.stat().st_mtime < RUNNING_WINDOW_S if path.is_file() else False
+        summary.status = "running" if recent else "interrupted"
+    if summary.tokens_per_s is None:
+        rates = [e.tokens_per_s for e in session if isinstance(e, ev.Step)]
+        summary.tokens_per_s = sum(rates) / len(rates) if rates else None
+    return summary
+
+
+def find_runs(folder: Path) -> list[Path]:
+    """Run directories under `folder` (itself included): every folder holding a metrics.jsonl."""
+    return sorted(p.parent for p in Path(folder).rglob(METRICS) if p.is_file())
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """A run's settings as dotted keys: config.toml, or the first RunStarted event when that is missing."""
+    path = Path(run_dir) / "config.toml"
+    if path.is_file():
+        try:
+            return flatten(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise TuilmError(f"{path}: cannot read ({e})") from None
+    metrics = Path(run_dir) / METRICS
+    if metrics.is_file():
+        started = next((e for e in read_events(metrics) if isinstance(e, ev.RunStarted)), None)
+        if started is not None:
+            return flatten({"recipe": started.recipe, **started.config})
+    return {}
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differing_keys(configs: list[dict[str, Any]], ignore: tuple[str, ...] = ()) -> list[str]:
+    keys: list[str] = []
+    for config in configs:
+        keys += [k for k in config if k not in keys and k not in ignore]
+    missing = object()
+    return [k for k in keys if len({repr(c.get(k, missing)) for c in configs}) > 1]
+
+
+def short_labels(paths: list[Path]) -> list[str]:
+    """The shortest trailing parts of each path that tell them apart (run names repeat across sweeps)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-n:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
+
+
+def make_console() -> Console:
+    # Piped output has no width to fit; rich's 80 columns would squeeze the wide tables into ellipses.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-" if value is None else str(value)
+    if abs(value) >= 1e6:  # a diverged run's loss, or its perplexity
+        return f"{value:.3g}"
+    return f"{value:.{digits}f}"
+
+
+def fmt_rate(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:,.0f}"
