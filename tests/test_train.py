@@ -191,3 +191,11 @@ def test_failure_in_the_loop_is_reported(small_corpus, tmp_path):
     failed = rec.of(ev.Failed)
     assert failed and "planted failure" in failed[0].error and "Traceback" in failed[0].traceback
     assert isinstance(trainer.error, RuntimeError)
+
+
+def test_batch_tokens_sets_rows_per_step_from_seq_len(small_corpus, tmp_path):
+    trainer, rec = tiny_trainer(small_corpus, tmp_path / "r", "batch_tokens=64", "max_steps=2", "sample_tokens=0")
+    assert trainer.rows_per_step == 64 // 16
+    trainer.run()
+    assert all(s.tokens - prev <= 64 for s, prev in zip(rec.of(ev.Step), [0, rec.of(ev.Step)[0].tokens], strict=True))
+    assert rec.of(ev.Step)[0].tokens == 64  # packed rows are full: 4 rows x 16 targets

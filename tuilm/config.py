@@ -35,6 +35,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 32  # rows per optimizer step
+    batch_tokens: int = 0  # if set, rows per step = batch_tokens // seq_len (compare block sizes at equal batch)
     micro_batch_size: int = 0  # rows per forward pass; 0 means batch_size (no accumulation)
     optimizer: str = "adamw"  # adamw | adam | sgd | adafactor
     lr: float = 1e-3
@@ -85,6 +86,11 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+
+    @property
+    def rows_per_step(self) -> int:
+        t = self.train
+        return max(1, t.batch_tokens // self.model.seq_len) if t.batch_tokens else t.batch_size
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -122,7 +122,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
     def status(message: str) -> None:
         print(message + "…", file=sys.stderr)
 
-    dataset = prepare(config.data, config.model.seq_len, config.train.batch_size, on_status=status)
+    dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, on_status=status)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         from tuilm.atomic import atomic_write_text

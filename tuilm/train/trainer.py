@@ -59,8 +59,9 @@ class Trainer:
         self.config = replace(config, model=replace(config.model, vocab_size=dataset.tokenizer.vocab_size))
         self.tcfg = t
         self.time_budget = parse_duration(t.time) if t.time else 0.0
-        self.micro = t.micro_batch_size or t.batch_size
-        self.steps_per_epoch = len(epoch_batches(dataset.train_rows, t.batch_size, t.seed, 0))
+        self.rows_per_step = config.rows_per_step
+        self.micro = min(t.micro_batch_size or self.rows_per_step, self.rows_per_step)
+        self.steps_per_epoch = len(epoch_batches(dataset.train_rows, self.rows_per_step, t.seed, 0))
 
         torch.manual_seed(t.seed)
         self.model = GPT(self.config.model).to(self.device)
@@ -219,7 +220,7 @@ class Trainer:
     def _next_rows(self) -> np.ndarray:
         if self._epoch_cache is None or self._epoch_cache[0] != self.epoch:
             rows = self.dataset.train_rows
-            self._epoch_cache = (self.epoch, epoch_batches(rows, self.tcfg.batch_size, self.tcfg.seed, self.epoch))
+            self._epoch_cache = (self.epoch, epoch_batches(rows, self.rows_per_step, self.tcfg.seed, self.epoch))
         batches = self._epoch_cache[1]
         index = batches[self.batch_in_epoch]
         self.batch_in_epoch += 1
