@@ -125,7 +125,7 @@ def test_weights_that_do_not_match_their_config(run_dir, tmp_path):
 
     with safe_open(str(run_dir / "best.safetensors"), framework="pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open handles are not iterable
     config = json.loads(meta["model_config"])
     config["d_model"] = 64
     meta["model_config"] = json.dumps(config)

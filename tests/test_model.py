@@ -269,3 +269,13 @@ def test_attention_entropy(pos):
     uniform = sum(math.log(i + 1) for i in range(T)) / T
     assert ent.max().item() <= uniform + 1e-4
     assert ent.min().item() > 0.9 * uniform
+
+
+def test_last_only_matches_the_last_position_of_the_full_logits():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50, seq_len=16, d_model=32, n_layers=2, n_heads=2)).eval()
+    idx = torch.randint(0, 50, (2, 10))
+    full = model(idx)
+    last = model(idx, last_only=True)
+    assert last.shape == (2, 1, 50)
+    assert torch.allclose(full[:, -1:], last, atol=1e-6)

@@ -92,10 +92,10 @@ def generate(
                     cache.reset()
             if cache is not None:
                 x = torch.tensor([tokens[fed:]], device=device)
-                logits = model(x, cache=cache)[:, -1]
+                logits = model(x, cache=cache, last_only=True)[:, -1]
                 fed = len(tokens)
             else:
-                logits = model(torch.tensor([tokens], device=device))[:, -1]
+                logits = model(torch.tensor([tokens], device=device), last_only=True)[:, -1]
             token = int(next_token(logits, settings, generator).item())
             tokens.append(token)
             yield token

@@ -245,15 +245,21 @@ class GPT(nn.Module):
         c = self.cfg
         return KVCache(c.n_layers, batch_size, c.n_heads, max_len, c.head_dim, device or w.device, dtype or w.dtype)
 
-    def forward(self, idx, *, pos_ids=None, key_padding_mask=None, doc_ids=None, cache: KVCache | None = None):
+    def forward(
+        self, idx, *, pos_ids=None, key_padding_mask=None, doc_ids=None, cache: KVCache | None = None, last_only=False
+    ):
         """Logits (B, T, vocab) in float32 for token ids idx (B, T).
 
         pos_ids (B, T): positions, e.g. restarting at each packed document; default 0.. (or after the cache).
         key_padding_mask (B, T) bool: False marks padding that no query may attend to.
         doc_ids (B, T): queries attend only to keys of the same document.
         cache: process idx as the next tokens after those already in the cache, and append them to it.
+        last_only: logits of the last position only (B, 1, vocab): all a sampler needs, and the output layer is
+        the costliest matmul of a small model with a large vocabulary.
         """
         x = self._hidden(idx, pos_ids, key_padding_mask, doc_ids, cache)
+        if last_only:
+            x = x[:, -1:]
         return self.head(self.norm_f(x)).float()
 
     @torch.no_grad()

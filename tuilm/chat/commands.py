@@ -1,0 +1,235 @@
+"""Slash commands: each a plain function of (state, argument) that changes the state and says what it did.
+
+A bad argument or an unknown command is answered with one line that says how to get it right; nothing here
+raises for user input.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tuilm.chat.session import FORMATS, ChatState
+from tuilm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Outcome:
+    message: str = ""
+    error: bool = False  # a one-line hint: the command was not understood or its value was refused
+    quit: bool = False
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    usage: str  # the argument, as shown in /help
+    help: str
+    run: Callable[[ChatState, str], Outcome]
+
+
+def _number(kind: type, text: str, what: str, example: str) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{what} needs {'a whole number' if kind is int else 'a number'}, e.g. {example}") from None
+
+
+def _setting(field: str, kind: type, label: str, example: str) -> Callable[[ChatState, str], Outcome]:
+    def run(state: ChatState, arg: str) -> Outcome:
+        if not arg:
+            return Outcome(f"{label} {describe_value(field, getattr(state.settings, field))}")
+        value = _number(kind, arg, example.split()[0], example)
+        settings = replace(state.settings, **{field: value})
+        settings.validate()
+        state.settings = settings
+        message = f"{label} {describe_value(field, value)}"
+        state.note(message)
+        return Outcome(message)
+
+    return run
+
+
+def describe_value(field: str, value) -> str:
+    if field == "top_k" and value == 0:
+        return "off (0)"
+    if field == "top_p" and value == 1:
+        return "off (1.0)"
+    if field == "temperature" and value == 0:
+        return "0 (greedy)"
+    return str(value)
+
+
+def _seed(state: ChatState, arg: str) -> Outcome:
+    if not arg:
+        return Outcome(f"seed {state.seed if state.seed is not None else 'random'}")
+    seed = None if arg.lower() in ("random", "none", "off") else _number(int, arg, "/seed", "/seed 42 or /seed random")
+    state.reseed(seed)
+    message = f"seed {seed if seed is not None else 'random'}"
+    state.note(message)
+    return Outcome(message)
+
+
+def _format(state: ChatState, arg: str) -> Outcome:
+    if not arg:
+        return Outcome(f"format {state.prompt_format}: {FORMATS[state.prompt_format]}")
+    if arg not in FORMATS:
+        raise ConfigError(f"/format takes plain or chat, not '{arg}'")
+    state.prompt_format = arg
+    state.note(f"format {arg}")
+    return Outcome(f"format {arg}: {FORMATS[arg]}")
+
+
+def _reset(state: ChatState, arg: str) -> Outcome:
+    state.reset()
+    state.note("conversation reset")
+    return Outcome("conversation reset: the model starts from an empty context")
+
+
+def _info(state: ChatState, arg: str) -> Outcome:
+    return Outcome(info_text(state))
+
+
+def _save(state: ChatState, arg: str) -> Outcome:
+    if not arg:
+        raise ConfigError("/save needs a file name, e.g. /save chat.txt")
+    path = Path(arg).expanduser()
+    try:
+        path.write_text(transcript_text(state), encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
+    turns = sum(1 for role, _ in state.transcript if role == "you")
+    return Outcome(f"saved the transcript ({turns} prompt{'s' * (turns != 1)}) to {path}")
+
+
+def _multiline(state: ChatState, arg: str) -> Outcome:
+    state.multiline = not state.multiline
+    return Outcome(multiline_hint(state))
+
+
+def _help(state: ChatState, arg: str) -> Outcome:
+    return Outcome(help_text())
+
+
+def _quit(state: ChatState, arg: str) -> Outcome:
+    return Outcome(quit=True)
+
+
+COMMANDS = {
+    c.name: c
+    for c in [
+        Command("help", "", "this list", _help),
+        Command("temp", "T", "sampling temperature; 0 is greedy", _setting("temperature", float, "temperature", "/temp 0.7")),
+        Command("top-k", "K", "sample among the K most likely tokens; 0 for all", _setting("top_k", int, "top-k", "/top-k 40")),
+        Command("top-p", "P", "sample among the likeliest tokens holding P of the mass; 1 for all", _setting("top_p", float, "top-p", "/top-p 0.9")),
+        Command("max", "N", "tokens per reply", _setting("max_new_tokens", int, "max tokens per reply", "/max 100")),
+        Command("seed", "S", "seed for reproducible replies; random for none", _seed),
+        Command("format", "plain|chat", "how prompts and replies are joined", _format),
+        Command("reset", "", "forget the conversation (the transcript keeps it)", _reset),
+        Command("info", "", "the model, the settings and how full the context is", _info),
+        Command("save", "FILE", "write the transcript to FILE", _save),
+        Command("multiline", "", "toggle multi-line input (also F2)", _multiline),
+        Command("quit", "", "leave (also Ctrl-D)", _quit),
+    ]
+}  # fmt: skip
+
+
+def is_command(text: str) -> bool:
+    """A line starting with / is a command; // sends the rest as text starting with /."""
+    return text.startswith("/") and not text.startswith("//")
+
+
+def run_command(state: ChatState, line: str) -> Outcome:
+    name, _, arg = line.strip()[1:].partition(" ")
+    name, arg = name.lower(), arg.strip()
+    command = COMMANDS.get(name)
+    if command is None:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f"did you mean /{close[0]}? " if close else ""
+        return Outcome(f"unknown command /{name}; {hint}/help lists the commands", error=True)
+    try:
+        return command.run(state, arg)
+    except ConfigError as e:
+        return Outcome(str(e), error=True)
+
+
+def help_text() -> str:
+    width = max(len(c.name) + len(c.usage) for c in COMMANDS.values()) + 3
+    lines = ["commands:"]
+    for c in COMMANDS.values():
+        lines.append(f"  {('/' + c.name + ' ' + c.usage).ljust(width)} {c.help}")
+    lines += [
+        "  a command with no value shows the current one; //text sends text that starts with /",
+        "keys: Enter sends · Esc Enter adds a line (sends, in multi-line mode) · F2 multi-line · "
+        "Ctrl-C stops a reply · Ctrl-D leaves",
+    ]
+    return "\n".join(lines)
+
+
+def multiline_hint(state: ChatState) -> str:
+    if state.multiline:
+        return "multi-line: Enter adds a line, Esc Enter sends"
+    return "Esc Enter adds a line, F2 multi-line"
+
+
+def human(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def settings_text(state: ChatState) -> str:
+    s = state.settings
+    return (
+        f"temperature {describe_value('temperature', s.temperature)} · top-k {describe_value('top_k', s.top_k)} · "
+        f"top-p {describe_value('top_p', s.top_p)} · max {s.max_new_tokens} tokens · "
+        f"seed {state.seed if state.seed is not None else 'random'}"
+    )
+
+
+def model_lines(state: ChatState) -> list[tuple[str, str]]:
+    cfg, meta = state.model.cfg, state.meta
+    trained = [f"step {meta['step']:,}"] if isinstance(meta.get("step"), int) else []
+    if isinstance(meta.get("val_loss"), float):
+        trained.append(f"val loss {meta['val_loss']:.3f}")
+    if isinstance(meta.get("val_bpc"), float):
+        trained.append(f"{meta['val_bpc']:.3f} bits/char")
+    return [
+        ("model", state.source + (f" ({', '.join(trained)})" if trained else "")),
+        (
+            "size",
+            f"{human(state.model.num_params())} parameters · {cfg.n_layers} layers · d_model {cfg.d_model} · "
+            f"{cfg.n_heads} heads",
+        ),
+        ("context", f"{state.window} tokens"),
+        ("tokenizer", f"byte-level BPE, {state.tokenizer.vocab_size:,} tokens"),
+        ("device", str(state.device)),
+        ("format", f"{state.prompt_format}: {FORMATS[state.prompt_format]}"),
+        ("sampling", settings_text(state)),
+    ]
+
+
+def info_text(state: ChatState) -> str:
+    rows = model_lines(state)
+    turns = sum(1 for role, _ in state.transcript if role == "you")
+    rows.append(("in use", f"{len(state.context)} of {state.window} context tokens · prompts so far: {turns}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.rjust(width)}  {v}" for k, v in rows)
+
+
+def transcript_text(state: ChatState) -> str:
+    """Prompts quoted with '> ' as they were typed, replies verbatim, settings changes and resets in brackets."""
+    lines = [f"# tuilm chat with {state.source}, saved {time.strftime('%Y-%m-%d %H:%M')}"]
+    for role, text in state.transcript:
+        lines.append("")
+        if role == "you":
+            lines += ["> " + line for line in text.split("\n")]
+        elif role == "model":
+            lines.append(text.rstrip("\n"))
+        else:
+            lines.append(f"[{text}]")
+    return "\n".join(lines) + "\n"

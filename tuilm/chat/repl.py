@@ -1,0 +1,205 @@
+"""`tuilm chat`: the prompt-toolkit front end and the line-by-line one for pipes, over session and commands.
+
+Everything the REPL decides lives in `session` (context, sampling a reply) and `commands` (slash commands); this
+module only reads lines, writes text and maps keys.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from tuilm.chat.commands import COMMANDS, is_command, model_lines, multiline_hint, run_command, settings_text
+from tuilm.chat.session import ChatState, check_format, respond
+from tuilm.sampling import SamplingSettings
+
+KEYS = "Enter sends · Esc Enter adds a line · F2 multi-line · Ctrl-C stops a reply · /help · Ctrl-D or /quit leaves"
+
+_STYLES = {"notice": "\x1b[33m", "hint": "\x1b[33m", "info": "\x1b[2m"}
+# A model can sample control characters (an undertrained one often does); sent raw to a terminal, ESC starts
+# escape sequences that move the cursor or recolour the screen. Show them as Unicode control pictures instead.
+_VISIBLE = {c: 0x2400 + c for c in range(32) if chr(c) not in "\n\t"} | {0x7F: 0x2421}
+_VISIBLE |= dict.fromkeys(range(0x80, 0xA0), 0xFFFD)  # C1 controls: some terminals act on CSI (0x9B) too
+
+
+@dataclass
+class Screen:
+    """Where text goes: replies to `out`; banner, notices and command answers to `err` (the same in a terminal,
+    stderr in a pipe, so a script's stdout holds nothing but replies)."""
+
+    out: TextIO
+    err: TextIO
+    terminal: bool = False  # colour the chatter and defuse control characters in replies
+
+    def write(self, text: str) -> None:
+        self.out.write(text.translate(_VISIBLE) if self.terminal else text)
+        self.out.flush()
+
+    def say(self, text: str, style: str = "info") -> None:
+        if self.terminal and style in _STYLES:
+            text = f"{_STYLES[style]}{text}\x1b[0m"
+        self.err.write(text + "\n")
+        self.err.flush()
+
+    def notice(self, text: str) -> None:
+        self.say(f"note: {text}", "notice")
+
+
+def chat_command(
+    model_path: Path,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int | None,
+    prompt_format: str,
+    device: str,
+) -> int:
+    from tuilm.checkpoint import load_checkpoint
+    from tuilm.train.device import pick_device
+
+    settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
+    settings.validate()
+    check_format(prompt_format)
+    ckpt = load_checkpoint(model_path, pick_device(device))
+    state = ChatState.from_checkpoint(ckpt, settings, prompt_format, seed)
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return run_interactive(state, Screen(sys.stdout, sys.stdout, terminal=True), history_path())
+    screen = Screen(sys.stdout, sys.stderr)
+    if sys.stdin.isatty():  # typing into a chat whose output goes to a pipe or file: say why there is no prompt
+        screen.say("standard output is not a terminal: each line you type is a prompt; Ctrl-D ends")
+    return run_lines(state, sys.stdin, screen)
+
+
+def banner(state: ChatState) -> str:
+    rows = model_lines(state)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([*(f"{k.rjust(width)}  {v}" for k, v in rows), KEYS])
+
+
+def handle(state: ChatState, text: str, screen: Screen) -> bool:
+    """Act on one input (a command or a prompt); False when it asks to leave."""
+    if not text.strip():
+        return True
+    if is_command(text):
+        outcome = run_command(state, text)
+        if outcome.message:
+            screen.say(outcome.message, "hint" if outcome.error else "info")
+        return not outcome.quit
+    prompt = text[1:] if text.startswith("//") else text
+    reply = respond(state, prompt, screen.write, screen.notice)
+    if not reply.text.endswith("\n"):  # one reply, one line at least, even an empty one: scripts count them
+        screen.write("\n")
+    if reply.interrupted:
+        screen.notice("stopped; what was written stays in the conversation")
+    elif not reply.text:
+        screen.notice("the reply was empty (the model ended its turn at once)")
+    for text in reply.notices:
+        screen.notice(text)
+    return True
+
+
+def run_lines(state: ChatState, lines: Iterable[str], screen: Screen) -> int:
+    """Each line a prompt (or a command), each reply printed: for scripts and pipes."""
+    state.note(f"format {state.prompt_format} · {settings_text(state)}")
+    try:
+        for line in lines:
+            if not handle(state, line.rstrip("\r\n"), screen):
+                break
+    except KeyboardInterrupt:
+        return 130  # a script's Ctrl-C stops the script, not just one reply
+    return 0
+
+
+def run_interactive(state: ChatState, screen: Screen, history: Path | None = None) -> int:
+    """The REPL. prompt-toolkit reads from the current app session, so tests drive it through a pipe input."""
+    state.note(f"format {state.prompt_format} · {settings_text(state)}")
+    screen.say(banner(state), "info")
+    session, warning = make_session(state, history)
+    if warning:
+        screen.notice(warning)
+    while True:
+        try:
+            text = session.prompt(prompt_message(state))
+        except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as in a shell
+            continue
+        except EOFError:
+            return 0
+        try:
+            if not handle(state, text, screen):
+                return 0
+        except KeyboardInterrupt:  # Ctrl-C outside the sampling loop (while a command ran, say)
+            screen.notice("interrupted")
+
+
+def prompt_message(state: ChatState):
+    from prompt_toolkit.formatted_text import FormattedText
+
+    return FormattedText([("class:prompt", "you› " if state.prompt_format == "chat" else "› ")])
+
+
+def make_session(state: ChatState, history_file: Path | None):
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+    from prompt_toolkit.completion import WordCompleter
+    from prompt_toolkit.filters import Condition
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.key_binding import KeyBindings
+    from prompt_toolkit.styles import Style
+
+    history, warning = InMemoryHistory(), None
+    if history_file is not None:
+        try:
+            history_file.parent.mkdir(parents=True, exist_ok=True)
+            history_file.touch()
+            history = FileHistory(str(history_file))
+        except OSError as e:
+            warning = f"history is kept for this session only: cannot write {history_file} ({e.strerror or e})"
+
+    keys = KeyBindings()
+
+    @keys.add("escape", "enter")
+    def _other_enter(event) -> None:
+        # Esc Enter does what Enter does not: a new line in single-line mode, send in multi-line mode.
+        if state.multiline:
+            event.current_buffer.validate_and_handle()
+        else:
+            event.current_buffer.insert_text("\n")
+
+    @keys.add("f2")
+    def _toggle_multiline(event) -> None:
+        state.multiline = not state.multiline
+
+    words = [f"/{name}" for name in COMMANDS] + ["/format plain", "/format chat"]
+    meta = {f"/{c.name}": f"{c.usage} {c.help}".strip() for c in COMMANDS.values()}
+    session = PromptSession(
+        history=history,
+        auto_suggest=AutoSuggestFromHistory(),
+        completer=WordCompleter(words, meta_dict=meta, sentence=True),
+        complete_while_typing=True,
+        multiline=Condition(lambda: state.multiline),
+        key_bindings=keys,
+        prompt_continuation=lambda width, line, wrap: "·".rjust(width - 1) + " ",
+        bottom_toolbar=lambda: toolbar(state),
+        style=Style.from_dict({"prompt": "bold ansicyan", "bottom-toolbar": "noreverse ansibrightblack"}),
+    )
+    return session, warning
+
+
+def toolbar(state: ChatState) -> str:
+    s = state.settings
+    return (
+        f" {state.prompt_format} · temp {s.temperature:g} · top-k {s.top_k} · top-p {s.top_p:g} · "
+        f"max {s.max_new_tokens} · context {len(state.context)}/{state.window} │ {multiline_hint(state)}"
+    )
+
+
+def history_path() -> Path:
+    """$XDG_DATA_HOME/tuilm/chat_history; the XDG spec says to ignore a relative $XDG_DATA_HOME."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share"
+    return root / "tuilm" / "chat_history"

@@ -1,0 +1,175 @@
+"""The state of a chat and one exchange in it, with no terminal in sight (the REPL only reads and writes text).
+
+The context is the token list the model sees next, never longer than its window. `plain` appends the user's text
+to it verbatim and lets the model continue. `chat` makes every turn a document as training saw them:
+`eos you eos model eos you eos ...`, so the model's reply is the next document and ends at its eos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tuilm.errors import ConfigError
+from tuilm.sampling import SamplingSettings, generate, make_generator
+
+FORMATS = {
+    "plain": "your text is appended to the running text as typed, and the model continues it",
+    "chat": "turns separated by end-of-sequence, as documents were in training; a reply ends at its eos",
+}
+
+
+def check_format(name: str) -> str:
+    if name not in FORMATS:
+        raise ConfigError(f"unknown prompt format '{name}'; use plain or chat")
+    return name
+
+
+@dataclass
+class ChatState:
+    model: Any  # tuilm.model.GPT in eval mode
+    tokenizer: Any  # tuilm.data.tokenizer.Tokenizer
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+    prompt_format: str = "plain"
+    seed: int | None = None
+    source: str = ""  # the checkpoint, as shown to the user
+    meta: dict = field(default_factory=dict)  # the checkpoint's training metadata (step, val loss, ...)
+    context: list[int] = field(default_factory=list)
+    transcript: list[tuple[str, str]] = field(default_factory=list)  # (you | model | note, text)
+    multiline: bool = False
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        check_format(self.prompt_format)
+        if not self.context:
+            self.context = [self.tokenizer.eos_id]
+        self.reseed(self.seed)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, settings: SamplingSettings, prompt_format: str, seed: int | None) -> ChatState:
+        return cls(ckpt.model, ckpt.tokenizer, settings, prompt_format, seed, source=str(ckpt.path), meta=ckpt.meta)
+
+    @property
+    def window(self) -> int:
+        return self.model.cfg.seq_len
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def reseed(self, seed: int | None) -> None:
+        # A fresh generator per /seed, so the same seed after the same prompts gives the same replies.
+        try:
+            self.generator = make_generator(seed, self.device)
+        except (ValueError, RuntimeError):  # torch seeds are 64-bit
+            raise ConfigError(f"seed {seed} does not fit in 64 bits; use a smaller one") from None
+        self.seed = seed
+
+    def reset(self) -> None:
+        self.context = [self.tokenizer.eos_id]
+
+    def note(self, text: str) -> None:
+        self.transcript.append(("note", text))
+
+
+@dataclass
+class Reply:
+    text: str
+    ids: list[int]
+    interrupted: bool = False
+    ended: bool = False  # the model closed its turn with eos (chat format)
+    notices: list[str] = field(default_factory=list)  # to show after the reply, not inside its text
+
+
+def build_context(state: ChatState, prompt: str) -> tuple[list[int], list[str]]:
+    """The context to sample the reply from, at most the window, and notices for whatever had to be dropped."""
+    eos, window = state.tokenizer.eos_id, state.window
+    prompt_ids = state.tokenizer.encode(prompt)
+    base = list(state.context)
+    if state.prompt_format == "chat":
+        if not base or base[-1] != eos:  # a turn cut short (or plain text before /format chat) ends here
+            base.append(eos)
+        new = [*prompt_ids, eos]
+    else:
+        new = prompt_ids
+    full = base + new
+    notices = []
+    if len(full) > window:
+        separators = len(new) - len(prompt_ids)
+        kept = window - separators
+        if len(prompt_ids) > kept:
+            earlier = " (and the conversation before it)" if len(base) > 1 else ""
+            notices.append(
+                f"the prompt is {len(prompt_ids)} tokens, more than the {window}-token context window holds: "
+                f"its first {_were(len(prompt_ids) - kept)} cut{earlier}"
+            )
+        else:
+            notices.append(overflow_notice(len(full) - window, window))
+        full = full[-window:]
+    return full, notices
+
+
+def overflow_notice(dropped: int, window: int) -> str:
+    return f"the conversation outgrew the {window}-token context window: its oldest {_were(dropped)} dropped"
+
+
+def _were(n: int) -> str:
+    return f"{n} token was" if n == 1 else f"{n} tokens were"
+
+
+def respond(
+    state: ChatState, prompt: str, write: Callable[[str], None], notice: Callable[[str], None] = lambda _: None
+) -> Reply:
+    """Sample a reply to `prompt`, writing its text as it arrives; Ctrl-C (KeyboardInterrupt) ends it early.
+
+    `notice` hears, before the reply starts, what had to be cut to fit the window; what the reply itself pushed
+    out is in `Reply.notices`.
+
+    Whatever was sampled before an interruption stays in the conversation, since the user has seen it.
+    """
+    context, notices = build_context(state, prompt)
+    for text in notices:
+        notice(text)
+    chat = state.prompt_format == "chat"
+    eos = state.tokenizer.eos_id
+    state.transcript.append(("you", prompt))
+    decoder = state.tokenizer.stream_decoder()
+    ids: list[int] = []
+    chunks: list[str] = []
+    reply = Reply("", ids)
+
+    def show(text: str) -> None:
+        if text:
+            chunks.append(text)
+            write(text)
+
+    stop = (eos,) if chat else ()
+    try:
+        with closing(generate(state.model, context, state.settings, generator=state.generator, stop_ids=stop)) as it:
+            for token in it:
+                ids.append(token)
+                if chat and token == eos:
+                    reply.ended = True
+                    break
+                show(decoder.feed(token))
+        show(decoder.flush())
+    except KeyboardInterrupt:
+        reply.interrupted = True
+        chunks.append(decoder.flush())  # kept in the transcript, not written: the user asked for quiet
+    reply.text = "".join(chunks)
+
+    context = context + ids
+    if chat and context[-1] != eos:
+        context.append(eos)
+    if len(context) > state.window:
+        reply.notices.append(overflow_notice(len(context) - state.window, state.window))
+        context = context[-state.window :]
+    state.context = context
+    state.transcript.append(("model", reply.text))
+    if reply.interrupted:
+        state.note("interrupted")
+    return reply
