@@ -1,0 +1,346 @@
+"""The dashboard: driven by Pilot over real tiny training runs, in watch mode over a growing metrics.jsonl, and
+as SVG snapshots of a recorded run (tests/data/recorded_run.jsonl, made by tests/data/record_events.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from textual.app import App
+from textual.widgets import RichLog
+
+from tests.helpers import tiny_trainer
+from tuilm.errors import TuilmError
+from tuilm.train import events as ev
+from tuilm.train.sinks import read_events
+from tuilm.tui import app as dashboard
+from tuilm.tui.app import Dashboard, run_dashboard, watch_command
+from tuilm.tui.store import MetricsTail, Ring, RunStore, downsample, windowed_rate
+from tuilm.tui.widgets import ConfirmQuit, RunHeader
+
+pytestmark = pytest.mark.anyio  # the async tests run on asyncio through anyio's pytest plugin
+
+RECORDED = Path(__file__).parent / "data" / "recorded_run.jsonl"
+SIZE = (160, 48)  # every pane on screen (a hidden RichLog holds its lines back until shown)
+
+
+async def until(pilot, condition, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await pilot.pause(0.05)
+
+
+def pane_text(app: App, pane: str) -> str:
+    return "\n".join(strip.text for strip in app.query_one(f"#{pane}", RichLog).lines)
+
+
+def replayed(upto: int | None = None) -> RunStore:
+    store = RunStore()
+    for event in read_events(RECORDED):
+        if upto is not None and getattr(event, "step", 0) > upto:
+            break
+        store(event)
+    return store
+
+
+def break_weights_at(trainer, step: int):
+    """A subscriber that fills one weight with NaN after `step`: every later step is non-finite."""
+
+    def on_event(event):
+        if isinstance(event, ev.Step) and event.step == step:
+            with torch.no_grad():
+                trainer.model.blocks[0].mlp.fc.weight.fill_(float("nan"))
+
+    return on_event
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models train fastest on one thread, and on a busy 2-core machine two threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- driving a real run ----------------------------------------------------------------------------------------------
+
+
+async def test_pause_resume_save_and_quit_with_confirmation(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    trainer, rec = tiny_trainer(small_corpus, run, "eval_interval=1000", "sample_tokens=0")
+    app = Dashboard(trainer)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(rec.of(ev.Step)) >= 3, what="training to start")
+
+        handled = []
+        pause = app.action_pause
+        app.action_pause = lambda: handled.append(time.perf_counter()) or pause()
+        pressed = time.perf_counter()
+        await pilot.press("p")
+        # Handled at once while the trainer runs (benchmarks/dashboard_overhead.py times it: a few ms).
+        assert handled and handled[0] - pressed < 0.25
+        assert trainer.paused
+        await until(pilot, lambda: any(s.state == "paused" for s in rec.of(ev.Status)), what="the pause")
+        steps = len(rec.of(ev.Step))
+        await pilot.pause(0.3)
+        assert len(rec.of(ev.Step)) == steps  # nothing trains while paused
+        await until(pilot, lambda: app.query_one(RunHeader).state == "paused", what="the header to say paused")
+
+        # Keys go in while paused where the test allows: Pilot waits for an idle process after each key, which
+        # a training process never is (a second per wait).
+        await pilot.press("s")
+        await until(pilot, lambda: any(c.reason == "request" for c in rec.of(ev.CheckpointSaved)), what="the save")
+        assert (run / "last.safetensors").is_file()
+        await until(pilot, lambda: "saved last.safetensors (request)" in pane_text(app, "log"), what="the log line")
+        await pilot.press("g", "e")  # sample and evaluate now
+        await until(pilot, lambda: "step " in pane_text(app, "samples"), what="the sample")
+        await until(pilot, lambda: f"step {steps}: val loss" in pane_text(app, "log"), what="the evaluation")
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmQuit)
+        await pilot.press("n")  # keep training
+        assert not isinstance(app.screen, ConfirmQuit) and trainer.thread.is_alive()
+
+        await pilot.press("p")
+        await until(pilot, lambda: len(rec.of(ev.Step)) > steps + 2, what="training to resume")
+        await pilot.press("q", "y")
+        await until(pilot, lambda: app.return_code is not None, what="the app to exit")
+    assert app.return_code == 0
+    assert not trainer.thread.is_alive()
+    assert trainer.result.status == "stopped"
+    assert rec.of(ev.CheckpointSaved)[-1].reason == "stop"
+    assert (run / "last.safetensors").is_file()
+
+
+async def test_ctrl_c_stops_and_quits_without_asking(small_corpus, tmp_path):
+    trainer, rec = tiny_trainer(small_corpus, tmp_path / "run", "eval_interval=1000", "sample_tokens=0")
+    app = Dashboard(trainer)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(rec.of(ev.Step)) >= 2, what="training to start")
+        await pilot.press("ctrl+c")
+        assert not isinstance(app.screen, ConfirmQuit)
+        await until(pilot, lambda: app.return_code is not None, what="the app to exit")
+    assert app.return_code == 0 and not trainer.thread.is_alive()
+    assert trainer.result.reason == "stopped" and (tmp_path / "run" / "last.safetensors").is_file()
+
+
+async def test_a_planted_fault_shows_its_alert_and_the_run_ends_diverged(small_corpus, tmp_path):
+    trainer, rec = tiny_trainer(small_corpus, tmp_path / "run", "eval_interval=1000", "sample_tokens=0")
+    trainer.bus.subscribe(break_weights_at(trainer, 3))
+    app = Dashboard(trainer)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: "non-finite" in pane_text(app, "alerts"), what="the alert in the alerts pane")
+        assert app.query_one("#grad").has_class("-alert-bad")  # the panel concerned
+        assert app.query_one("#health").has_class("-alert-bad")  # and its page's tab, on a small terminal
+        await until(pilot, lambda: app.ended, what="the run to end")  # skipped steps in a row stop it
+        assert "diverged" in str(app.query_one("#outcome").render())
+        await pilot.press("q")  # training is over: nothing to confirm
+        await until(pilot, lambda: app.return_code is not None, what="the app to exit")
+    assert app.return_code == 1  # a diverged run is a failure
+    assert any(a.code == "nonfinite" for a in rec.of(ev.Alert))
+
+
+def test_a_failure_in_the_training_thread_is_shown_and_exits_non_zero(small_corpus, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer, _ = tiny_trainer(small_corpus, run)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    trainer._train_step = explode
+    seen = {}
+
+    async def quit_when_failed(pilot):
+        app = pilot.app
+        await until(pilot, lambda: app.ended, what="the failure to show")
+        await until(pilot, lambda: "RuntimeError: planted failure" in pane_text(app, "log"), what="the traceback")
+        seen["outcome"] = str(app.query_one("#outcome").render())
+        seen["log"] = pane_text(app, "log")
+        await pilot.press("q")
+
+    # run_dashboard as `tuilm train` calls it, with the app headless and a pilot pressing q.
+    monkeypatch.setattr(
+        Dashboard, "run", lambda self: App.run(self, headless=True, size=SIZE, auto_pilot=quit_when_failed)
+    )
+    assert run_dashboard(trainer) == 1
+    assert "training failed" in seen["outcome"] and "planted failure" in seen["outcome"]
+    assert "RuntimeError: planted failure" in seen["log"]
+    assert "planted failure" in (run / "error.log").read_text()
+
+
+def test_enter_after_training_offers_chat_on_the_best_checkpoint(small_corpus, tmp_path, monkeypatch):
+    trainer, _ = tiny_trainer(small_corpus, tmp_path / "run", "max_steps=6")
+
+    async def chat_when_done(pilot):
+        await until(pilot, lambda: pilot.app.ended, what="the end of training")
+        await pilot.press("enter")
+
+    opened = []
+    monkeypatch.setattr(
+        Dashboard, "run", lambda self: App.run(self, headless=True, size=SIZE, auto_pilot=chat_when_done)
+    )
+    monkeypatch.setattr(dashboard, "open_chat", lambda path: opened.append(path) or 0)
+    assert run_dashboard(trainer) == 0
+    assert opened == [tmp_path / "run" / "best.safetensors"]
+
+
+def test_chat_falls_back_to_printing_the_command(monkeypatch, capsys, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_chat(name, *args, **kwargs):
+        if name == "tuilm.chat.repl":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_chat)
+    assert dashboard.open_chat(tmp_path / "best.safetensors") == 0
+    assert f"tuilm chat --model-path {tmp_path / 'best.safetensors'}" in capsys.readouterr().out
+
+
+async def test_a_terminal_too_small_says_so():
+    app = Dashboard(store=replayed())
+    async with app.run_test(size=(50, 15)) as pilot:
+        await pilot.pause()
+        assert app.query_one("#too-small").display
+        assert not app.query_one("#dashboard").display
+    app = Dashboard(store=replayed())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert not app.query_one("#too-small").display
+
+
+# -- watch mode --------------------------------------------------------------------------------------------------
+
+
+async def test_watch_follows_a_growing_metrics_file(tmp_path):
+    lines = RECORDED.read_text(encoding="utf-8").splitlines(keepends=True)
+    first_steps = next(i for i, line in enumerate(lines) if '"step":40,' in line and '"event":"step"' in line) + 1
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(lines[:first_steps]), encoding="utf-8")
+    app = Dashboard(follow=metrics)
+    async with app.run_test(size=SIZE) as pilot:
+        header = app.query_one(RunHeader)
+        await until(pilot, lambda: header.step is not None and header.step.step == 40, what="the first 40 steps")
+        assert app.query_one("#read-only").display
+        await pilot.press("p", "s")  # no trainer: these do nothing (and are not in the footer)
+        assert app.check_action("pause", ()) is False
+        await pilot.press("l")  # log scale
+        assert app.query_one("#loss").log_scale
+
+        rest = "".join(lines[first_steps:])
+        cut = rest.index('"event":"step","step":60,') + 10  # in the middle of a line
+        with open(metrics, "a", encoding="utf-8") as f:
+            f.write(rest[:cut])
+        await until(pilot, lambda: header.step.step == 59, what="the complete lines")
+        await pilot.pause(2 * dashboard.FOLLOW_INTERVAL)
+        assert header.step.step == 59  # the half-written line waits
+        with open(metrics, "a", encoding="utf-8") as f:
+            f.write(rest[cut:])
+        await until(pilot, lambda: app.ended, what="the rest of the run")
+        assert header.step.step == 150
+        assert "loss 3.794 spiked" in pane_text(app, "alerts")
+        await pilot.press("q")
+    assert app.return_code == 0
+
+
+def test_watch_command_needs_a_run_directory_with_metrics(tmp_path):
+    with pytest.raises(TuilmError, match="no such run directory"):
+        watch_command(tmp_path / "missing")
+    with pytest.raises(TuilmError, match=r"no metrics\.jsonl"):
+        watch_command(tmp_path)
+
+
+# -- the store -----------------------------------------------------------------------------------------------------
+
+
+def test_ring_keeps_the_newest_rows_in_order():
+    ring = Ring(("step", "loss"), capacity=5)
+    for i in range(8):
+        ring.append((i, 10.0 * i))
+    step, loss = ring.columns("step", "loss")
+    assert step.tolist() == [3, 4, 5, 6, 7] and loss.tolist() == [30, 40, 50, 60, 70]
+    assert ring.columns("step", last=2)[0].tolist() == [6, 7]
+
+
+def test_downsample_thins_100k_points_quickly_and_keeps_the_last():
+    x = np.arange(100_000, dtype=float)
+    y = np.sin(x / 1000)
+    y[5] = np.nan
+    t0 = time.perf_counter()
+    xs, ys = downsample(x, y, 200)
+    assert time.perf_counter() - t0 < 0.05
+    assert len(xs) == 200 and xs[-1] == x[-1] and ys[-1] == y[-1] and np.isfinite(ys).all()
+    assert downsample(x[:50], y[:50], 200)[0].size == 49  # short series pass through, NaN dropped
+
+
+async def test_charts_of_100k_steps_draw_quickly():
+    store = RunStore()
+    for i in range(1, 100_001):
+        store(ev.Step(i, i / 1000, i * 512, 5 / (1 + i / 1e4), 1e-3, 5e4, 0.01, 0.5, i % 3 == 0, i * 0.01, i / 1e5))
+    app = Dashboard(store=store)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause(0.3)
+        assert len(app.query_one("#loss").series[0].x) <= 200  # thinned to what a chart can show
+        assert 0 < app._panels_cost < 0.5  # the UI thread's time for a redraw of every panel, the frame included
+
+
+def test_windowed_rate_is_tokens_over_training_time():
+    tokens = np.array([100.0, 200, 300, 400])
+    elapsed = np.array([1.0, 2, 4, 5])
+    assert windowed_rate(tokens, elapsed, 2).tolist() == [100.0, 100.0, 200 / 3, 200 / 3]
+
+
+def test_store_from_another_thread_and_a_huge_run():
+    store = RunStore(step_capacity=1 << 16)
+    woken = []
+    store.on_rare = woken.append
+    for i in range(1, 120_001):
+        store(ev.Step(i, 0.0, i * 10, 3.0, 1e-3, 1e4, 0.01, 0.5, False, i * 0.01, math_nan := float("nan")))
+    store(ev.Eval(120_000, 2.0, 7.4, 1.1, 2.0, True, 2.1, 0.5))
+    drained = store.drain()
+    assert drained.steps == 120_000 and drained.last_step.step == 120_000 and math_nan != math_nan
+    assert [type(e) for e in drained.events] == [ev.Eval] and len(woken) == 1
+    step, _ = store.step_series("loss")
+    assert len(step) == 1 << 16 and step[0] == 120_000 - (1 << 16) + 1 and step[-1] == 120_000
+    assert store.drain().events == []
+
+
+def test_metrics_tail_waits_for_whole_lines_and_notices_a_new_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = RECORDED.read_text(encoding="utf-8").splitlines(keepends=True)[:5]
+    path.write_text(lines[0] + lines[1][:20], encoding="utf-8")
+    tail = MetricsTail(path)
+    events, restarted = tail.read()
+    assert [e.kind for e in events] == ["run_started"] and not restarted
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(lines[1][20:] + lines[2])
+    assert len(tail.read()[0]) == 2
+    path.write_text(lines[0], encoding="utf-8")  # a new run replaced the file
+    events, restarted = tail.read()
+    assert restarted and [e.kind for e in events] == ["run_started"]
+
+
+# -- snapshots of a recorded run --------------------------------------------------------------------------------------
+
+
+def test_snapshot_80x24_during_training(snap_compare):
+    assert snap_compare(Dashboard(store=replayed(upto=120)), terminal_size=(80, 24))
+
+
+def test_snapshot_80x24_health_page(snap_compare):
+    assert snap_compare(Dashboard(store=replayed(upto=120)), terminal_size=(80, 24), press=["2"])
+
+
+def test_snapshot_160x48_finished(snap_compare):
+    assert snap_compare(Dashboard(store=replayed()), terminal_size=(160, 48))
