@@ -112,8 +112,15 @@ def test_grid_writes_runs_results_and_plots(grid_sweep):
         assert float(row["best_val_bpc"]) == pytest.approx(end.best_val_bpc)
         assert float(row["tokens_per_s"]) == pytest.approx(end.tokens_per_s)
         assert float(row["wall_s"]) > 0
+        started = next(e for e in read_events(run_dir / "metrics.jsonl") if isinstance(e, ev.RunStarted))
+        data = started.data
+        assert int(row["params"]) == started.params
+        kept = data["tokens_kept"] / (data["tokens_kept"] + data["tokens_dropped"])
+        assert float(row["kept_fraction"]) == pytest.approx(kept) and 0 < kept < 1  # pack drops the tail
+        assert float(row["padding_fraction"]) == data["padding_fraction"] == 0  # and pads nothing
+        assert 0 < float(row["epochs"]) < 1
     md = (out / "results.md").read_text()
-    assert "| lr | seq_len | status | best val loss" in md and "Best: lr=" in md
+    assert "| lr | seq_len | status | params | epochs | kept % | pad % | best val loss" in md and "Best: lr=" in md
     pngs = ["val_loss_vs_lr.png", "val_loss_vs_seq_len.png", "curves_by_lr.png", "curves_by_seq_len.png"]
     for png in pngs:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tuilm.chat.session import FORMATS, ChatState
 from tuilm.errors import ConfigError
+from tuilm.formatting import human
 
 
 @dataclass(frozen=True)
@@ -173,13 +174,6 @@ def multiline_hint(state: ChatState) -> str:
     if state.multiline:
         return "multi-line: Enter adds a line, Esc Enter sends"
     return "Esc Enter adds a line, F2 multi-line"
-
-
-def human(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(int(n))
 
 
 def settings_text(state: ChatState) -> str:

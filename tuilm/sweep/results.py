@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
+from tuilm.formatting import human
 from tuilm.sweep.runinfo import RunSummary, fmt, fmt_rate, summarize_run
 from tuilm.sweep.spec import parse_budget
 
@@ -35,6 +36,10 @@ class Row:
     tokens_per_s: float | None = None
     peak_memory_mb: float | None = None
     wall_s: float | None = None
+    params: int | None = None
+    epochs: float | None = None
+    kept_fraction: float | None = None
+    padding_fraction: float | None = None
     summary: RunSummary | None = field(default=None, repr=False)
 
     @property
@@ -70,13 +75,19 @@ def collect_rows(sweep_dir: Path, record: dict[str, Any]) -> list[Row]:
             row.best_val_loss, row.best_val_bpc = summary.best_val_loss, summary.best_val_bpc
             row.final_val_loss, row.final_val_bpc = summary.final_val_loss, summary.final_val_bpc
             row.tokens_per_s, row.peak_memory_mb = summary.tokens_per_s, summary.peak_memory_mb
+            row.params, row.epochs = summary.params, summary.epochs
+            row.kept_fraction, row.padding_fraction = summary.kept_fraction, summary.padding_fraction
         rows.append(row)
     return rows
 
 
 CSV_METRICS = (
     "status",
+    "params",
     "steps",
+    "epochs",
+    "kept_fraction",
+    "padding_fraction",
     "best_val_loss",
     "best_val_ppl",
     "best_val_bpc",
@@ -159,25 +170,44 @@ def show_value(value: Any) -> str:
     return "auto" if value is None else str(value)
 
 
-def _fmt_stat(stat: tuple[float, float | None] | None, digits: int, rate: bool = False) -> str:
+def _percent(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _fmt_one(value: float | None, digits: int | None) -> str:
+    if value is None or not math.isfinite(value):
+        return fmt(value)
+    if digits == HUMAN:
+        return human(value)
+    if digits == PERCENT:
+        return _percent(value)
+    return fmt_rate(value) if digits == RATE else fmt(value, digits)
+
+
+def _fmt_stat(stat: tuple[float, float | None] | None, digits: int | None) -> str:
     if stat is None:
         return "-"
     mean, std = stat
-    text = fmt_rate(mean) if rate else fmt(mean, digits)
+    text = _fmt_one(mean, digits)
     if std is not None:
-        text += " ± " + (fmt_rate(std) if rate else fmt(std, digits))
+        text += " ± " + _fmt_one(std, digits)
     return text
 
 
+RATE, HUMAN, PERCENT = -1, -2, -3  # formats besides a number of decimal places
 COLUMNS = (
-    # (header, metric, digits, rate formatting)
-    ("best val loss", "best_val_loss", 4, False),
-    ("final val loss", "final_val_loss", 4, False),
-    ("ppl", "best_val_ppl", 2, False),
-    ("bits/char", "best_val_bpc", 4, False),
-    ("tok/s", "tokens_per_s", 0, True),
-    ("peak MB", "peak_memory_mb", 0, False),
-    ("wall s", "wall_s", 1, False),
+    # (header, metric, decimals or a format above)
+    ("params", "params", HUMAN),
+    ("epochs", "epochs", 2),
+    ("kept %", "kept_fraction", PERCENT),
+    ("pad %", "padding_fraction", PERCENT),
+    ("best val loss", "best_val_loss", 4),
+    ("final val loss", "final_val_loss", 4),
+    ("ppl", "best_val_ppl", 2),
+    ("bits/char", "best_val_bpc", 4),
+    ("tok/s", "tokens_per_s", RATE),
+    ("peak MB", "peak_memory_mb", 0),
+    ("wall s", "wall_s", 1),
 )
 
 
@@ -185,15 +215,11 @@ COMPACT = ("best_val_loss", "best_val_bpc", "tokens_per_s", "wall_s")
 
 
 def aggregate_cells(group: Group) -> list[str]:
-    return [_fmt_stat(group.stat(metric), digits, rate) for _, metric, digits, rate in COLUMNS]
+    return [_fmt_stat(group.stat(metric), digits) for _, metric, digits in COLUMNS]
 
 
 def row_cells(row: Row, columns=COLUMNS) -> list[str]:
-    cells = []
-    for _, metric, digits, rate in columns:
-        value = getattr(row, metric)
-        cells.append(fmt_rate(value) if rate else fmt(value, digits))
-    return cells
+    return [_fmt_one(getattr(row, metric), digits) for _, metric, digits in columns]
 
 
 # -- results.md -------------------------------------------------------------------------------------------------

@@ -35,6 +35,10 @@ class RunSummary:
     final_val_bpc: float | None = None
     tokens_per_s: float | None = None
     peak_memory_mb: float | None = None
+    params: int | None = None
+    epochs: float | None = None  # passes over the training rows
+    kept_fraction: float | None = None  # of the training tokens, what the sequence policy kept
+    padding_fraction: float | None = None  # of the training rows' cells, padding
     error: str = ""
     nonfinite: bool = False  # a non-finite loss or gradient was reported in the last session
     evals: list[ev.Eval] = field(default_factory=list)
@@ -60,10 +64,18 @@ def summarize_run(run_dir: Path, events: list[ev.Event] | None = None) -> RunSum
     last_start = max((i for i, e in enumerate(events) if isinstance(e, ev.RunStarted)), default=0)
     session = events[last_start:]
     end = next((e for e in reversed(session) if isinstance(e, ev.Finished | ev.Failed)), None)
+    if started:
+        data = started[-1].data
+        summary.params = started[-1].params
+        kept, dropped = data.get("tokens_kept"), data.get("tokens_dropped")
+        if kept is not None and dropped is not None and kept + dropped:
+            summary.kept_fraction = kept / (kept + dropped)
+        summary.padding_fraction = data.get("padding_fraction")
     summary.evals = [e for e in events if isinstance(e, ev.Eval)]
     summary.train = [(e.step, e.loss) for e in events if isinstance(e, ev.Step) and math.isfinite(e.loss)]
-    steps = [e.step for e in events if isinstance(e, ev.Step)]
-    summary.steps = steps[-1] if steps else 0
+    steps = [e for e in events if isinstance(e, ev.Step)]
+    summary.steps = steps[-1].step if steps else 0
+    summary.epochs = steps[-1].epoch if steps else None
     summary.nonfinite = any(isinstance(e, ev.Alert) and e.code == "nonfinite" for e in session)
     finite_evals = [e for e in summary.evals if math.isfinite(e.val_loss)]
     if finite_evals:

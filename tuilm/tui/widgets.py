@@ -21,6 +21,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static
 from textual_plotext import PlotextPlot
 
+from tuilm.formatting import human
 from tuilm.train import events as ev
 from tuilm.train.sinks import eta_seconds, fmt_duration
 
@@ -35,13 +36,6 @@ STATES = {
     "finished": ("✔", "bold green"),
     "failed": ("✘", "bold red"),
 }
-
-
-def human(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:g}"
 
 
 def sci(x: float | None) -> str:
