@@ -9,6 +9,7 @@ import threading
 import pytest
 import zstandard
 
+from tuilm.atomic import FILE_MODE
 from tuilm.data import sources
 from tuilm.data.download import download
 from tuilm.data.sources import NamedSource, load_corpus, split_documents
@@ -99,6 +100,7 @@ def test_download_verifies_and_renames(http_server, tmp_path):
     download(f"{url}/input.txt", dest, hashlib.sha256(PAYLOAD).hexdigest(), progress=True)
     assert dest.read_bytes() == PAYLOAD
     assert [p.name for p in dest.parent.iterdir()] == ["data.txt"]  # no temp file left behind
+    assert dest.stat().st_mode & 0o777 == FILE_MODE  # what open() would have made, not mkstemp's 0600
 
 
 def test_download_checksum_mismatch_saves_nothing(http_server, tmp_path):

@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from tests.helpers import tiny_trainer
+from tuilm.atomic import FILE_MODE
 from tuilm.train import events as ev
 from tuilm.train.sinks import MetricsFile, read_events
 
@@ -123,6 +124,7 @@ def test_events_checkpoints_and_metrics_file(small_corpus, tmp_path):
     assert finished.status == "completed" and finished.best_val_bpc == min(e.val_bpc for e in evals)
     for name in ("last.safetensors", "best.safetensors", "train_state.safetensors", "config.toml"):
         assert (run / name).is_file()
+        assert (run / name).stat().st_mode & 0o777 == FILE_MODE  # readable by whoever may read the run
     # metrics.jsonl holds the same events, one JSON object per line.
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(rec.events)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tuilm.atomic import temp_file
 from tuilm.errors import DataError
 
 CHUNK = 1 << 16
@@ -28,7 +28,7 @@ def download(url: str, dest: Path, sha256: str, *, progress: bool = True, timeou
     The rename is atomic, so `dest` either does not exist or holds the verified file, even after Ctrl-C.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp_name = temp_file(dest, ".part")
     tmp = Path(tmp_name)
     digest = hashlib.sha256()
     try:
