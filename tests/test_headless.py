@@ -34,7 +34,7 @@ def test_piped_output_is_plain_log_lines(small_corpus, tmp_path):
     assert lines[0].startswith("run run: custom on ")
     assert any(line.startswith("step 1 (10%)") and "tok/s" in line for line in lines)
     assert any(line.startswith("step 5: val loss") for line in lines)
-    assert lines[-1].startswith("finished (max_steps) at step 10")
+    assert lines[-1].startswith("completed (max_steps) at step 10")
     assert "\x1b[" not in out.stdout  # no terminal control codes in a pipe
     assert kinds(run)[0] == "RunStarted" and kinds(run)[-1] == "Finished"
     for name in ("last.safetensors", "best.safetensors", "train_state.safetensors", "config.toml"):

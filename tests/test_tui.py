@@ -19,7 +19,7 @@ from tuilm.train.sinks import read_events
 from tuilm.tui import app as dashboard
 from tuilm.tui.app import Dashboard, run_dashboard, watch_command
 from tuilm.tui.store import MetricsTail, Ring, RunStore, downsample, windowed_rate
-from tuilm.tui.widgets import ConfirmQuit, RunHeader
+from tuilm.tui.widgets import ConfirmQuit, GradHeatmap, RunHeader
 
 pytestmark = pytest.mark.anyio  # the async tests run on asyncio through anyio's pytest plugin
 
@@ -193,6 +193,23 @@ def test_enter_after_training_offers_chat_on_the_best_checkpoint(small_corpus, t
     assert opened == [tmp_path / "run" / "best.safetensors"]
 
 
+def test_quitting_after_training_leaves_the_outcome_on_the_terminal(small_corpus, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    trainer, _ = tiny_trainer(small_corpus, run, "max_steps=6")
+
+    async def quit_when_done(pilot):
+        await until(pilot, lambda: pilot.app.ended, what="the end of training")
+        await pilot.press("q")
+
+    monkeypatch.setattr(
+        Dashboard, "run", lambda self: App.run(self, headless=True, size=SIZE, auto_pilot=quit_when_done)
+    )
+    assert run_dashboard(trainer) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("completed (max_steps) at step 6") and "best val loss" in out[-2]
+    assert out[-1] == f"run directory: {run}  (chat: tuilm chat --model-path {run})"
+
+
 def test_chat_falls_back_to_printing_the_command(monkeypatch, capsys, tmp_path):
     import builtins
 
@@ -218,6 +235,26 @@ async def test_a_terminal_too_small_says_so():
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         assert not app.query_one("#too-small").display
+
+
+async def test_heatmap_fills_its_panel_and_labels_the_steps():
+    app = Dashboard(store=replayed(upto=12))  # health measured at steps 5 and 10
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        heatmap = app.query_one(GradHeatmap)
+        lines = heatmap.render().plain.splitlines()
+        layers = heatmap.history[-1].layers
+        name_w = max(map(len, layers)) + 1
+        cells = lines[0][name_w:]
+        assert set(cells) == {"█"} and len(cells) > heatmap.size.width - name_w - 2  # two columns, drawn wide
+        axis = lines[len(layers)].strip()
+        assert axis.startswith("step 5 ") and axis.endswith(" 10")
+    app = Dashboard(store=replayed(upto=12))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        heatmap = app.query_one(GradHeatmap)
+        narrow = heatmap.render().plain.splitlines()[len(heatmap.history[-1].layers)].strip()
+        assert narrow in ("step 5" + " " * (len(narrow) - 8) + "10", "steps 5-10")
 
 
 # -- watch mode --------------------------------------------------------------------------------------------------

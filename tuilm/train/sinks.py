@@ -74,6 +74,14 @@ def eta_seconds(step: ev.Step) -> float:
     return step.elapsed * (1 - step.progress) / step.progress
 
 
+def finished_line(e: ev.Finished) -> str:
+    best = f"; best val loss {e.best_val_loss:.4f} (bits/char {e.best_val_bpc:.4f})" if e.best_val_loss else ""
+    return (
+        f"{e.status} ({e.reason}) at step {e.step} after {fmt_duration(e.elapsed)} of training, "
+        f"{e.tokens_per_s:,.0f} tok/s{best}"
+    )
+
+
 class HeadlessProgress:
     """A Rich progress bar on a terminal; plain log lines every few seconds when output is not a terminal
     (a live display there would print nothing until the end). Evals, checkpoints, alerts and samples are
@@ -171,11 +179,7 @@ class HeadlessProgress:
             self._progress = None
         if isinstance(e, ev.Failed):
             return  # the command reports the error
-        best = f"best val loss {e.best_val_loss:.4f} (bits/char {e.best_val_bpc:.4f})" if e.best_val_loss else ""
-        self._print(
-            f"finished ({e.reason}) at step {e.step} after {fmt_duration(e.elapsed)} of training, "
-            f"{e.tokens_per_s:,.0f} tok/s; {best}"
-        )
+        self._print(finished_line(e))
 
     def _print(self, text: str, markup: bool = False) -> None:
         if self._progress is not None:

@@ -594,6 +594,13 @@ def run_dashboard(trainer) -> int:
         code = app.return_code  # the UI itself failed (Textual has printed why)
     if result == "chat" and code == 0:
         return open_chat(Path(app.chat_path()))
+    if trainer.result is not None:
+        # The dashboard is gone with the alternate screen: leave the outcome, and where to go next, behind.
+        from tuilm.train.sinks import finished_line
+
+        print(finished_line(trainer.result))
+        if trainer.result.last_checkpoint:
+            print(f"run directory: {trainer.run_dir}  (chat: tuilm chat --model-path {trainer.run_dir})")
     return code
 
 

@@ -343,6 +343,8 @@ class GradHeatmap(Widget):
         starts = np.array([b[0] for b in bins])
         with np.errstate(invalid="ignore"):
             means = np.add.reduceat(logs, starts, axis=1) / np.array([len(b) for b in bins])
+        # Fewer measurements than columns (early in a run): each one is drawn wider, so the map fills the panel.
+        means = np.repeat(means, max(1, cols // means.shape[1]), axis=1)
         levels = np.clip((means - lo) / max(hi - lo, 1e-9) * 31, 0, 31)
         text = Text(no_wrap=True, overflow="crop")
         for i, name in enumerate(layers):
@@ -353,10 +355,15 @@ class GradHeatmap(Widget):
                 else:
                     text.append("×", style=NONFINITE)
             text.append("\n")
-        first, last = rows[0].step, rows[-1].step
-        axis = f"step {first}"
-        span = len(bins)
-        text.append(" " * name_w + axis + f"{last:>{max(1, span - len(axis))}}\n", style="dim")
+        first, last = f"step {rows[0].step}", f"{rows[-1].step}"
+        span = levels.shape[1]
+        if len(rows) == 1:
+            axis = first
+        elif span > len(first) + len(last):
+            axis = first + last.rjust(span - len(first))
+        else:
+            axis = f"steps {first[5:]}-{last}"
+        text.append(" " * name_w + axis + "\n", style="dim")
         legend = Text(" " * name_w + f"{10**lo:.0e} ", style="dim")
         for k in range(0, 32, 4):
             legend.append("█", style=HEAT_LEVELS[k])
