@@ -61,6 +61,15 @@ def test_sample_prompt_from_stdin(run_dir):
     assert out.returncode == 0 and out.stdout.startswith("SPEAKER 2:")
 
 
+def test_a_prompt_longer_than_the_context_is_refused_unless_truncated(run_dir):
+    long_prompt = " ".join(["word1"] * 40)  # the tiny model's window is 16 tokens
+    out = tuilm("sample", "-m", str(run_dir), "-p", long_prompt, "-n", "3")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "context window" in out.stderr and "--truncate" in out.stderr
+    out = tuilm("sample", "-m", str(run_dir), "-p", long_prompt, "-n", "3", "--truncate", "--seed", "1")
+    assert out.returncode == 0 and out.stdout.startswith(long_prompt) and "note:" in out.stderr
+
+
 def test_eval_command_reproduces_the_runs_val_split(run_dir):
     out = tuilm("eval", "--model-path", str(run_dir))
     assert out.returncode == 0, out.stderr

@@ -124,13 +124,18 @@ def sample(
     top_p: TopP = 0.95,
     seed: Seed = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the whole context for every token.")] = False,
+    truncate: Annotated[
+        bool, typer.Option("--truncate", help="Keep the end of a prompt longer than the context window.")
+    ] = False,
     device: Device = "auto",
 ) -> None:
     """Print a completion of a prompt (streamed as it is sampled)."""
     from tuilm.sampling import sample_command
 
     prompt_text = sys.stdin.read() if prompt == "-" else prompt
-    sample_command(model_path, prompt_text, max_new_tokens, temperature, top_k, top_p, seed, not no_cache, device)
+    sample_command(
+        model_path, prompt_text, max_new_tokens, temperature, top_k, top_p, seed, not no_cache, device, truncate
+    )
 
 
 @app.command(name="eval")

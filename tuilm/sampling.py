@@ -129,6 +129,7 @@ def sample_command(
     seed: int | None,
     use_cache: bool,
     device: str,
+    truncate: bool = False,
 ) -> None:
     from tuilm.checkpoint import load_checkpoint
     from tuilm.train.device import pick_device
@@ -140,10 +141,10 @@ def sample_command(
     context = [tokenizer.eos_id, *tokenizer.encode(prompt)]
     window = ckpt.model.cfg.seq_len
     if len(context) > window:
-        print(
-            f"note: the prompt is {len(context) - 1} tokens; only its last {window - 1} fit the context window",
-            file=sys.stderr,
-        )
+        fits = f"only its last {window - 1} fit the model's {window}-token context window"
+        if not truncate:
+            raise ConfigError(f"the prompt is {len(context) - 1} tokens and {fits}; shorten it, or pass --truncate")
+        print(f"note: the prompt is {len(context) - 1} tokens; {fits}", file=sys.stderr)
     generator = make_generator(seed, next(ckpt.model.parameters()).device)
     decoder = tokenizer.stream_decoder()
     out = sys.stdout
