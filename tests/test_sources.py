@@ -157,6 +157,9 @@ def test_named_source_offline_says_where_to_put_the_file(fake_source, tmp_path, 
     message = str(err.value)
     assert "could not download" in message and "to work offline, put fake.txt at" in message
     assert str(tmp_path / "data" / "fake.txt") in message
+    monkeypatch.delenv("TUILM_DATA_DIR")
+    with pytest.raises(DataError, match=r"or in a folder named by \$TUILM_DATA_DIR"):
+        load_corpus("fake", progress=False)
 
 
 def test_named_source_rejects_a_wrong_local_file(fake_source, tmp_path, monkeypatch):

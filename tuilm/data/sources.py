@@ -75,6 +75,8 @@ def dataset_path(source: NamedSource, *, progress: bool = True) -> Path:
         return download(source.url, cached, source.sha256, progress=progress)
     except DataError as e:
         places = " or ".join(str(p) for p in candidates)
+        if not os.environ.get(DATA_DIR_ENV):
+            places += f", or in a folder named by ${DATA_DIR_ENV}"
         raise DataError(f"{e}; to work offline, put {source.filename} at {places}") from None
 
 
