@@ -118,6 +118,7 @@ def write_pngs(folder: Path, rows: list[Row], keys: list[str], labels: dict[str,
     """The plots as PNG files in `folder`; their names. Call only when matplotlib is importable."""
     # Figure objects, not pyplot: no global state, no GUI backend, safe next to a running dashboard.
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     written = []
     plot_keys = keys or ["seed"]
@@ -133,7 +134,10 @@ def write_pngs(folder: Path, rows: list[Row], keys: list[str], labels: dict[str,
             pos = xs if numeric else [order.index(x) for x in xs]
             ax.errorbar(pos, means, yerr=stds if any(stds) else None, marker="o", capsize=3, label=label)
         if log_scale(order):
+            # Ticks at the values tried, as typed: 10^-3-style minor labels ran into each other.
             ax.set_xscale("log")
+            ax.set_xticks(order, [show_value(v) for v in order])
+            ax.xaxis.set_minor_locator(NullLocator())
         if not numeric:
             ax.set_xticks(range(len(order)), [show_value(v) for v in order])
         ax.set_xlabel(labels.get(key, key))
