@@ -143,6 +143,8 @@ class Trainer:
     def run(self) -> ev.Finished | None:
         try:
             self._emit(self._started_event())
+            if self.tcfg.compile:
+                self._emit(ev.Log(self.step, "torch.compile: the first step compiles the model, which takes a while"))
             self._emit(ev.Status(self.step, "running"))
             reason = self._loop()
             self.result = self._finish(reason)
