@@ -225,6 +225,20 @@ def test_fixed_tables_stay_out_of_checkpoints():
         assert not any(k.startswith(("pos_table", "rope_", "alibi_")) for k in keys)
 
 
+def test_sinusoidal_positions_do_not_drown_the_tokens():
+    """At initialisation the token signal and the fixed table are of one order (Vaswani et al.'s sqrt(d) scale)."""
+    model = tiny(pos="sinusoidal", d_model=128, n_heads=4, seq_len=64)
+    x = tokens(t=64)
+    embedded = model.drop(model.tok_emb(x))  # what the blocks would see without positions
+    inputs = {}
+    model.blocks[0].register_forward_pre_hook(lambda module, args: inputs.update(x=args[0]))
+    model(x)
+    positions = inputs["x"] - embedded * 128**0.5
+    assert torch.allclose(positions[0], model.pos_table[:64], atol=1e-5)  # the table, added once, unscaled
+    ratio = (embedded * 128**0.5).norm(dim=-1).mean() / positions.norm(dim=-1).mean()
+    assert 0.2 < ratio < 5
+
+
 @pytest.mark.parametrize("pos", POS_CHOICES)
 def test_gradient_reaches_every_parameter(pos):
     model = tiny(pos=pos, act="swiglu", bias=True, dropout=0.1, tie_embeddings=False).train()

@@ -310,7 +310,9 @@ class GPT(nn.Module):
         if cfg.pos == "learned":
             x = x + self.pos_emb(pos)
         elif cfg.pos == "sinusoidal":
-            x = x + self.pos_table[pos]
+            # Scaled by sqrt(d_model) as in Vaswani et al.: the fixed table's rows have norm sqrt(d/2), some 35
+            # times a freshly initialised embedding's, and unscaled the model first sees little but positions.
+            x = x * math.sqrt(cfg.d_model) + self.pos_table[pos]
         x = self.drop(x)
 
         rope = None
