@@ -400,3 +400,19 @@ def test_bad_input_exits_2_with_one_line(args, fragment, tmp_path):
 def test_runs_on_a_folder_without_runs(tmp_path):
     result = CliRunner().invoke(app, ["runs", str(tmp_path)])
     assert result.exit_code == 0 and "no runs under" in result.output
+
+
+def test_a_key_in_a_big_grid_is_plotted_as_its_average_over_the_others():
+    from tuilm.sweep.plots import MAX_SERIES, loss_vs_key
+    from tuilm.sweep.results import Row
+
+    rows = [
+        Row(f"r{a}{b}", {"model.d_model": a, "train.lr": b}, 1, "completed", best_val_loss=a / 100 + b)
+        for a in (64, 128)
+        for b in range(MAX_SERIES + 1)
+    ]
+    keys = ["model.d_model", "train.lr"]
+    (label, xs, means, stds), *rest = loss_vs_key(rows, keys, "model.d_model")
+    assert rest == [] and label.startswith("mean over the other settings")
+    assert xs == [64, 128] and means == pytest.approx([0.64 + 4, 1.28 + 4]) and stds[0] > 0
+    assert len(loss_vs_key(rows, keys, "train.lr")) == 2  # two lines (one per width) stay lines

@@ -14,6 +14,7 @@ from rich.text import Text
 from tuilm.sweep.results import OK, Row, show_value
 from tuilm.sweep.runinfo import RunSummary
 
+MAX_SERIES = 8  # lines in a val-loss-vs-key plot; more are averaged into one
 MAX_POINTS = 400  # per curve: more is invisible at terminal or PNG resolution and slows plotting down
 MARKERS = "•x+o*#@%"  # told apart without colour (output piped to a file)
 COLORS = ("blue", "red", "green", "orange", "magenta", "cyan", "gray", "yellow")
@@ -45,7 +46,8 @@ def log_scale(values: Sequence[Any]) -> bool:
 
 
 def loss_vs_key(rows: list[Row], keys: list[str], key: str) -> list[tuple[str, list[Any], list[float], list[float]]]:
-    """Series (one per combination of the other keys) of (label, x values, mean best val loss, std over seeds)."""
+    """Series (one per combination of the other keys, or their average when there are more than MAX_SERIES) of
+    (label, x values, mean best val loss, std over seeds or the averaged runs)."""
     others = [k for k in keys if k != key]
     series: dict[str, dict[Any, list[float]]] = {}
     for row in rows:
@@ -54,6 +56,13 @@ def loss_vs_key(rows: list[Row], keys: list[str], key: str) -> list[tuple[str, l
         label = ", ".join(f"{k.split('.')[-1]}={show_value(row.values.get(k))}" for k in others) or "best val loss"
         series.setdefault(label, {}).setdefault(value_of(row, key), []).append(row.best_val_loss)
     order = axis_values(rows, key)
+    if len(series) > MAX_SERIES:
+        # A line per combination of the other keys would be a tangle: show the key's effect averaged over them.
+        pooled: dict[Any, list[float]] = {}
+        for by_value in series.values():
+            for value, losses in by_value.items():
+                pooled.setdefault(value, []).extend(losses)
+        series = {"mean over the other settings (± std)": pooled}
     out = []
     for label, by_value in series.items():
         xs = [v for v in order if v in by_value]
