@@ -11,17 +11,7 @@ time between steps; both leave out the first WARMUP steps. The dashboard runs as
 frozen out of garbage collection). Prints one JSON object; `ratio` is dashboard over headless at torch's default
 thread count: the target is >= 0.95, with keys handled within 100 ms.
 
-Measured on the 2-core x86_64 development VM (torch 2.13 CPU, 40 steps x 3 repeats, medians; other work shares the
-machine, so single runs spread by up to 10%):
-- torch threads: 1 thread trains at about 5,500-6,500 tokens/s, 2 threads (torch's default) at 9,700-11,500, with
-  or without the dashboard. Leaving a core to the UI would cost some 45%, so the dashboard keeps torch's default.
-- dashboard at 2 threads: ratio 0.995 (runs 9,706 / 10,112 / 9,138 against 9,531 / 9,752 / 11,689 headless); earlier
-  runs of the same code 0.94-1.0. The UI thread used 3.5% of a core; keys were handled in 0.5 ms (median), 1 ms
-  at most.
-- what it took: with every panel redrawn at each 10 Hz pull, a tiny model's steps took 4 times as long; with the
-  charts paced to 3% of a core by their own build time the ratio was 0.80-0.88, as the whole redraw (frame and
-  sparkline included) cost about twice that, and a full garbage-collection pass (about 180 ms holding the GIL)
-  came every few seconds until the objects alive at startup were frozen.
+Measured figures and what they led to: benchmarks/README.md.
 
 Usage: python benchmarks/dashboard_overhead.py [--steps 40] [--repeats 2] [--threads 1 2]
 """

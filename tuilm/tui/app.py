@@ -2,7 +2,7 @@
 metrics.jsonl written by another process).
 
 Threads: the trainer runs in its own thread and hands every event to a `RunStore` (a lock and an append, never a
-wait on the UI). The UI drains the store on a timer, at most ten times a second; the rare events worth showing at
+wait on the UI). The UI drains the store on a timer, four times a second; the rare events worth showing at
 once (eval, alert, end of training) also post one message to wake it. Each pull updates the header and appends to
 the panes; the panels that cost real time to draw (charts, sparkline, per-layer health) are redrawn at a pace set
 by what the charts cost (PANEL_SHARE), because every millisecond the UI spends holding the GIL, or a core, is one
@@ -41,12 +41,14 @@ from tuilm.tui.widgets import (
     Series,
 )
 
-PULL_INTERVAL = 0.1  # seconds between UI updates: at most 10 a second, however fast steps come
+# Seconds between UI updates: four a second, however fast steps come. At ten a second (and PANEL_SHARE 1.5%) the
+# UI thread took 3.8% of a core, at four 2.1%; with torch on every core each millisecond the UI holds a core or
+# the GIL stalls a training step: see benchmarks/dashboard_overhead.py. Keys are handled at once regardless.
+PULL_INTERVAL = 0.25
 # The slow panels (charts, sparkline, per-layer health) are paced by what their last redraw cost the UI thread
 # (its CPU time until the next pull, the frame included): at most this share of one core, so a redraw that cost
-# 30 ms waits two seconds, and none comes sooner than PANEL_MIN_INTERVAL. With torch on every core, each
-# millisecond the UI holds a core or the GIL stalls a training step: see benchmarks/dashboard_overhead.py.
-PANEL_SHARE = 0.015
+# 30 ms waits three seconds, and none comes sooner than PANEL_MIN_INTERVAL.
+PANEL_SHARE = 0.01
 PANEL_MIN_INTERVAL = 0.5
 GRAD_WINDOW = 400  # steps in the gradient-norm sparkline
 SPEED_WINDOW = 25  # steps over which tokens/s is measured for its chart
@@ -185,7 +187,7 @@ class Dashboard(App[str | None]):
         }
         for id_, title in titles.items():
             self.query_one(f"#{id_}").border_title = title
-        # Looked up once: a query walks the DOM, and these are used ten times a second.
+        # Looked up once: a query walks the DOM, and these are used at every pull.
         self._header = self.query_one(RunHeader)
         self._charts = {chart.id: chart for chart in self.query(LineChart)}
         self.store.on_rare = self._wake
@@ -577,8 +579,8 @@ def run_dashboard(trainer) -> int:
     from tuilm.train.run import report_outcome
 
     # Torch keeps its default thread count (every core). On 2 cores benchmarks/dashboard_overhead.py measured one
-    # thread, which would leave a core to the UI, at about 55% of two threads' tokens/s, while the paced UI costs
-    # two threads under 5% (0.94-1.0 of headless) and keys are still handled within a millisecond or two.
+    # thread, which would leave a core to the UI, at 69% of two threads' tokens/s, while the paced UI costs two
+    # threads nothing the VM's noise resolves, and keys are still handled within a millisecond.
     app = Dashboard(trainer)
     freeze_startup_objects()
     try:

@@ -3,7 +3,7 @@ tailer), read by the UI on a timer.
 
 The trainer calls the store once per event in its own thread, so `__call__` only takes a lock and appends:
 per-step values go into fixed-size numpy rings (bounded memory for any run length), everything else into short
-lists. The UI drains what is new at most ten times a second; nothing here knows about Textual.
+lists. The UI drains what is new a few times a second; nothing here knows about Textual.
 """
 
 from __future__ import annotations
