@@ -15,6 +15,7 @@ from tuilm.sweep.results import OK, Row, show_value
 from tuilm.sweep.runinfo import RunSummary
 
 MAX_SERIES = 8  # lines in a val-loss-vs-key plot; more are averaged into one
+POOLED = "mean over the other settings (± std)"
 MAX_POINTS = 400  # per curve: more is invisible at terminal or PNG resolution and slows plotting down
 MARKERS = "•x+o*#@%"  # told apart without colour (output piped to a file)
 COLORS = ("blue", "red", "green", "orange", "magenta", "cyan", "gray", "yellow")
@@ -62,7 +63,7 @@ def loss_vs_key(rows: list[Row], keys: list[str], key: str) -> list[tuple[str, l
         for by_value in series.values():
             for value, losses in by_value.items():
                 pooled.setdefault(value, []).extend(losses)
-        series = {"mean over the other settings (± std)": pooled}
+        series = {POOLED: pooled}
     out = []
     for label, by_value in series.items():
         xs = [v for v in order if v in by_value]
@@ -153,7 +154,7 @@ def write_pngs(folder: Path, rows: list[Row], keys: list[str], labels: dict[str,
         ax.set_ylabel("best val loss")
         ax.set_title(f"best val loss vs {labels.get(key, key)}")
         ax.grid(alpha=0.3)
-        if len(data) > 1:
+        if len(data) > 1 or data[0][0] == POOLED:
             ax.legend(fontsize="small")
         name = f"val_loss_vs_{file_label(key, labels)}.png"
         fig.savefig(folder / name, dpi=110)
