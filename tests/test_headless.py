@@ -123,3 +123,15 @@ def test_wandb_offline(small_corpus, tmp_path):
     data = files[0].read_bytes()
     for key in (b"train/loss", b"train/tokens_per_s", b"val/bpc", b"health/grad_norm/block0.attn", b"best_val_bpc"):
         assert key in data, key
+
+
+def test_finished_line_names_the_reason_only_when_it_adds_something():
+    from tuilm.train import events as ev
+    from tuilm.train.sinks import finished_line
+
+    def end(status, reason):
+        return ev.Finished(60, reason, status, 42.0, 1000, 6.87, 2.72, 6.87, 2.72, 5758.0, None, None)
+
+    assert finished_line(end("stopped", "stopped")).startswith("stopped at step 60 after 42s of training")
+    assert finished_line(end("stopped", "interrupted")).startswith("stopped (interrupted) at step 60")
+    assert "best val loss 6.8700 (bits/char 2.7200)" in finished_line(end("completed", "time"))

@@ -76,8 +76,9 @@ def eta_seconds(step: ev.Step) -> float:
 
 def finished_line(e: ev.Finished) -> str:
     best = f"; best val loss {e.best_val_loss:.4f} (bits/char {e.best_val_bpc:.4f})" if e.best_val_loss else ""
+    why = f" ({e.reason})" if e.reason != e.status else ""
     return (
-        f"{e.status} ({e.reason}) at step {e.step} after {fmt_duration(e.elapsed)} of training, "
+        f"{e.status}{why} at step {e.step} after {fmt_duration(e.elapsed)} of training, "
         f"{e.tokens_per_s:,.0f} tok/s{best}"
     )
 
