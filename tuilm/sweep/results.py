@@ -170,44 +170,37 @@ def show_value(value: Any) -> str:
     return "auto" if value is None else str(value)
 
 
-def _percent(x: float) -> str:
-    return f"{100 * x:.1f}"
+def _fmt_one(value: float | None, show) -> str:
+    return fmt(value) if value is None or not math.isfinite(value) else show(value)
 
 
-def _fmt_one(value: float | None, digits: int | None) -> str:
-    if value is None or not math.isfinite(value):
-        return fmt(value)
-    if digits == HUMAN:
-        return human(value)
-    if digits == PERCENT:
-        return _percent(value)
-    return fmt_rate(value) if digits == RATE else fmt(value, digits)
-
-
-def _fmt_stat(stat: tuple[float, float | None] | None, digits: int | None) -> str:
+def _fmt_stat(stat: tuple[float, float | None] | None, show) -> str:
     if stat is None:
         return "-"
     mean, std = stat
-    text = _fmt_one(mean, digits)
+    text = _fmt_one(mean, show)
     if std is not None:
-        text += " ± " + _fmt_one(std, digits)
+        text += " ± " + _fmt_one(std, show)
     return text
 
 
-RATE, HUMAN, PERCENT = -1, -2, -3  # formats besides a number of decimal places
+def _decimals(n: int):
+    return lambda x: fmt(x, n)
+
+
 COLUMNS = (
-    # (header, metric, decimals or a format above)
-    ("params", "params", HUMAN),
-    ("epochs", "epochs", 2),
-    ("kept %", "kept_fraction", PERCENT),
-    ("pad %", "padding_fraction", PERCENT),
-    ("best val loss", "best_val_loss", 4),
-    ("final val loss", "final_val_loss", 4),
-    ("ppl", "best_val_ppl", 2),
-    ("bits/char", "best_val_bpc", 4),
-    ("tok/s", "tokens_per_s", RATE),
-    ("peak MB", "peak_memory_mb", 0),
-    ("wall s", "wall_s", 1),
+    # (header, metric, how a value is shown)
+    ("params", "params", human),
+    ("epochs", "epochs", _decimals(2)),
+    ("kept %", "kept_fraction", lambda x: f"{100 * x:.1f}"),
+    ("pad %", "padding_fraction", lambda x: f"{100 * x:.1f}"),
+    ("best val loss", "best_val_loss", _decimals(4)),
+    ("final val loss", "final_val_loss", _decimals(4)),
+    ("ppl", "best_val_ppl", _decimals(2)),
+    ("bits/char", "best_val_bpc", _decimals(4)),
+    ("tok/s", "tokens_per_s", fmt_rate),
+    ("peak MB", "peak_memory_mb", _decimals(0)),
+    ("wall s", "wall_s", _decimals(1)),
 )
 
 
@@ -215,11 +208,11 @@ COMPACT = ("best_val_loss", "best_val_bpc", "tokens_per_s", "wall_s")
 
 
 def aggregate_cells(group: Group) -> list[str]:
-    return [_fmt_stat(group.stat(metric), digits) for _, metric, digits in COLUMNS]
+    return [_fmt_stat(group.stat(metric), show) for _, metric, show in COLUMNS]
 
 
 def row_cells(row: Row, columns=COLUMNS) -> list[str]:
-    return [_fmt_one(getattr(row, metric), digits) for _, metric, digits in columns]
+    return [_fmt_one(getattr(row, metric), show) for _, metric, show in columns]
 
 
 # -- results.md -------------------------------------------------------------------------------------------------

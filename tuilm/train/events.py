@@ -94,6 +94,13 @@ class Health(Event):
     attn_entropy: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
+    def block_stats(self, i: int) -> tuple[float | None, float]:
+        """Block i's dead fraction (None outside the ReLU family) and attention entropy (nan when not measured):
+        the two lists an older metrics.jsonl or a non-ReLU model may leave short."""
+        dead = self.dead_fraction[i] if i < len(self.dead_fraction) else None
+        entropy = self.attn_entropy[i] if i < len(self.attn_entropy) else math.nan
+        return dead, entropy
+
 
 @dataclass(frozen=True)
 class Alert(Event):

@@ -83,8 +83,7 @@ def render(run: Path, summary: dict, console: Console) -> None:
         for column in ("block", "output std", "max |a|", "MLP hidden std", "dead fraction", "attention entropy"):
             blocks.add_column(column, justify="left" if column == "block" else "right")
         for i, block in enumerate(last.blocks):
-            dead = last.dead_fraction[i] if i < len(last.dead_fraction) else None
-            entropy = last.attn_entropy[i] if i < len(last.attn_entropy) else math.nan
+            dead, entropy = last.block_stats(i)
             blocks.add_row(
                 block,
                 f"{last.act_std[i]:.3g}",

@@ -383,8 +383,7 @@ class ActivationTable(DataTable):
     def show(self, h: ev.Health) -> None:
         rows = []
         for i, block in enumerate(h.blocks):
-            dead = h.dead_fraction[i] if i < len(h.dead_fraction) else None
-            entropy = h.attn_entropy[i] if i < len(h.attn_entropy) else math.nan
+            dead, entropy = h.block_stats(i)
             rows.append(
                 (
                     block,
