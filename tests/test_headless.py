@@ -85,6 +85,7 @@ def test_ctrl_c_stops_cleanly_and_saves_then_resume_continues(small_corpus, tmp_
     assert len(started) == 2 and started[1].resumed_step == stopped_at
     assert events[-1].step == stopped_at + 3
     assert f"resumed at step {stopped_at}" in out.stdout
+    assert f"max_steps = {stopped_at + 3}" in (run / "config.toml").read_text()  # what the run now is
 
 
 def test_resume_needs_a_run(tmp_path):

@@ -124,11 +124,13 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
 
     dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, on_status=status)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        from tuilm.atomic import atomic_write_text
+    trainer = Trainer(config, dataset, run_dir, bus, resume=resume)
+    from tuilm.atomic import atomic_write_text
 
-        atomic_write_text(run_dir / "config.toml", config.to_toml())
-    return Trainer(config, dataset, run_dir, bus, resume=resume)
+    # Written once the trainer exists (a resume that fails leaves the old file), and again on every resume:
+    # its overrides (--steps, --set) are part of what the run now is.
+    atomic_write_text(run_dir / "config.toml", config.to_toml())
+    return trainer
 
 
 def attach_files(trainer):
