@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import tiny_trainer
-from tuilm.checkpoint import load_checkpoint, read_metadata
+from tuilm.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from tuilm.errors import CheckpointError
 
 
@@ -108,6 +108,29 @@ def test_pickle_is_refused_without_unpickling(tmp_path):
     renamed = tmp_path / "model.safetensors"
     renamed.write_bytes(path.read_bytes())
     assert_refused(renamed, "pickle")
+
+
+def test_a_protocol_2_pickle_is_refused_too(tmp_path):
+    path = tmp_path / "legacy.safetensors"
+    torch.save({"weights": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    assert_refused(path, "pickle")
+
+
+def test_every_header_length_loads_including_128_mod_256(run_dir, tmp_path):
+    """safetensors pads its header to 8 bytes, so its length's low byte takes 32 values; 0x80 is one of them."""
+    ckpt = load_checkpoint(run_dir)
+    seen = set()
+    for pad in range(256):
+        path = tmp_path / f"pad{pad}.safetensors"
+        save_checkpoint(path, ckpt.model, ckpt.tokenizer, ckpt.run_config, note="x" * pad)
+        low = path.read_bytes()[0]
+        seen.add(low)
+        assert read_metadata(path)["note"] == json.dumps("x" * pad)
+        if low == 0x80:
+            loaded = load_checkpoint(path)
+            assert torch.equal(loaded.model.tok_emb.weight, ckpt.model.tok_emb.weight)
+    assert len(seen) == 32  # 256 one-byte steps of the header cover every 8-byte-aligned low byte, 0x80 too
 
 
 def test_not_a_safetensors_file(tmp_path):

@@ -11,6 +11,7 @@ metadata. Nothing is ever pickled or unpickled, and every write is atomic.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +83,7 @@ def resolve_model_path(path: Path) -> Path:
 def read_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a tuilm checkpoint, after checking it is safe and really one of ours."""
     path = resolve_model_path(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if path.suffix.lower() in PICKLE_SUFFIXES or head[:1] == b"\x80" or head[:2] == b"PK":
+    if path.suffix.lower() in PICKLE_SUFFIXES or sniff(path) == "pickle":
         raise CheckpointError(
             f"{path}: refusing to load a PyTorch pickle checkpoint: unpickling can run arbitrary code. "
             "tuilm reads and writes .safetensors checkpoints only"
@@ -102,6 +101,38 @@ def read_metadata(path: Path) -> dict[str, str]:
     if int(metadata.get("format_version", "0")) > VERSION:
         raise CheckpointError(f"{path}: written by a newer tuilm ({metadata.get('tuilm_version')}); upgrade tuilm")
     return metadata
+
+
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+def sniff(path: Path) -> str:
+    """'safetensors', 'pickle' or 'unknown', judged by the file's structure, never by one byte.
+
+    A safetensors file opens with its header's length as a little-endian u64 and then that many bytes of JSON;
+    that length can start with any byte (0x80 included, whenever it is 128 mod 256), so the layout is checked
+    first and only a file that is not laid out so is tested for pickle's protocol marker or a zip archive.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+            if len(head) == 8:
+                n = int.from_bytes(head, "little")
+                if 2 <= n <= min(MAX_HEADER, size - 8):
+                    header = f.read(n)
+                    if header[:1] == b"{":
+                        try:
+                            if isinstance(json.loads(header), dict):
+                                return "safetensors"
+                        except (UnicodeDecodeError, json.JSONDecodeError):
+                            pass
+    except OSError:
+        return "unknown"
+    # Pickle protocol 2+ starts with PROTO (0x80) and a protocol number; torch.save's default is a zip archive.
+    if (head[:1] == b"\x80" and head[1:2] and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04":
+        return "pickle"
+    return "unknown"
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> Checkpoint:
