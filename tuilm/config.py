@@ -37,7 +37,7 @@ class TrainConfig:
     batch_size: int = 32  # rows per optimizer step
     batch_tokens: int = 0  # if set, rows per step = batch_tokens // seq_len (compare block sizes at equal batch)
     micro_batch_size: int = 0  # rows per forward pass; 0 means batch_size (no accumulation)
-    optimizer: str = "adamw"  # adamw | adam | sgd | adafactor
+    optimizer: str = "adamw"  # adamw | adam | sgd | adafactor | muon (Muon for the blocks' matrices, AdamW rest)
     lr: float = 1e-3
     min_lr: float = 1e-4
     schedule: str = "cosine"  # cosine | linear | constant (after warmup, towards min_lr)
@@ -46,6 +46,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     momentum: float = 0.9  # sgd
+    muon_lr: float = 0.02  # muon: peak lr of the Muon groups (the AdamW groups use lr); same schedule
+    muon_momentum: float = 0.95  # muon: Nesterov momentum
     grad_clip: float = 1.0  # 0 turns clipping off
     epochs: float = 0  # stopping criteria: 0 means unset; training stops at the first one reached
     max_steps: int = 0
@@ -105,7 +107,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "hea
 CHOICES = {
     "data.policy": ("pack", "pad", "pad-overflow", "bucket"),
     "data.split": ("random", "tail"),
-    "train.optimizer": ("adamw", "adam", "sgd", "adafactor"),
+    "train.optimizer": ("adamw", "adam", "sgd", "adafactor", "muon"),
     "train.schedule": ("cosine", "linear", "constant"),
     "train.dtype": ("auto", "fp32", "bf16", "fp16"),
     "health.nonfinite": ("skip", "stop"),

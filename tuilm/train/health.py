@@ -214,7 +214,8 @@ class HealthMonitor:
         self._layer_alerts(event)
 
     def _moments(self) -> tuple[list[float], list[float], list[float]]:
-        """Norms of Adam's moments per group, and the mean element-wise |m| / sqrt(v) (empty for other optimizers)."""
+        """Norms of the moments per group (Adam's m and v; the momentum buffer of Muon and SGD, with v 0), and the mean
+        element-wise |m| / sqrt(v) where there is a v (nan elsewhere; all empty for optimizers without moments)."""
         n = len(self.params)
         m, v, snr, count = torch.zeros(n), torch.zeros(n), torch.zeros(n), torch.zeros(n)
         found = False
@@ -232,9 +233,13 @@ class HealthMonitor:
                     scale = math.sqrt(1 - b2**t) / (1 - b1**t)
                     snr[i] = (ma.abs() / (va.sqrt() + 1e-12)).sum() * scale
                     count[i] = ma.numel()
+                elif "momentum_buffer" in state and state["momentum_buffer"] is not None:  # Muon, SGD: no 2nd moment
+                    found = True
+                    m[i] = state["momentum_buffer"].float().norm()
         if not found:
             return [], [], []
-        snr_group = self._sum_groups(snr) / self._sum_groups(count).clamp_min(1)
+        counts = self._sum_groups(count)
+        snr_group = torch.where(counts > 0, self._sum_groups(snr) / counts.clamp_min(1), math.nan)
         return self._by_group(m).tolist(), self._by_group(v).tolist(), snr_group.tolist()
 
     def _sum_groups(self, values: torch.Tensor) -> torch.Tensor:

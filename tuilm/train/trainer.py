@@ -280,7 +280,7 @@ class Trainer:
             torch.nn.utils.clip_grads_with_norm_(params, self.tcfg.grad_clip, norm, foreach=True)
         lr = lr_at(self.step, self.progress, self.tcfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
         finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
         skipped = False
