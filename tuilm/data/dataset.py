@@ -42,6 +42,12 @@ class Dataset:
         }
 
 
+def split_corpus(corpus, data) -> tuple[np.ndarray, np.ndarray]:
+    """Train and val document indices of `corpus` under the DataConfig `data` (the one rule train and eval share)."""
+    lengths = [len(d) + 2 for d in corpus.documents]  # + 2: the blank line that separates documents in a text file
+    return split_indices(lengths, data.split, data.val_fraction, data.split_seed)
+
+
 def prepare(
     data,
     seq_len: int,
@@ -53,7 +59,7 @@ def prepare(
     """`data` is a DataConfig. `progress` shows a download bar; `on_status` hears of tokenizer training."""
     corpus = load_corpus(data.source, progress=progress)
     tokenizer = load_or_train(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
-    train_idx, val_idx = split_indices(len(corpus.documents), data.split, data.val_fraction, data.split_seed)
+    train_idx, val_idx = split_corpus(corpus, data)
     if data.train_fraction < 1:
         keep = max(1, round(len(train_idx) * data.train_fraction))
         train_idx = np.sort(np.random.default_rng(data.split_seed + 1).choice(train_idx, keep, replace=False))

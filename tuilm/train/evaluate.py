@@ -63,8 +63,8 @@ def eval_command(model_path: Path, data: str | None, device: str) -> None:
 
     from tuilm.checkpoint import load_checkpoint
     from tuilm.config import from_dict
-    from tuilm.data.dataset import Dataset
-    from tuilm.data.pipeline import make_rows, split_indices, tokenize
+    from tuilm.data.dataset import Dataset, split_corpus
+    from tuilm.data.pipeline import make_rows, tokenize
     from tuilm.data.sources import load_corpus
     from tuilm.errors import DataError
     from tuilm.train.device import pick_device
@@ -81,9 +81,7 @@ def eval_command(model_path: Path, data: str | None, device: str) -> None:
                 f"{config.data.source} has changed since this model was trained (different content); "
                 "evaluate on a file with --data"
             )
-        _, val_idx = split_indices(
-            len(corpus.documents), config.data.split, config.data.val_fraction, config.data.split_seed
-        )
+        _, val_idx = split_corpus(corpus, config.data)
         texts = [corpus.documents[i] for i in val_idx]
         what = f"{corpus.name} (val split, {len(texts):,} documents)"
     else:
