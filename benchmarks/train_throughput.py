@@ -1,8 +1,9 @@
 """Training throughput at the shape of nanoGPT's CPU example, against a nanoGPT-style reference loop.
 
 Shape: 4 layers, 4 heads, d_model 128, seq 64, batch 12, no dropout (nanoGPT's shakespeare_char CPU example).
-- `reference`: a compact re-implementation of nanoGPT's model.py and train.py step (fused-qkv attention
-  through SDPA, GELU MLP with bias, tied embeddings, AdamW, grad clip 1.0) over random character ids, vocab 65.
+- `reference`: benchmarks/nanogpt.py, a compact re-implementation of nanoGPT's model.py and train.py step
+  (fused-qkv attention through SDPA, GELU MLP with bias, tied embeddings, AdamW, grad clip 1.0) over random
+  character ids, vocab 65.
 - `tuilm`: tuilm's own Trainer, everything included (data pipeline, events, health monitor at its default
   cadence), training byte-level (vocab 258: every byte a token, the closest BPE gets to characters) on tiny
   Shakespeare, or on a synthetic corpus when the file is not available.
@@ -18,65 +19,32 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nanogpt import NanoConfig, NanoGPT, loss_of, make_optimizer
 
 SHAPE = {"n_layers": 4, "n_heads": 4, "d_model": 128, "seq_len": 64, "batch_size": 12}
-
-
-class RefBlock(nn.Module):
-    def __init__(self, d: int, h: int):
-        super().__init__()
-        self.h = h
-        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
-
-
-class RefGPT(nn.Module):
-    def __init__(self, vocab: int, seq: int, d: int, layers: int, heads: int):
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(seq, d)
-        self.blocks = nn.ModuleList(RefBlock(d, heads) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(d)
-        self.lm_head = nn.Linear(d, vocab, bias=False)
-        self.wte.weight = self.lm_head.weight
-
-    def forward(self, idx, targets):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-        for block in self.blocks:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
 def reference(steps: int) -> dict:
     torch.manual_seed(0)
     s = SHAPE
-    model = RefGPT(65, s["seq_len"], s["d_model"], s["n_layers"], s["n_heads"])
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}], lr=1e-3)
+    cfg = NanoConfig(65, s["seq_len"], s["n_layers"], s["n_heads"], s["d_model"], bias=True)
+    model = NanoGPT(cfg)
+    opt = make_optimizer(model, cfg)
     data = torch.randint(0, 65, (200_000,))
 
     def step():
         ix = torch.randint(len(data) - s["seq_len"] - 1, (s["batch_size"],))
         x = torch.stack([data[i : i + s["seq_len"]] for i in ix])
         y = torch.stack([data[i + 1 : i + 1 + s["seq_len"]] for i in ix])
-        loss = model(x, y)
+        loss = loss_of(model, x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
