@@ -58,6 +58,8 @@ def chat_command(
     seed: int | None,
     prompt_format: str,
     device: str,
+    *,
+    allow_nonfinite: bool = False,
 ) -> int:
     from tuilm.checkpoint import load_checkpoint
     from tuilm.train.device import pick_device
@@ -65,7 +67,7 @@ def chat_command(
     settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
     settings.validate()
     check_format(prompt_format)
-    ckpt = load_checkpoint(model_path, pick_device(device))
+    ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
     state = ChatState.from_checkpoint(ckpt, settings, prompt_format, seed)
     if sys.stdin.isatty() and sys.stdout.isatty():
         return run_interactive(state, Screen(sys.stdout, sys.stdout, terminal=True), history_path())
