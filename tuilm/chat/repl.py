@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from tuilm.chat.commands import COMMANDS, is_command, model_lines, multiline_hint, run_command, settings_text
+from tuilm.chat.commands import (
+    COMMANDS,
+    Outcome,
+    is_command,
+    model_lines,
+    multiline_hint,
+    run_command,
+    settings_text,
+)
 from tuilm.chat.session import ChatState, check_format, respond
 from tuilm.sampling import SamplingSettings
 
@@ -83,12 +91,17 @@ def banner(state: ChatState) -> str:
     return "\n".join([*(f"{k.rjust(width)}  {v}" for k, v in rows), KEYS])
 
 
-def handle(state: ChatState, text: str, screen: Screen) -> bool:
-    """Act on one input (a command or a prompt); False when it asks to leave."""
+def handle(state: ChatState, text: str, screen: Screen, ask: Callable[[str], bool] | None = None) -> bool:
+    """Act on one input (a command or a prompt); False when it asks to leave.
+
+    `ask` puts a yes/no question to the user (at a terminal only); without it, a command needing one is refused.
+    """
     if not text.strip():
         return True
     if is_command(text):
         outcome = run_command(state, text)
+        if outcome.then is not None and ask is not None:
+            outcome = outcome.then() if ask(outcome.confirm) else Outcome("left as it was")
         if outcome.message:
             screen.say(outcome.message, "hint" if outcome.error else "info")
         return not outcome.quit
@@ -132,10 +145,21 @@ def run_interactive(state: ChatState, screen: Screen, history: Path | None = Non
         except EOFError:
             return 0
         try:
-            if not handle(state, text, screen):
+            if not handle(state, text, screen, ask=confirm):
                 return 0
         except KeyboardInterrupt:  # Ctrl-C outside the sampling loop (while a command ran, say)
             screen.notice("interrupted")
+
+
+def confirm(question: str) -> bool:
+    """Yes only for y or yes; Ctrl-C or Ctrl-D answer no. A session of its own: the answer stays out of the
+    chat's history and settings."""
+    from prompt_toolkit import prompt
+
+    try:
+        return prompt(question).strip().lower() in ("y", "yes")
+    except (KeyboardInterrupt, EOFError):
+        return False
 
 
 def prompt_message(state: ChatState):
