@@ -269,7 +269,12 @@ def _is_int(v: Any) -> bool:
 
 
 def _short(v: Any, limit: int = 40) -> str:
-    text = repr(v).replace("\n", " ")
+    return _clip(repr(v), limit)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """One line of at most `limit` characters: a forged file can make any message as long as it likes."""
+    text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -437,7 +442,7 @@ def _checked_metadata(path: Path, header: Header) -> dict[str, Any]:
     try:
         config = ModelConfig.from_dict(parsed["model_config"])
     except (ConfigError, TypeError) as e:
-        raise _damaged(path, f"model_config: {e}") from None
+        raise _damaged(path, f"model_config: {_clip(e)}") from None
     _check_config(path, config, header)
     _check_train_config(path, parsed["train_config"], parsed["model_config"])
     parsed["config"] = config
@@ -518,7 +523,7 @@ def _check_train_config(path: Path, train_config: dict, model_config: dict) -> N
         except TuilmError:
             pass  # settings this tuilm no longer takes: said in one line by whatever rebuilds them (eval, resume)
         except Exception as e:  # a value of a type the settings cannot take at all
-            raise _damaged(path, f"train_config: {type(e).__name__}: {_short(str(e), 80)}") from None
+            raise _damaged(path, f"train_config: {type(e).__name__}: {_clip(e, 80)}") from None
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -558,7 +563,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", *, allow_non
         tokenizer = Tokenizer.from_json(metadata["tokenizer"])
         tokenizer.token_bytes  # noqa: B018 - built now: a token outside the byte alphabet fails here, not mid-reply
     except TuilmError as e:
-        raise _damaged(path, f"tokenizer: {e}") from None
+        raise _damaged(path, f"tokenizer: {_clip(e)}") from None
     except BaseException as e:  # the tokenizers library panics (a BaseException) on some malformed JSON
         if isinstance(e, KeyboardInterrupt | SystemExit):
             raise
@@ -749,7 +754,7 @@ def load_train_state(path: Path, optimizer) -> tuple[dict[str, Any], dict[str, t
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
-        raise CheckpointError(f"{path}: the optimizer state does not fit this model/optimizer ({e})") from None
+        raise CheckpointError(f"{path}: the optimizer state does not fit this model/optimizer ({_clip(e)})") from None
     return extra, rng
 
 
