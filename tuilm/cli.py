@@ -136,7 +136,7 @@ def sample(
     """Print a completion of a prompt (streamed as it is sampled)."""
     from tuilm.sampling import sample_command
 
-    prompt_text = sys.stdin.read() if prompt == "-" else prompt
+    prompt_text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape") if prompt == "-" else prompt
     sample_command(
         model_path,
         prompt_text,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from tuilm.errors import CheckpointError, ConfigError
+from tuilm.formatting import valid_text, visible
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,9 @@ def sample_command(
 
     settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
     settings.validate()
+    prompt, changed = valid_text(prompt)
+    if changed:
+        print("note: the prompt was not valid UTF-8; the bad bytes became U+FFFD", file=sys.stderr)
     ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
     tokenizer = ckpt.tokenizer
     context = [tokenizer.eos_id, *tokenizer.encode(prompt)]
@@ -155,8 +159,9 @@ def sample_command(
     generator = make_generator(seed, next(ckpt.model.parameters()).device)
     decoder = tokenizer.stream_decoder()
     out = sys.stdout
-    out.write(prompt)
+    show = visible if out.isatty() else str  # on a terminal, what the model writes cannot drive it
+    out.write(show(prompt))
     for token in generate(ckpt.model, context, settings, generator=generator, use_cache=use_cache):
-        out.write(decoder.feed(token))
+        out.write(show(decoder.feed(token)))
         out.flush()
-    out.write(decoder.flush() + "\n")
+    out.write(show(decoder.flush()) + "\n")

@@ -6,6 +6,7 @@ module only reads lines, writes text and maps keys.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -23,15 +24,12 @@ from tuilm.chat.commands import (
     settings_text,
 )
 from tuilm.chat.session import ChatState, check_format, respond
+from tuilm.formatting import visible
 from tuilm.sampling import SamplingSettings
 
 KEYS = "Enter sends · Esc Enter adds a line · F2 multi-line · Ctrl-C stops a reply · /help · Ctrl-D or /quit leaves"
 
 _STYLES = {"notice": "\x1b[33m", "hint": "\x1b[33m", "info": "\x1b[2m"}
-# A model can sample control characters (an undertrained one often does); sent raw to a terminal, ESC starts
-# escape sequences that move the cursor or recolour the screen. Show them as Unicode control pictures instead.
-_VISIBLE = {c: 0x2400 + c for c in range(32) if chr(c) not in "\n\t"} | {0x7F: 0x2421}
-_VISIBLE |= dict.fromkeys(range(0x80, 0xA0), 0xFFFD)  # C1 controls: some terminals act on CSI (0x9B) too
 
 
 @dataclass
@@ -44,7 +42,7 @@ class Screen:
     terminal: bool = False  # colour the chatter and defuse control characters in replies
 
     def write(self, text: str) -> None:
-        self.out.write(text.translate(_VISIBLE) if self.terminal else text)
+        self.out.write(visible(text) if self.terminal else text)
         self.out.flush()
 
     def say(self, text: str, style: str = "info") -> None:
@@ -82,7 +80,10 @@ def chat_command(
     screen = Screen(sys.stdout, sys.stderr)
     if sys.stdin.isatty():  # typing into a chat whose output goes to a pipe or file: say why there is no prompt
         screen.say("standard output is not a terminal: each line you type is a prompt; Ctrl-D ends")
-    return run_lines(state, sys.stdin, screen)
+    # Lines that are not UTF-8 (a Latin-1 file, say) reach the model with U+FFFD in place of the bad bytes.
+    raw = getattr(sys.stdin, "buffer", None)
+    lines = io.TextIOWrapper(raw, encoding="utf-8", errors="replace") if raw is not None else sys.stdin
+    return run_lines(state, lines, screen)
 
 
 def banner(state: ChatState) -> str:
