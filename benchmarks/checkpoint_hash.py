@@ -1,11 +1,10 @@
 """What the checkpoint checksum costs a save: the target is < 2% of save_checkpoint's time.
 
-For each model shape, saves the same model back to back, alternating a save with the checksum (what tuilm does:
-hashed in a thread while the file is written) and one with the hash replaced by a constant, `--repeats` times
-each; interleaving makes drift on a shared machine hit both alike, and the fastest of each is compared (the
-least disturbed). Also times the hash alone on the same tensors (xxh3-128, and sha256 for comparison).
+For each model shape, saves the same model back to back, alternating a save with the checksum (what tuilm does)
+and one with the hash replaced by a constant, `--repeats` times each; interleaving makes drift on a shared
+machine hit both alike, and the fastest of each is compared (the least disturbed). Also times the hash alone on the same tensors (xxh3-128, and sha256 for comparison).
 Prints one JSON object, per shape: `ratio` = save with checksum / save without - 1 (what a save pays),
-`ratio_hash` = the hash's own time / save time (what it would pay were the hash not overlapped with the write).
+`ratio_hash` = the hash's own time / save time (steadier than `ratio` on a busy machine).
 
 Usage: python benchmarks/checkpoint_hash.py [--repeats 7] [--dir DIR]   (DIR: where to write, default a temp dir)
 """

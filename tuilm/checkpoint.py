@@ -21,7 +21,6 @@ import os
 import re
 import stat
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,8 +32,7 @@ import xxhash
 from safetensors.torch import load, save
 
 from tuilm import __version__
-from tuilm.atomic import _fsync_dir as fsync_dir
-from tuilm.atomic import atomic_write_bytes, temp_file
+from tuilm.atomic import atomic_write_bytes
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
 
 FORMAT = "tuilm-checkpoint"
@@ -180,47 +178,13 @@ def tensors_digest(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -
 
 
 def write_with_checksum(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write atomically, the checksum computed while the file is written so that it adds almost nothing to a save.
+    """Write atomically, the checksum of the metadata and tensors stored in the metadata.
 
-    The header goes out with a placeholder of the checksum's exact length, the hash runs in a thread meanwhile
-    (xxh3 and the write both leave the GIL), and the placeholder is overwritten in place before the file is
-    synced and renamed into place: a reader never sees the placeholder.
+    Hashing in a thread while the file is written was tried: on a busy two-core machine it was no faster than
+    this (benchmarks/checkpoint_hash.py), so the simple way stays.
     """
-    placeholder = f"{HASH_NAME}:{'0' * 32}"
-    metadata[CHECKSUM] = placeholder
-    result: list[str] = []
-    worker = threading.Thread(target=lambda: result.append(tensors_digest(metadata, tensors)), daemon=True)
-    worker.start()
-    blob = save(tensors, metadata=metadata)
-    marker = json.dumps({CHECKSUM: placeholder}, separators=(",", ":"))[1:-1].encode()
-    header_end = 8 + int.from_bytes(blob[:8], "little")
-    at = blob.find(marker, 8, header_end)
-    if at == -1 or blob.find(marker, at + 1, header_end) != -1:  # not where expected: do it the slow way
-        worker.join()
-        metadata[CHECKSUM] = result[0]
-        atomic_write_bytes(path, save(tensors, metadata=metadata))
-        return
-    at += len(marker) - len(placeholder) - 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            worker.join()
-            if not result:
-                raise RuntimeError("the checksum could not be computed")
-            digest = result[0].encode()
-            assert len(digest) == len(placeholder)
-            f.seek(at)
-            f.write(digest)
-            f.flush()
-            os.fsync(f.fileno())
-        metadata[CHECKSUM] = result[0]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    metadata[CHECKSUM] = tensors_digest(metadata, tensors)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def _verify(path: Path, header: Header, data: bytes, what: str) -> None:
