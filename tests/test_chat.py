@@ -3,6 +3,7 @@
 import asyncio
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,6 +183,46 @@ def test_save_writes_the_transcript(state, tmp_path):
     assert "[temperature 0.5]" in text
     for reply in replies(state):
         assert reply.rstrip("\n") in text
+
+
+def test_save_asks_before_overwriting_at_a_terminal(state, tmp_path):
+    path = tmp_path / "talk.txt"
+    path.write_text("precious", encoding="utf-8")
+    _, out = drive(state, f"hello\r/save {path}\rn\r/quit\r")
+    assert path.read_text(encoding="utf-8") == "precious"
+    assert "left as it was" in out.text
+    _, out = drive(state, f"hello\r/save {path}\r\x04/quit\r")  # Ctrl-D at the question is a no too
+    assert path.read_text(encoding="utf-8") == "precious"
+    _, out = drive(state, f"hello\r/save {path}\ry\r/quit\r")
+    assert "> hello" in path.read_text(encoding="utf-8") and "saved the transcript" in out.text
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".talk.txt.")]  # no temp file left behind
+
+
+def test_save_never_overwrites_in_piped_mode(state, tmp_path):
+    path = tmp_path / "best.safetensors"
+    path.write_bytes(b"weights")
+    out, err = Recorder(), Recorder()
+    assert run_lines(state, [f"/save {path}\n", "y\n"], Screen(out, err)) == 0
+    assert path.read_bytes() == b"weights"
+    line = [line for line in err.text.splitlines() if "exists" in line]
+    assert len(line) == 1 and "not overwritten" in line[0] and str(path) in line[0]
+    fresh = tmp_path / "new.txt"
+    run_lines(state, [f"/save {fresh}\n"], Screen(out, err))
+    assert fresh.read_text(encoding="utf-8").startswith("# tuilm chat")
+
+
+def test_piped_chat_cannot_overwrite_the_checkpoint(run_dir, tmp_path):
+    target = tmp_path / "best.safetensors"
+    shutil.copy(run_dir / "best.safetensors", target)
+    before = target.read_bytes()
+    out = tuilm("chat", "-m", str(run_dir), "-n", "2", input=f"hi\n/save {target}\n")
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    assert target.read_bytes() == before and "exists; not overwritten" in out.stderr
+
+
+def test_save_to_a_directory_is_one_line(state, tmp_path):
+    outcome = run_command(state, f"/save {tmp_path}")
+    assert outcome.error and "is a directory" in outcome.message and "\n" not in outcome.message
 
 
 def test_save_to_an_unwritable_place_is_one_line(state, tmp_path):

@@ -164,3 +164,65 @@ def test_weights_that_do_not_match_their_config(run_dir, tmp_path):
     path = tmp_path / "mismatch.safetensors"
     save_file(tensors, str(path), metadata=meta)
     assert_refused(path, "do not match the model config")
+
+
+# -- what reaches the terminal ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def babbler(run_dir, tmp_path_factory):
+    """The trained model with its final norm zeroed: every token equally likely, control characters included."""
+    ckpt = load_checkpoint(run_dir)
+    with torch.no_grad():
+        ckpt.model.norm_f.weight.zero_()
+    path = tmp_path_factory.mktemp("babbler") / "babbler.safetensors"
+    save_checkpoint(path, ckpt.model, ckpt.tokenizer, ckpt.run_config)
+    return path
+
+
+def on_a_terminal(*args) -> str:
+    """Run tuilm with stdout on a pseudo-terminal; what the terminal received, decoded."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "tuilm", *args], stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO once the child has closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    return b"".join(chunks).decode("utf-8")
+
+
+CONTROLS = {chr(c) for c in [*range(32), 0x7F, *range(0x80, 0xA0)]} - set("\n\t\r")  # \r: the tty's own newline
+
+
+def test_sample_neutralises_control_characters_on_a_terminal(babbler):
+    args = ["sample", "-m", str(babbler), "-p", "x", "-n", "80", "--seed", "4", "-t", "1", "--top-p", "1"]
+    piped = tuilm(*args)
+    assert piped.returncode == 0 and CONTROLS & set(piped.stdout)  # the model does write them: kept in a pipe
+    shown = on_a_terminal(*args)
+    assert not CONTROLS & set(shown), sorted(CONTROLS & set(shown))
+    assert any(0x2400 <= ord(c) <= 0x2421 for c in shown)  # shown as control pictures instead
+
+
+def test_prompts_that_are_not_utf8_are_replaced_with_a_note(run_dir):
+    base = [sys.executable, "-m", "tuilm", "sample", "-m", str(run_dir), "-n", "3", "--seed", "1"]
+    for prompt in (b"caf\xe9", b"a\xed\xa0\x80b"):  # Latin-1 bytes, an encoded surrogate
+        out = subprocess.run([*base, "-p", prompt], capture_output=True, timeout=120)
+        stderr = out.stderr.decode()
+        assert out.returncode == 0 and "Traceback" not in stderr, stderr
+        assert "not valid UTF-8" in stderr and out.stdout.decode().count("\ufffd") >= 1
+    out = subprocess.run([*base, "-p", "-"], input=b"caf\xe9", capture_output=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.decode().startswith("caf\ufffd"), out.stderr.decode()
+    chat = [sys.executable, "-m", "tuilm", "chat", "-m", str(run_dir), "-n", "3"]
+    out = subprocess.run(chat, input=b"caf\xe9\n", capture_output=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr.decode(), out.stderr.decode()

@@ -33,6 +33,9 @@ TopK = Annotated[int, typer.Option("--top-k", help="Sample among the K most like
 TopP = Annotated[float, typer.Option("--top-p", help="Sample among the most likely tokens holding P of the mass.")]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible samples.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+AllowNonfinite = Annotated[
+    bool, typer.Option("--allow-nonfinite", help="Load weights holding NaN/Inf anyway (a diverged run's post-mortem).")
+]
 
 
 def _version(value: bool) -> None:
@@ -128,13 +131,24 @@ def sample(
         bool, typer.Option("--truncate", help="Keep the end of a prompt longer than the context window.")
     ] = False,
     device: Device = "auto",
+    allow_nonfinite: AllowNonfinite = False,
 ) -> None:
     """Print a completion of a prompt (streamed as it is sampled)."""
     from tuilm.sampling import sample_command
 
-    prompt_text = sys.stdin.read() if prompt == "-" else prompt
+    prompt_text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape") if prompt == "-" else prompt
     sample_command(
-        model_path, prompt_text, max_new_tokens, temperature, top_k, top_p, seed, not no_cache, device, truncate
+        model_path,
+        prompt_text,
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        not no_cache,
+        device,
+        truncate,
+        allow_nonfinite=allow_nonfinite,
     )
 
 
@@ -146,11 +160,12 @@ def eval_(
         typer.Option("--data", "-d", help="Evaluate on this text (all of it); default: the run's own val split."),
     ] = None,
     device: Device = "auto",
+    allow_nonfinite: AllowNonfinite = False,
 ) -> None:
     """Print validation loss, perplexity and bits per character."""
     from tuilm.train.evaluate import eval_command
 
-    eval_command(model_path, data, device)
+    eval_command(model_path, data, device, allow_nonfinite=allow_nonfinite)
 
 
 @app.command()
@@ -165,6 +180,7 @@ def chat(
         str, typer.Option("--format", help="plain: continue the text; chat: turns separated by end-of-sequence.")
     ] = "plain",
     device: Device = "auto",
+    allow_nonfinite: AllowNonfinite = False,
 ) -> None:
     """Talk to a checkpoint in a REPL that streams replies. /help lists the commands.
 
@@ -172,7 +188,18 @@ def chat(
     """
     from tuilm.chat.repl import chat_command
 
-    raise typer.Exit(chat_command(model_path, temperature, top_k, top_p, max_new_tokens, seed, prompt_format, device))
+    code = chat_command(
+        model_path,
+        temperature,
+        top_k,
+        top_p,
+        max_new_tokens,
+        seed,
+        prompt_format,
+        device,
+        allow_nonfinite=allow_nonfinite,
+    )
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from tuilm.errors import ConfigError
+from tuilm.errors import CheckpointError, ConfigError
+from tuilm.formatting import valid_text, visible
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ def next_token(logits: torch.Tensor, s: SamplingSettings, generator: torch.Gener
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
+    if not bool(torch.isfinite(probs).all()):
+        raise CheckpointError(
+            "the model's next-token probabilities are NaN (its weights or activations are not finite); "
+            "sample greedily with --temperature 0 to see what it does, or use another checkpoint"
+        )
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -130,13 +136,18 @@ def sample_command(
     use_cache: bool,
     device: str,
     truncate: bool = False,
+    *,
+    allow_nonfinite: bool = False,
 ) -> None:
     from tuilm.checkpoint import load_checkpoint
     from tuilm.train.device import pick_device
 
     settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
     settings.validate()
-    ckpt = load_checkpoint(model_path, pick_device(device))
+    prompt, changed = valid_text(prompt)
+    if changed:
+        print("note: the prompt was not valid UTF-8; the bad bytes became U+FFFD", file=sys.stderr)
+    ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
     tokenizer = ckpt.tokenizer
     context = [tokenizer.eos_id, *tokenizer.encode(prompt)]
     window = ckpt.model.cfg.seq_len
@@ -148,8 +159,9 @@ def sample_command(
     generator = make_generator(seed, next(ckpt.model.parameters()).device)
     decoder = tokenizer.stream_decoder()
     out = sys.stdout
-    out.write(prompt)
+    show = visible if out.isatty() else str  # on a terminal, what the model writes cannot drive it
+    out.write(show(prompt))
     for token in generate(ckpt.model, context, settings, generator=generator, use_cache=use_cache):
-        out.write(decoder.feed(token))
+        out.write(show(decoder.feed(token)))
         out.flush()
-    out.write(decoder.flush() + "\n")
+    out.write(show(decoder.flush()) + "\n")

@@ -7,11 +7,13 @@ raises for user input.
 from __future__ import annotations
 
 import difflib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tuilm.atomic import atomic_write_text, temp_file
 from tuilm.chat.session import FORMATS, ChatState
 from tuilm.errors import ConfigError
 from tuilm.formatting import human
@@ -22,6 +24,9 @@ class Outcome:
     message: str = ""
     error: bool = False  # a one-line hint: the command was not understood or its value was refused
     quit: bool = False
+    # A yes/no question to put before `then` runs; only asked at a terminal: elsewhere `message` stands
+    confirm: str = ""
+    then: Callable[[], Outcome] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,15 +100,59 @@ def _info(state: ChatState, arg: str) -> Outcome:
 
 
 def _save(state: ChatState, arg: str) -> Outcome:
+    """Write the transcript atomically; an existing file is replaced only when the user at a terminal says yes.
+
+    In a pipe or script nothing is ever overwritten: a prompt file must not be able to clobber a checkpoint.
+    """
     if not arg:
         raise ConfigError("/save needs a file name, e.g. /save chat.txt")
     path = Path(arg).expanduser()
+    text = transcript_text(state)
+    turns = sum(1 for role, _ in state.transcript if role == "you")
+    done = Outcome(f"saved the transcript ({turns} prompt{'s' * (turns != 1)}) to {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a file name, e.g. /save {path / 'chat.txt'}")
     try:
-        path.write_text(transcript_text(state), encoding="utf-8")
+        _write_new(path, text)
+    except FileExistsError:
+
+        def overwrite() -> Outcome:
+            try:
+                atomic_write_text(path, text)
+            except OSError as e:
+                return Outcome(f"cannot write {path}: {e.strerror or e}", error=True)
+            return done
+
+        return Outcome(
+            f"{path} exists; not overwritten (input is not a terminal, so /save never replaces a file): "
+            "save under a new name",
+            error=True,
+            confirm=f"{path} exists; overwrite it? [y/N] ",
+            then=overwrite,
+        )
     except OSError as e:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
-    turns = sum(1 for role, _ in state.transcript if role == "you")
-    return Outcome(f"saved the transcript ({turns} prompt{'s' * (turns != 1)}) to {path}")
+    return done
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write a file that must not exist yet, atomically: FileExistsError if it does (or appears meanwhile)."""
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(path)
+    fd, tmp = temp_file(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if the name was taken meanwhile, unlike a rename
+        except FileExistsError:
+            raise
+        except OSError:  # a filesystem without hard links: the check above has to do
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _multiline(state: ChatState, arg: str) -> Outcome:

@@ -6,24 +6,30 @@ module only reads lines, writes text and maps keys.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from tuilm.chat.commands import COMMANDS, is_command, model_lines, multiline_hint, run_command, settings_text
+from tuilm.chat.commands import (
+    COMMANDS,
+    Outcome,
+    is_command,
+    model_lines,
+    multiline_hint,
+    run_command,
+    settings_text,
+)
 from tuilm.chat.session import ChatState, check_format, respond
+from tuilm.formatting import visible
 from tuilm.sampling import SamplingSettings
 
 KEYS = "Enter sends · Esc Enter adds a line · F2 multi-line · Ctrl-C stops a reply · /help · Ctrl-D or /quit leaves"
 
 _STYLES = {"notice": "\x1b[33m", "hint": "\x1b[33m", "info": "\x1b[2m"}
-# A model can sample control characters (an undertrained one often does); sent raw to a terminal, ESC starts
-# escape sequences that move the cursor or recolour the screen. Show them as Unicode control pictures instead.
-_VISIBLE = {c: 0x2400 + c for c in range(32) if chr(c) not in "\n\t"} | {0x7F: 0x2421}
-_VISIBLE |= dict.fromkeys(range(0x80, 0xA0), 0xFFFD)  # C1 controls: some terminals act on CSI (0x9B) too
 
 
 @dataclass
@@ -36,7 +42,7 @@ class Screen:
     terminal: bool = False  # colour the chatter and defuse control characters in replies
 
     def write(self, text: str) -> None:
-        self.out.write(text.translate(_VISIBLE) if self.terminal else text)
+        self.out.write(visible(text) if self.terminal else text)
         self.out.flush()
 
     def say(self, text: str, style: str = "info") -> None:
@@ -58,6 +64,8 @@ def chat_command(
     seed: int | None,
     prompt_format: str,
     device: str,
+    *,
+    allow_nonfinite: bool = False,
 ) -> int:
     from tuilm.checkpoint import load_checkpoint
     from tuilm.train.device import pick_device
@@ -65,14 +73,17 @@ def chat_command(
     settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
     settings.validate()
     check_format(prompt_format)
-    ckpt = load_checkpoint(model_path, pick_device(device))
+    ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
     state = ChatState.from_checkpoint(ckpt, settings, prompt_format, seed)
     if sys.stdin.isatty() and sys.stdout.isatty():
         return run_interactive(state, Screen(sys.stdout, sys.stdout, terminal=True), history_path())
     screen = Screen(sys.stdout, sys.stderr)
     if sys.stdin.isatty():  # typing into a chat whose output goes to a pipe or file: say why there is no prompt
         screen.say("standard output is not a terminal: each line you type is a prompt; Ctrl-D ends")
-    return run_lines(state, sys.stdin, screen)
+    # Lines that are not UTF-8 (a Latin-1 file, say) reach the model with U+FFFD in place of the bad bytes.
+    raw = getattr(sys.stdin, "buffer", None)
+    lines = io.TextIOWrapper(raw, encoding="utf-8", errors="replace") if raw is not None else sys.stdin
+    return run_lines(state, lines, screen)
 
 
 def banner(state: ChatState) -> str:
@@ -81,12 +92,17 @@ def banner(state: ChatState) -> str:
     return "\n".join([*(f"{k.rjust(width)}  {v}" for k, v in rows), KEYS])
 
 
-def handle(state: ChatState, text: str, screen: Screen) -> bool:
-    """Act on one input (a command or a prompt); False when it asks to leave."""
+def handle(state: ChatState, text: str, screen: Screen, ask: Callable[[str], bool] | None = None) -> bool:
+    """Act on one input (a command or a prompt); False when it asks to leave.
+
+    `ask` puts a yes/no question to the user (at a terminal only); without it, a command needing one is refused.
+    """
     if not text.strip():
         return True
     if is_command(text):
         outcome = run_command(state, text)
+        if outcome.then is not None and ask is not None:
+            outcome = outcome.then() if ask(outcome.confirm) else Outcome("left as it was")
         if outcome.message:
             screen.say(outcome.message, "hint" if outcome.error else "info")
         return not outcome.quit
@@ -130,10 +146,21 @@ def run_interactive(state: ChatState, screen: Screen, history: Path | None = Non
         except EOFError:
             return 0
         try:
-            if not handle(state, text, screen):
+            if not handle(state, text, screen, ask=confirm):
                 return 0
         except KeyboardInterrupt:  # Ctrl-C outside the sampling loop (while a command ran, say)
             screen.notice("interrupted")
+
+
+def confirm(question: str) -> bool:
+    """Yes only for y or yes; Ctrl-C or Ctrl-D answer no. A session of its own: the answer stays out of the
+    chat's history and settings."""
+    from prompt_toolkit import prompt
+
+    try:
+        return prompt(question).strip().lower() in ("y", "yes")
+    except (KeyboardInterrupt, EOFError):
+        return False
 
 
 def prompt_message(state: ChatState):

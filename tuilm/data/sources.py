@@ -11,6 +11,8 @@ import io
 import json
 import os
 import re
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from tuilm.data.download import download, sha256_file
 from tuilm.errors import DataError
 
 DATA_DIR_ENV = "TUILM_DATA_DIR"
+MAX_LINE = 64 * 2**20  # bytes in one JSONL record: far above any document, far below a file that has no newlines
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,8 @@ def load_corpus(spec: str | Path, *, progress: bool = True) -> Corpus:
     if not path.exists():
         known = ", ".join(NAMED_SOURCES)
         raise DataError(f"{spec}: no such file or directory (named datasets: {known})")
+    if not path.is_dir():
+        check_regular(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
@@ -135,7 +141,18 @@ def decode_utf8(data: bytes, path: Path) -> str:
         ) from None
 
 
+def check_regular(path: Path) -> None:
+    """Only regular files are read: a FIFO would block the first read forever and a device never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: not a regular file (a FIFO, device or socket); give a text or JSONL file")
+
+
 def _read_text_file(path: Path, *, allow_empty: bool = False) -> tuple[list[str], str]:
+    check_regular(path)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -150,6 +167,7 @@ def _read_jsonl(path: Path) -> tuple[list[str], str]:
     hasher = hashlib.sha256()
     docs = []
     stream_errors: tuple[type[Exception], ...] = ()
+    check_regular(path)
     with open(path, "rb") as raw:
         stream = raw
         if path.name.lower().endswith(".zst"):
@@ -159,7 +177,12 @@ def _read_jsonl(path: Path) -> tuple[list[str], str]:
             stream = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(raw)
             stream_errors = (zstandard.ZstdError,)
         try:
-            for lineno, line in enumerate(io.BufferedReader(stream), start=1):
+            reader = io.BufferedReader(stream)
+            for lineno, line in enumerate(iter(lambda: reader.readline(MAX_LINE + 1), b""), start=1):
+                if len(line) > MAX_LINE:
+                    raise DataError(
+                        f"{path}:{lineno}: a line longer than {MAX_LINE:,} bytes; JSONL holds one record per line"
+                    )
                 hasher.update(line)
                 if not line.strip():
                     continue
@@ -169,10 +192,17 @@ def _read_jsonl(path: Path) -> tuple[list[str], str]:
                     record = json.loads(line)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise DataError(f"{path}:{lineno}: not a JSON object ({e})") from None
+                except RecursionError:
+                    raise DataError(
+                        f"{path}:{lineno}: JSON nested too deeply (over {sys.getrecursionlimit():,} levels)"
+                    ) from None
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                     raise DataError(f"{path}:{lineno}: each line must be a JSON object with a string 'text' field")
-                if record["text"].strip():
-                    docs.append(record["text"])
+                text = record["text"]
+                if _SURROGATES.search(text):  # "\ud800" escapes decode to characters no encoder takes
+                    text = _SURROGATES.sub("\ufffd", text)
+                if text.strip():
+                    docs.append(text)
         except stream_errors as e:
             raise DataError(f"{path}: not a valid zstd-compressed file ({e})") from None
     if not docs:

@@ -12,10 +12,31 @@ from tuilm.errors import ConfigError
 POS_CHOICES = ("learned", "sinusoidal", "rope", "alibi")
 ACT_CHOICES = ("gelu", "relu", "swiglu", "relu2")
 NORM_CHOICES = ("layernorm", "rmsnorm")
+# Upper bounds far beyond any small model, there so that a typo or a forged checkpoint is refused with a reason
+# instead of allocating terabytes (or looping for minutes) first.
+LIMITS = {
+    "vocab_size": 1_000_000,
+    "seq_len": 1 << 20,
+    "d_model": 1 << 16,
+    "n_layers": 1 << 10,
+    "n_heads": 1 << 12,
+    "d_ff": 1 << 20,
+}
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)  # True would otherwise pass as 1
+
+
+def _short(v: Any) -> str:
+    """A value for an error line: one line, never pages long (a forged checkpoint can hold anything)."""
+    text = repr(v).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _divisors(d: int) -> list[int]:
+    small = [n for n in range(1, int(d**0.5) + 1) if d % n == 0]
+    return sorted({*small, *(d // n for n in small)})
 
 
 @dataclass(frozen=True)
@@ -41,19 +62,24 @@ class ModelConfig:
         for name, least in (("vocab_size", 2), ("seq_len", 1), ("d_model", 1), ("n_layers", 1), ("n_heads", 1)):
             v = getattr(self, name)
             if not _is_int(v) or v < least:
-                raise ConfigError(f"{name} must be a whole number >= {least}, got {v!r}")
-        if self.d_ff is not None and (not _is_int(self.d_ff) or self.d_ff < 1):
-            raise ConfigError(f"d_ff must be a positive whole number (or unset for 4 * d_model), got {self.d_ff!r}")
+                raise ConfigError(f"{name} must be a whole number >= {least}, got {_short(v)}")
+            if v > LIMITS[name]:
+                raise ConfigError(f"{name} {v} is absurd for this model: at most {LIMITS[name]:,}")
+        if self.d_ff is not None and (not _is_int(self.d_ff) or not 1 <= self.d_ff <= LIMITS["d_ff"]):
+            raise ConfigError(
+                f"d_ff must be a whole number from 1 to {LIMITS['d_ff']:,} (or unset for 4 * d_model), "
+                f"got {_short(self.d_ff)}"
+            )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"dropout must be a number in [0, 1), got {_short(self.dropout)}")
         for name, choices in (("pos", POS_CHOICES), ("act", ACT_CHOICES), ("norm", NORM_CHOICES)):
             if getattr(self, name) not in choices:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
+                raise ConfigError(f"unknown {name} {_short(getattr(self, name))}; choose one of {', '.join(choices)}")
         for name in ("tie_embeddings", "bias"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be true or false, got {_short(getattr(self, name))}")
         d, h = self.d_model, self.n_heads
-        divisors = [n for n in range(1, d + 1) if d % n == 0]
+        divisors = _divisors(d)
         if d % h:
             raise ConfigError(
                 f"d_model {d} is not divisible by n_heads {h} (head size must be a whole number); "

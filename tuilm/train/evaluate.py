@@ -57,7 +57,7 @@ def evaluate(model, dataset, device, precision=None, docs=None) -> EvalResult:
     return EvalResult(mean, math.exp(min(mean, 700)), total / (docs.chars * math.log(2)), tokens, docs.chars)
 
 
-def eval_command(model_path: Path, data: str | None, device: str) -> None:
+def eval_command(model_path: Path, data: str | None, device: str, *, allow_nonfinite: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -69,7 +69,7 @@ def eval_command(model_path: Path, data: str | None, device: str) -> None:
     from tuilm.errors import DataError
     from tuilm.train.device import pick_device
 
-    ckpt = load_checkpoint(model_path, pick_device(device))
+    ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
     tokenizer = ckpt.tokenizer
     seq_len = ckpt.model.cfg.seq_len
     if data is None:

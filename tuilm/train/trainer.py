@@ -19,7 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tuilm.checkpoint import load_train_state, load_weights, read_metadata, save_checkpoint, save_train_state
+from tuilm.checkpoint import (
+    load_train_state,
+    load_weights,
+    read_metadata,
+    read_weights,
+    save_checkpoint,
+    save_train_state,
+)
 from tuilm.config import RunConfig, parse_duration
 from tuilm.data.dataset import Dataset
 from tuilm.data.pipeline import IGNORE, Batch, collate, epoch_batches
@@ -443,9 +450,7 @@ class Trainer:
     def _load_state(self) -> None:
         last = self.run_dir / LAST
         meta = read_metadata(last)
-        from safetensors.torch import load
-
-        load_weights(self.model, load(last.read_bytes()), last)
+        load_weights(self.model, read_weights(last), last)
         extra, rng = load_train_state(self.run_dir / STATE, self.optimizer)
         saved_step = int(meta.get("step", "-1"))
         if extra["step"] != saved_step:

@@ -1,0 +1,105 @@
+"""What the checkpoint checksum costs a save: the target is < 2% of save_checkpoint's time.
+
+For each model shape, saves the same model back to back, alternating a save with the checksum (what tuilm does)
+and one with the hash replaced by a constant, `--repeats` times each; interleaving makes drift on a shared
+machine hit both alike, and the fastest of each is compared (the least disturbed). Also times the hash alone on the same tensors (xxh3-128, and sha256 for comparison).
+Prints one JSON object, per shape: `ratio` = save with checksum / save without - 1 (what a save pays),
+`ratio_hash` = the hash's own time / save time (steadier than `ratio` on a busy machine).
+
+Usage: python benchmarks/checkpoint_hash.py [--repeats 7] [--dir DIR]   (DIR: where to write, default a temp dir)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tuilm import checkpoint
+from tuilm.checkpoint import model_tensors, save_checkpoint, tensors_digest
+from tuilm.model import GPT, ModelConfig
+
+SHAPES = {
+    "default (d128 x 2, vocab 10k)": dict(vocab_size=10_000, d_model=128, n_layers=2, n_heads=4),
+    "medium (d384 x 6, vocab 10k)": dict(vocab_size=10_000, d_model=384, n_layers=6, n_heads=6),
+    "large (d768 x 12, vocab 16k)": dict(vocab_size=16_000, d_model=768, n_layers=12, n_heads=12),
+}
+
+
+class FakeTokenizer:
+    """save_checkpoint only asks for the JSON; a 10k-token BPE's is about this long."""
+
+    def to_json(self) -> str:
+        return json.dumps({"model": {"vocab": {f"t{i}": i for i in range(10_000)}}})
+
+
+def sha256(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for t in tensors.values():
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results = {}
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        path = Path(folder) / "bench.safetensors"
+        for name, shape in SHAPES.items():
+            model = GPT(ModelConfig(**shape))
+            tokenizer = FakeTokenizer()
+            real = checkpoint.tensors_digest
+            with_hash, without = [], []
+            save_checkpoint(path, model, tokenizer, {})  # warm the page cache and allocator
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                save_checkpoint(path, model, tokenizer, {})
+                with_hash.append(time.perf_counter() - start)
+                checkpoint.tensors_digest = lambda metadata, tensors: "xxh3-128:" + "0" * 32
+                try:
+                    start = time.perf_counter()
+                    save_checkpoint(path, model, tokenizer, {})
+                    without.append(time.perf_counter() - start)
+                finally:
+                    checkpoint.tensors_digest = real
+            tensors = model_tensors(model)
+            metadata = {"tokenizer": tokenizer.to_json()}
+            xxh = median_time(lambda: tensors_digest(metadata, tensors), args.repeats)  # noqa: B023
+            sha = median_time(lambda: sha256(tensors), args.repeats)  # noqa: B023
+            save, plain = min(with_hash), min(without)
+            results[name] = {
+                "bytes": path.stat().st_size,
+                "save_s": round(save, 5),
+                "save_without_checksum_s": round(plain, 5),
+                "median_save_s": round(statistics.median(with_hash), 5),
+                "median_save_without_checksum_s": round(statistics.median(without), 5),
+                "xxh3_s": round(xxh, 5),
+                "sha256_s": round(sha, 5),
+                "ratio": round(save / plain - 1, 4),
+                "ratio_hash": round(xxh / save, 4),
+                "ratio_sha256": round(sha / save, 4),
+            }
+    print(json.dumps({"repeats": args.repeats, "target_ratio": 0.02, "shapes": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
