@@ -248,6 +248,16 @@ def data_stats(
     render(stats, Console())
 
 
+@data_app.command("list")
+def data_list() -> None:
+    """The named corpora: size, split, license, source URL and checksum (downloaded on first use)."""
+    from rich.console import Console
+
+    from tuilm.data.corpora import render_list
+
+    render_list(Console())
+
+
 @vocab_app.command("train")
 def vocab_train(
     data: Annotated[str, typer.Argument(help="A dataset name or a data path.")],

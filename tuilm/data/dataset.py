@@ -23,11 +23,12 @@ class Dataset:
 
     def summary(self) -> dict:
         report = self.train_rows.report
+        in_memory = hasattr(self.corpus, "documents")  # a streamed corpus (tuilm.data.large) counts its splits
         return {
             "source": self.corpus.name,
             "fingerprint": self.corpus.fingerprint,
-            "documents": len(self.corpus.documents),
-            "characters": self.corpus.n_chars,
+            "documents": len(self.corpus.documents) if in_memory else self.train.n_docs + self.val.n_docs,
+            "characters": self.corpus.n_chars if in_memory else self.train.chars + self.val.chars,
             "vocab_size": self.tokenizer.vocab_size,
             "train_documents": self.train.n_docs,
             "val_documents": self.val.n_docs,
@@ -51,6 +52,12 @@ def prepare(
     on_status: Callable[[str], None] | None = None,
 ) -> Dataset:
     """`data` is a DataConfig. `progress` shows a download bar; `on_status` hears of tokenizer training."""
+    # -- corpora (issue 15): a corpus with its own train/val split, or one too large for memory, is streamed
+    from tuilm.data.large import is_streamed, prepare_streamed
+
+    if is_streamed(data.source):
+        return prepare_streamed(data, seq_len, batch_size, progress=progress, on_status=on_status)
+    # -- end corpora
     corpus = load_corpus(data.source, progress=progress)
     tokenizer = load_or_train(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
     train_idx, val_idx = split_indices(len(corpus.documents), data.split, data.val_fraction, data.split_seed)

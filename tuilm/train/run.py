@@ -41,14 +41,15 @@ def resolve_config(source: str) -> RunConfig:
         if not Path(source).is_file():
             raise ConfigError(f"{source}: no such recipe file")
         return load_toml(Path(source))
+    from tuilm.data.corpora import CORPORA  # corpora (issue 15): the named corpora of tuilm.data.corpora
     from tuilm.data.sources import NAMED_SOURCES
 
-    if source in NAMED_SOURCES or Path(source).expanduser().exists():
+    if source in NAMED_SOURCES or source in CORPORA or Path(source).expanduser().exists():
         config = from_dict({"data": {"source": source}}, recipe="custom")
         return config
     import difflib
 
-    names = recipe_names() + list(NAMED_SOURCES)
+    names = recipe_names() + list(NAMED_SOURCES) + list(CORPORA)
     close = difflib.get_close_matches(source, names, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise ConfigError(
