@@ -50,16 +50,17 @@ def prepare(
     *,
     progress: bool = True,
     on_status: Callable[[str], None] | None = None,
+    tokenizer: Tokenizer | None = None,  # corpora (issue 15): a given tokenizer (GPT-2's) instead of tuilm's BPE
 ) -> Dataset:
     """`data` is a DataConfig. `progress` shows a download bar; `on_status` hears of tokenizer training."""
     # -- corpora (issue 15): a corpus with its own train/val split, or one too large for memory, is streamed
     from tuilm.data.large import is_streamed, prepare_streamed
 
     if is_streamed(data.source):
-        return prepare_streamed(data, seq_len, batch_size, progress=progress, on_status=on_status)
+        return prepare_streamed(data, seq_len, batch_size, progress=progress, on_status=on_status, tokenizer=tokenizer)
     # -- end corpora
     corpus = load_corpus(data.source, progress=progress)
-    tokenizer = load_or_train(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
+    tokenizer = tokenizer or load_or_train(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
     train_idx, val_idx = split_indices(len(corpus.documents), data.split, data.val_fraction, data.split_seed)
     if data.train_fraction < 1:
         keep = max(1, round(len(train_idx) * data.train_fraction))

@@ -30,6 +30,7 @@ class TrainOptions:
     wandb: bool = False
     wandb_project: str = "tuilm"
     wandb_name: str | None = None
+    init: str | None = None  # corpora (issue 15): --init gpt2 | gpt2-medium | ... | a HF model directory
 
 
 def resolve_config(source: str) -> RunConfig:
@@ -68,6 +69,8 @@ def cli_overrides(options: TrainOptions) -> list[str]:
         extra.append(f"train.max_steps={options.steps}")
     if options.compile:
         extra.append("train.compile=true")
+    if options.init:  # corpora (issue 15)
+        extra.append(f"train.init={json.dumps(options.init)}")
     return options.overrides + extra
 
 
@@ -123,9 +126,21 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
     def status(message: str) -> None:
         print(message + "…", file=sys.stderr)
 
-    dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, on_status=status)
+    # -- corpora (issue 15): pre-trained GPT-2 (train.init) and its tokenizer (data.tokenizer, or init's)
+    tokenizer, init_folder = None, None
+    if config.train.init or config.data.tokenizer:
+        from tuilm.model import pretrained
+
+        if config.train.init and not resume:  # a resumed run has the architecture and weights already
+            config, init_folder = pretrained.init_config(config, config.train.init)
+        tokenizer = pretrained.load_tokenizer(pretrained.resolve(config.data.tokenizer or config.train.init))
+    # -- end corpora
+    dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, on_status=status, tokenizer=tokenizer)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, dataset, run_dir, bus, resume=resume)
+    if init_folder is not None:  # corpora (issue 15)
+        pretrained.check_vocab(dataset.tokenizer, trainer.config.model, init_folder)
+        pretrained.load_weights(trainer.model, init_folder)
     from tuilm.atomic import atomic_write_text
 
     # Written once the trainer exists (a resume that fails leaves the old file), and again on every resume:
