@@ -53,11 +53,26 @@ def prepare(
     tokenizer: Tokenizer | None = None,  # corpora (issue 15): a given tokenizer (GPT-2's) instead of tuilm's BPE
 ) -> Dataset:
     """`data` is a DataConfig. `progress` shows a download bar; `on_status` hears of tokenizer training."""
-    # -- corpora (issue 15): a corpus with its own train/val split, or one too large for memory, is streamed
+    # -- corpora (issue 15): a corpus with its own train/val split, or one too large for memory, is streamed;
+    # a Hugging Face dataset (hf:...) is first written to a local text file per split
+    from tuilm.data.hf import is_hf
     from tuilm.data.large import is_streamed, prepare_streamed
 
-    if is_streamed(data.source):
-        return prepare_streamed(data, seq_len, batch_size, progress=progress, on_status=on_status, tokenizer=tokenizer)
+    split_corpus = None
+    if is_hf(data.source):
+        from dataclasses import replace
+
+        from tuilm.data.hf import materialize
+
+        local = materialize(data.source, data.text_field)
+        if isinstance(local, str):
+            data = replace(data, source=local)
+        else:
+            split_corpus = local
+    if split_corpus is not None or is_streamed(data.source):
+        return prepare_streamed(
+            data, seq_len, batch_size, progress=progress, on_status=on_status, tokenizer=tokenizer, corpus=split_corpus
+        )
     # -- end corpora
     corpus = load_corpus(data.source, progress=progress)
     tokenizer = tokenizer or load_or_train(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)

@@ -219,7 +219,9 @@ class _Docs:
         return 0
 
 
-def prepare_streamed(data, seq_len: int, batch_size: int, *, progress: bool = True, on_status=None, tokenizer=None):
+def prepare_streamed(
+    data, seq_len: int, batch_size: int, *, progress: bool = True, on_status=None, tokenizer=None, corpus=None
+):
     """tuilm.data.dataset.prepare for a streamed corpus: its own train/val split, memory-mapped tokens."""
     from tuilm.data.dataset import Dataset
     from tuilm.data.pipeline import eval_rows, make_rows
@@ -227,7 +229,7 @@ def prepare_streamed(data, seq_len: int, batch_size: int, *, progress: bool = Tr
 
     if data.train_fraction < 1:
         raise ConfigError(f"data.train_fraction is not supported for the streamed corpus {data.source}")
-    corpus = open_streamed(data.source, data.val_fraction, progress=progress)
+    corpus = corpus or open_streamed(data.source, data.val_fraction, progress=progress)
     if tokenizer is None:
         tokenizer = load_or_train_streamed(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
     train = tokenize_streamed(corpus, "train", tokenizer, on_status=on_status)

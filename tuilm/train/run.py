@@ -45,7 +45,8 @@ def resolve_config(source: str) -> RunConfig:
     from tuilm.data.corpora import CORPORA  # corpora (issue 15): the named corpora of tuilm.data.corpora
     from tuilm.data.sources import NAMED_SOURCES
 
-    if source in NAMED_SOURCES or source in CORPORA or Path(source).expanduser().exists():
+    is_hf = source.startswith("hf:")  # corpora (issue 15): a Hugging Face dataset
+    if source in NAMED_SOURCES or source in CORPORA or is_hf or Path(source).expanduser().exists():
         config = from_dict({"data": {"source": source}}, recipe="custom")
         return config
     import difflib
@@ -79,7 +80,8 @@ def run_dir_for(config: RunConfig, options: TrainOptions) -> Path:
         return Path(options.out)
     if options.name:
         return Path("runs") / options.name
-    stem = config.recipe if config.recipe != "custom" else Path(config.data.source).stem or "run"
+    source = config.data.source.removeprefix("hf:").split("@")[0].replace(":", "-")  # corpora: hf:name:config
+    stem = config.recipe if config.recipe != "custom" else Path(source).stem or "run"
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
