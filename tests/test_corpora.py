@@ -265,3 +265,18 @@ def test_token_cache_is_keyed_by_tokenizer(fake_wikitext, tmp_path):
     assert ta.n_docs == tb.n_docs and ta.n_tokens != tb.n_tokens
     meta = sorted(Path(corpora.cache_dir() / "tokens").glob("*.json"))
     assert len(meta) == 2 and all(json.loads(p.read_text())["documents"] == 300 for p in meta)
+
+
+def test_train_then_eval_on_a_named_corpus(fake_wikitext, tmp_path, capsys):
+    from tests.helpers import tiny_trainer
+    from tuilm.train.evaluate import eval_command
+    from tuilm.train.run import run_headless
+
+    trainer, _ = tiny_trainer("fakewiki", tmp_path / "run", "max_steps=2")
+    assert trainer.dataset.val.n_docs == 40
+    assert run_headless(trainer) == 0
+    capsys.readouterr()
+    eval_command(tmp_path / "run", None, "cpu")  # the run's own val split, rebuilt from the memory-mapped cache
+    assert "fakewiki (val split, 40 documents)" in capsys.readouterr().out
+    eval_command(tmp_path / "run", "fakewiki", "cpu")  # --data NAME scores its test split
+    assert "fakewiki (test split, 30 documents)" in capsys.readouterr().out

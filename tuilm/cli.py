@@ -82,7 +82,9 @@ def train(
     wandb_name: Annotated[str | None, typer.Option("--wandb-name", help="wandb run name.")] = None,
     init: Annotated[
         str | None,
-        typer.Option("--init", help="Start from pre-trained GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF dir."),
+        typer.Option(
+            "--init", help="Start from pre-trained GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF dir."
+        ),
     ] = None,
 ) -> None:
     """Train a model: a live dashboard in a terminal, a progress bar otherwise (or with --headless).
