@@ -133,9 +133,15 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
     if config.train.init or config.data.tokenizer:
         from tuilm.model import pretrained
 
-        if config.train.init and not resume:  # a resumed run has the architecture and weights already
-            config, init_folder = pretrained.init_config(config, config.train.init)
-        tokenizer = pretrained.load_tokenizer(pretrained.resolve(config.data.tokenizer or config.train.init))
+        if resume:  # the checkpoint has the architecture, the weights and the tokenizer already
+            from tuilm.checkpoint import read_metadata
+            from tuilm.data.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer.from_json(read_metadata(run_dir / "last.safetensors")["tokenizer"])
+        else:
+            if config.train.init:
+                config, init_folder = pretrained.init_config(config, config.train.init)
+            tokenizer = pretrained.load_tokenizer(pretrained.resolve(config.data.tokenizer or config.train.init))
     # -- end corpora
     dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, on_status=status, tokenizer=tokenizer)
     run_dir.mkdir(parents=True, exist_ok=True)
