@@ -280,3 +280,31 @@ def test_train_then_eval_on_a_named_corpus(fake_wikitext, tmp_path, capsys):
     assert "fakewiki (val split, 40 documents)" in capsys.readouterr().out
     eval_command(tmp_path / "run", "fakewiki", "cpu")  # --data NAME scores its test split
     assert "fakewiki (test split, 30 documents)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", corpora.SPLIT_CORPORA)
+def test_each_real_corpus_downloads_verifies_and_caches(name, server, tmp_path, monkeypatch):
+    """The table's own file names, archive members and split ranges, served as small stand-ins."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("TUILM_DATA_DIR", raising=False)
+    real = CORPORA[name]
+    scale = 100_000  # enwik8's 90M/5M/5M bytes become 900/50/50
+    splits = tuple(
+        (k, replace(s, start=s.start // scale, end=None if s.end is None else s.end // scale)) for k, s in real.splits
+    )
+    files = []
+    for f in real.files:
+        members = {s.member for _, s in splits if s.file == f.filename and s.member}
+        body = TEXT.encode()[:1000]
+        blob = zip_bytes({m: body for m in members}) if members else body
+        server.files[f.filename] = blob
+        files.append(replace(f, url=f"{server.url}/{f.filename}", size=len(blob), sha256=sha(blob)))
+    monkeypatch.setitem(CORPORA, name, replace(real, files=tuple(files), splits=splits))
+    corpus = corpora.open_corpus(name, progress=False)
+    assert set(corpus.splits) == {k for k, _ in real.splits}
+    for part in corpus.splits.values():
+        assert list(large.iter_documents(part, corpus.extra.get("separator", "")))
+    corpora.open_corpus(name, progress=False)  # cached: nothing downloaded twice
+    assert sorted(r["path"] for r in server.requests) == sorted(f"/{f.filename}" for f in real.files)
