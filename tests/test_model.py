@@ -262,6 +262,7 @@ def test_act_module_outputs_hidden_activation(act):
     h = seen["args"][0]
     expected = {
         "gelu": F.gelu(h),
+        "gelu_tanh": F.gelu(h, approximate="tanh"),  # GPT-2's (issue 15)
         "relu": F.relu(h),
         "relu2": F.relu(h) ** 2,
         "swiglu": F.silu(seen["args"][-1]) * h,

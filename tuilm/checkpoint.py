@@ -714,7 +714,8 @@ def load_train_state(path: Path, optimizer) -> tuple[dict[str, Any], dict[str, t
             state.setdefault(index, {})[name] = value
         else:
             rng[name] = value
-    _check_consistent(state, params, corrupt)
+    group_of = [g for g, group in enumerate(optimizer.param_groups) for _ in group["params"]]
+    _check_consistent(state, params, group_of, corrupt)
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
@@ -730,16 +731,17 @@ def _fits(saved: tuple[int, ...], param: tuple[int, ...]) -> bool:
     return len(saved) == len(param) and all(s in (p, 1) for s, p in zip(saved, param, strict=True))
 
 
-def _check_consistent(state: dict[int, dict[str, Any]], params: list, corrupt: Callable) -> None:
-    """Every parameter of a kind (matrix or vector) carries the same state, each entry shaped alike: one moment
-    dropped or reshaped would otherwise only fail at the first optimizer step, mid-run."""
-    keys: dict[bool, tuple[int, set[str]]] = {}
+def _check_consistent(state: dict[int, dict[str, Any]], params: list, group_of: list[int], corrupt: Callable) -> None:
+    """Every parameter of a kind (matrix or vector) in a param group carries the same state, each entry shaped
+    alike: one moment dropped or reshaped would otherwise only fail at the first optimizer step, mid-run. (Groups
+    differ: muon's Muon group keeps a momentum buffer where its AdamW groups keep two moments.)"""
+    keys: dict[tuple[int, bool], tuple[int, set[str]]] = {}
     shapes: dict[tuple[int, str], tuple[int, tuple]] = {}
     for index, entries in sorted(state.items()):
         if not entries:
             continue  # a parameter that never had a gradient has no state yet: the optimizer starts it afresh
         p = params[index]
-        first = keys.setdefault(p.dim() >= 2, (index, set(entries)))
+        first = keys.setdefault((group_of[index], p.dim() >= 2), (index, set(entries)))
         if first[1] != set(entries):
             raise corrupt(f"parameter {index} has state {sorted(entries)} but parameter {first[0]} {sorted(first[1])}")
         for name, value in entries.items():

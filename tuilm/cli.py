@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from tuilm import __version__
-from tuilm.errors import TuilmError
+from tuilm.errors import ConfigError, TuilmError
 
 app = typer.Typer(
     name="tuilm",
@@ -83,6 +83,12 @@ def train(
     wandb: Annotated[bool, typer.Option("--wandb", help="Also log to Weights & Biases.")] = False,
     wandb_project: Annotated[str, typer.Option("--wandb-project", help="wandb project.")] = "tuilm",
     wandb_name: Annotated[str | None, typer.Option("--wandb-name", help="wandb run name.")] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init", help="Start from pre-trained GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF dir."
+        ),
+    ] = None,
 ) -> None:
     """Train a model: a live dashboard in a terminal, a progress bar otherwise (or with --headless).
 
@@ -105,6 +111,7 @@ def train(
         wandb=wandb,
         wandb_project=wandb_project,
         wandb_name=wandb_name,
+        init=init,
     )
     raise typer.Exit(train_command(options))
 
@@ -154,17 +161,33 @@ def sample(
 
 @app.command(name="eval")
 def eval_(
-    model_path: ModelPath,
+    model_path: Annotated[
+        Path | None,
+        typer.Option("--model-path", "-m", help="A .safetensors checkpoint, or a run directory (its best checkpoint)."),
+    ] = None,
     data: Annotated[
         str | None,
         typer.Option("--data", "-d", help="Evaluate on this text (all of it); default: the run's own val split."),
     ] = None,
     device: Device = "auto",
     allow_nonfinite: AllowNonfinite = False,
+    init: Annotated[
+        str | None, typer.Option("--init", help="Score pre-trained GPT-2 (gpt2, ..., or a HF dir) instead.")
+    ] = None,
+    stride: Annotated[
+        int, typer.Option("--stride", help="Sliding windows every STRIDE tokens (HF's perplexity method); 0: off.")
+    ] = 0,
 ) -> None:
     """Print validation loss, perplexity and bits per character."""
+    if init or stride:  # corpora (issue 15): sliding-window perplexity, e.g. of pre-trained GPT-2
+        from tuilm.train.sliding import sliding_eval_command
+
+        sliding_eval_command(model_path, init, data, stride, device)
+        return
     from tuilm.train.evaluate import eval_command
 
+    if model_path is None:
+        raise ConfigError("say which model: --model-path CHECKPOINT (or --init gpt2)")
     eval_command(model_path, data, device, allow_nonfinite=allow_nonfinite)
 
 
@@ -273,6 +296,16 @@ def data_stats(
 
     stats = corpus_stats(data, vocab_size, seq_len, batch_size, on_status=_status)
     render(stats, Console())
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The named corpora: size, split, license, source URL and checksum (downloaded on first use)."""
+    from rich.console import Console
+
+    from tuilm.data.corpora import render_list
+
+    render_list(Console())
 
 
 @vocab_app.command("train")

@@ -30,6 +30,9 @@ class DataConfig:
     val_fraction: float = 0.1
     split_seed: int = 1337
     train_fraction: float = 1.0  # use only this (seeded) fraction of the training documents
+    # corpora (issue 15): "" trains tuilm's BPE; "gpt2"... or a Hugging Face model dir uses that model's tokenizer
+    tokenizer: str = ""
+    text_field: str = "text"  # hf:<name> sources: the column holding the text
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
+    init: str = ""  # corpora (issue 15): start from pre-trained weights: gpt2, gpt2-medium/-large/-xl or a HF dir
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ class Dataset:
 
     def summary(self) -> dict:
         report = self.train_rows.report
+        in_memory = hasattr(self.corpus, "documents")  # a streamed corpus (tuilm.data.large) counts its splits
         return {
             "source": self.corpus.name,
             "fingerprint": self.corpus.fingerprint,
-            "documents": len(self.corpus.documents),
-            "characters": self.corpus.n_chars,
+            "documents": len(self.corpus.documents) if in_memory else self.train.n_docs + self.val.n_docs,
+            "characters": self.corpus.n_chars if in_memory else self.train.chars + self.val.chars,
             "vocab_size": self.tokenizer.vocab_size,
             "train_documents": self.train.n_docs,
             "val_documents": self.val.n_docs,
@@ -55,10 +56,32 @@ def prepare(
     *,
     progress: bool = True,
     on_status: Callable[[str], None] | None = None,
+    tokenizer: Tokenizer | None = None,  # corpora (issue 15): a given tokenizer (GPT-2's) instead of tuilm's BPE
 ) -> Dataset:
     """`data` is a DataConfig. `progress` shows a download bar; `on_status` hears of tokenizer training."""
+    # -- corpora (issue 15): a corpus with its own train/val split, or one too large for memory, is streamed;
+    # a Hugging Face dataset (hf:...) is first written to a local text file per split
+    from tuilm.data.hf import is_hf
+    from tuilm.data.large import is_streamed, prepare_streamed
+
+    own_split = None
+    if is_hf(data.source):
+        from dataclasses import replace
+
+        from tuilm.data.hf import materialize
+
+        local = materialize(data.source, data.text_field)
+        if isinstance(local, str):
+            data = replace(data, source=local)
+        else:
+            own_split = local
+    if own_split is not None or is_streamed(data.source):
+        return prepare_streamed(
+            data, seq_len, batch_size, progress=progress, on_status=on_status, tokenizer=tokenizer, corpus=own_split
+        )
+    # -- end corpora
     corpus = load_corpus(data.source, progress=progress)
-    tokenizer = load_or_train(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
+    tokenizer = tokenizer or load_or_train(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
     train_idx, val_idx = split_corpus(corpus, data)
     if data.train_fraction < 1:
         keep = max(1, round(len(train_idx) * data.train_fraction))

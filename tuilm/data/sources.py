@@ -93,6 +93,13 @@ def load_corpus(spec: str | Path, *, progress: bool = True) -> Corpus:
         docs, digest = _read_text_file(path)
         return Corpus(spec, path, docs, digest)
     path = Path(spec).expanduser()
+    from tuilm.data.corpora import SPLIT_CORPORA  # corpora (issue 15)
+
+    if spec in SPLIT_CORPORA and not path.exists():
+        raise DataError(
+            f"{spec} is read as a stream with its own train/val split: `tuilm train {spec}` and "
+            f"`tuilm eval --data {spec}` use it, but this command reads a whole corpus into memory"
+        )
     if not path.exists():
         known = ", ".join(NAMED_SOURCES)
         raise DataError(f"{spec}: no such file or directory (named datasets: {known})")

@@ -20,6 +20,7 @@ from tuilm.resources import shipped_dirs
 
 PAD, EOS = "<|pad|>", "<|eos|>"
 PAD_ID, EOS_ID = 0, 1
+GPT2_EOS = "<|endoftext|>"  # GPT-2's only special token (tuilm.model.pretrained)
 MIN_VOCAB = 256 + 2  # every byte plus the two special tokens
 MAX_VOCAB = 1_000_000
 FORMAT = "tuilm-bpe-1"  # bump when training settings change meaning, so old cache entries are not reused
@@ -64,9 +65,14 @@ class Tokenizer:
     def __init__(self, inner):
         inner.encode_special_tokens = True
         self.inner = inner
-        if inner.token_to_id(PAD) != PAD_ID or inner.token_to_id(EOS) != EOS_ID:
+        if inner.token_to_id(PAD) == PAD_ID and inner.token_to_id(EOS) == EOS_ID:
+            self.pad_id, self.eos_id = PAD_ID, EOS_ID
+        elif inner.token_to_id(GPT2_EOS) is not None and inner.token_to_id(PAD) is None:
+            # GPT-2's byte-level BPE (issue 15) has no pad token: padding reuses <|endoftext|>, which is safe
+            # because padded positions are masked out of attention and ignored by the loss.
+            self.pad_id = self.eos_id = inner.token_to_id(GPT2_EOS)
+        else:
             raise DataError(f"tokenizer does not have {PAD} at id {PAD_ID} and {EOS} at id {EOS_ID}")
-        self.pad_id, self.eos_id = PAD_ID, EOS_ID
 
     @classmethod
     def from_json(cls, text: str) -> Tokenizer:
@@ -111,9 +117,9 @@ class Tokenizer:
         table = []
         for i in range(self.vocab_size):
             token = self.inner.id_to_token(i)
-            if i == EOS_ID:
+            if i == self.eos_id:
                 table.append(b"\n\n")
-            elif i == PAD_ID or token is None:
+            elif i == self.pad_id or token is None:
                 table.append(b"")
             else:
                 table.append(bytes(byte_of[c] for c in token))

@@ -10,7 +10,7 @@ from typing import Any
 from tuilm.errors import ConfigError
 
 POS_CHOICES = ("learned", "sinusoidal", "rope", "alibi")
-ACT_CHOICES = ("gelu", "relu", "swiglu", "relu2")
+ACT_CHOICES = ("gelu", "relu", "swiglu", "relu2", "gelu_tanh")  # gelu_tanh: GPT-2's approximation
 NORM_CHOICES = ("layernorm", "rmsnorm")
 # Upper bounds far beyond any small model, there so that a typo or a forged checkpoint is refused with a reason
 # instead of allocating terabytes (or looping for minutes) first.

@@ -149,6 +149,8 @@ class Activation(nn.Module):
             return F.silu(gate) * h
         if self.kind == "relu2":
             return F.relu(h).square()
+        if self.kind == "gelu_tanh":  # GPT-2's "gelu_new"
+            return F.gelu(h, approximate="tanh")
         return F.relu(h) if self.kind == "relu" else F.gelu(h)
 
     def extra_repr(self) -> str:

@@ -30,6 +30,7 @@ class TrainOptions:
     wandb: bool = False
     wandb_project: str = "tuilm"
     wandb_name: str | None = None
+    init: str | None = None  # corpora (issue 15): --init gpt2 | gpt2-medium | ... | a HF model directory
 
 
 def resolve_config(source: str) -> RunConfig:
@@ -41,14 +42,16 @@ def resolve_config(source: str) -> RunConfig:
         if not Path(source).is_file():
             raise ConfigError(f"{source}: no such recipe file")
         return load_toml(Path(source))
+    from tuilm.data.corpora import CORPORA  # corpora (issue 15): the named corpora of tuilm.data.corpora
     from tuilm.data.sources import NAMED_SOURCES
 
-    if source in NAMED_SOURCES or Path(source).expanduser().exists():
+    is_hf = source.startswith("hf:")  # corpora (issue 15): a Hugging Face dataset
+    if source in NAMED_SOURCES or source in CORPORA or is_hf or Path(source).expanduser().exists():
         config = from_dict({"data": {"source": source}}, recipe="custom")
         return config
     import difflib
 
-    names = recipe_names() + list(NAMED_SOURCES)
+    names = recipe_names() + list(NAMED_SOURCES) + list(CORPORA)
     close = difflib.get_close_matches(source, names, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise ConfigError(
@@ -67,6 +70,8 @@ def cli_overrides(options: TrainOptions) -> list[str]:
         extra.append(f"train.max_steps={options.steps}")
     if options.compile:
         extra.append("train.compile=true")
+    if options.init:  # corpora (issue 15)
+        extra.append(f"train.init={json.dumps(options.init)}")
     return options.overrides + extra
 
 
@@ -75,7 +80,8 @@ def run_dir_for(config: RunConfig, options: TrainOptions) -> Path:
         return Path(options.out)
     if options.name:
         return Path("runs") / options.name
-    stem = config.recipe if config.recipe != "custom" else Path(config.data.source).stem or "run"
+    source = config.data.source.removeprefix("hf:").split("@")[0].replace(":", "-")  # corpora: hf:name:config
+    stem = config.recipe if config.recipe != "custom" else Path(source).stem or "run"
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -122,9 +128,27 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
     def status(message: str) -> None:
         print(message + "…", file=sys.stderr)
 
-    dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, on_status=status)
+    # -- corpora (issue 15): pre-trained GPT-2 (train.init) and its tokenizer (data.tokenizer, or init's)
+    tokenizer, init_folder = None, None
+    if config.train.init or config.data.tokenizer:
+        from tuilm.model import pretrained
+
+        if resume:  # the checkpoint has the architecture, the weights and the tokenizer already
+            from tuilm.checkpoint import read_metadata
+            from tuilm.data.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer.from_json(read_metadata(run_dir / "last.safetensors")["tokenizer"])
+        else:
+            if config.train.init:
+                config, init_folder = pretrained.init_config(config, config.train.init)
+            tokenizer = pretrained.load_tokenizer(pretrained.resolve(config.data.tokenizer or config.train.init))
+    # -- end corpora
+    dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, on_status=status, tokenizer=tokenizer)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, dataset, run_dir, bus, resume=resume)
+    if init_folder is not None:  # corpora (issue 15)
+        pretrained.check_vocab(dataset.tokenizer, trainer.config.model, init_folder)
+        pretrained.load_weights(trainer.model, init_folder)
     from tuilm.atomic import atomic_write_text
 
     # Written once the trainer exists (a resume that fails leaves the old file), and again on every resume:

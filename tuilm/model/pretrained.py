@@ -1,0 +1,174 @@
+"""Pre-trained GPT-2 weights in tuilm's model: `--init gpt2` (or -medium, -large, -xl, or a local directory).
+
+A directory in Hugging Face's layout holds `config.json`, `model.safetensors` and `tokenizer.json`; the named
+sizes are fetched into huggingface_hub's cache (the optional extra: `pip install 'tuilm[hf]'`). The weights are
+read with safetensors only, never unpickled.
+
+GPT-2 is tuilm's pre-norm transformer with: biases everywhere (bias=true), the tanh approximation of GELU
+(act=gelu_tanh), LayerNorm eps 1e-5 (torch's default, which tuilm uses), learned positions (up to
+n_positions=1024; a shorter seq_len keeps the first rows), and the head tied to the token embedding. Its Conv1D
+layers store weights as (in, out), so they are transposed; the fused c_attn is q, k, v in tuilm's order.
+
+Its tokenizer is GPT-2's byte-level BPE with one special token, <|endoftext|>, used as tuilm's end-of-sequence
+and, since GPT-2 has no pad token, as the pad id too (padding is masked and never scored).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from tuilm.errors import CheckpointError, ConfigError, TuilmError
+
+HUB_MODELS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+FILES = ("config.json", "model.safetensors", "tokenizer.json")
+ACTS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+
+
+class HubError(TuilmError):
+    """The optional Hugging Face extra is missing, or the hub cannot be reached."""
+
+
+def resolve(spec: str) -> Path:
+    """A local directory with the three files, downloading a named GPT-2 size into huggingface_hub's cache."""
+    path = Path(spec).expanduser()
+    if spec not in HUB_MODELS:
+        if not path.is_dir():
+            names = ", ".join(HUB_MODELS)
+            raise ConfigError(f"--init {spec}: not one of {names} and not a directory")
+        missing = [f for f in FILES if not (path / f).is_file()]
+        if missing:
+            raise ConfigError(f"{path}: a Hugging Face model directory needs {', '.join(missing)}")
+        return path
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        raise HubError(f"--init {spec} needs huggingface_hub: pip install 'tuilm[hf]'") from None
+    repo = HUB_MODELS[spec]
+    try:
+        paths = [Path(hf_hub_download(repo, f)) for f in FILES]
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HubError(
+            f"could not fetch {repo} from the Hugging Face hub ({first}); offline, pass --init a directory "
+            f"holding {', '.join(FILES)}"
+        ) from None
+    return paths[0].parent
+
+
+def model_config(folder: Path, seq_len: int | None = None, dropout: float = 0.0):
+    """The tuilm ModelConfig of a GPT-2 config.json (seq_len None: the model's full n_positions)."""
+    from tuilm.model.config import ModelConfig
+
+    try:
+        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}/config.json: cannot read ({e})") from None
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise CheckpointError(f"{folder}: model_type {hf.get('model_type')!r} is not gpt2")
+    act = ACTS.get(hf.get("activation_function", "gelu_new"))
+    if act is None:
+        raise CheckpointError(f"{folder}: activation {hf.get('activation_function')!r} is not supported")
+    if abs(float(hf.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
+        raise CheckpointError(f"{folder}: layer_norm_epsilon {hf['layer_norm_epsilon']} (tuilm uses 1e-5)")
+    n_pos = int(hf.get("n_positions", 1024))
+    if seq_len is not None and seq_len > n_pos:
+        raise ConfigError(f"seq_len {seq_len} is longer than the {n_pos} positions this model learned")
+    return ModelConfig(
+        vocab_size=int(hf["vocab_size"]),
+        seq_len=seq_len or n_pos,
+        d_model=int(hf["n_embd"]),
+        n_layers=int(hf["n_layer"]),
+        n_heads=int(hf["n_head"]),
+        d_ff=hf.get("n_inner") or None,
+        dropout=dropout,
+        pos="learned",
+        act=act,
+        norm="layernorm",
+        tie_embeddings=True,
+        bias=True,
+    )
+
+
+def load_tokenizer(folder: Path):
+    from tuilm.data.tokenizer import Tokenizer
+
+    return Tokenizer.from_file(folder / "tokenizer.json")
+
+
+def tuilm_tensors(hf: dict, cfg) -> dict:
+    """GPT-2 safetensors names and layouts -> tuilm's state dict."""
+    hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
+    out = {"tok_emb.weight": hf["wte.weight"], "pos_emb.weight": hf["wpe.weight"][: cfg.seq_len]}
+    names = {
+        "ln_1": "norm1",
+        "attn.c_attn": "attn.qkv",
+        "attn.c_proj": "attn.proj",
+        "ln_2": "norm2",
+        "mlp.c_fc": "mlp.fc",
+        "mlp.c_proj": "mlp.proj",
+    }
+    for i in range(cfg.n_layers):
+        for theirs, ours in names.items():
+            w = hf[f"h.{i}.{theirs}.weight"]
+            out[f"blocks.{i}.{ours}.weight"] = w if theirs.startswith("ln") else w.t().contiguous()  # Conv1D
+            out[f"blocks.{i}.{ours}.bias"] = hf[f"h.{i}.{theirs}.bias"]
+    out["norm_f.weight"], out["norm_f.bias"] = hf["ln_f.weight"], hf["ln_f.bias"]
+    return out
+
+
+def load_weights(model, folder: Path) -> None:
+    """Copy the directory's GPT-2 weights into a tuilm GPT built from model_config(folder)."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from tuilm.checkpoint import load_weights as check_and_load
+
+    path = folder / "model.safetensors"
+    try:
+        hf = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: the weights cannot be read ({e})") from None
+    try:
+        tensors = tuilm_tensors(hf, model.cfg)
+    except KeyError as e:
+        raise CheckpointError(f"{path}: not GPT-2 weights (no tensor {e})") from None
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        check_and_load(model, {k: v.to(dtype) for k, v in tensors.items()}, path)
+
+
+def load_pretrained(spec: str, seq_len: int | None = None, device="cpu"):
+    """(model in eval mode, tokenizer) for `--init`/`eval --init`."""
+    from tuilm.model.gpt import GPT
+
+    folder = resolve(spec)
+    cfg = model_config(folder, seq_len)
+    model = GPT(cfg)
+    load_weights(model, folder)
+    tokenizer = load_tokenizer(folder)
+    check_vocab(tokenizer, cfg, folder)
+    return model.to(device).eval(), tokenizer
+
+
+def check_vocab(tokenizer, cfg, folder) -> None:
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise CheckpointError(
+            f"{folder}: tokenizer.json has {tokenizer.vocab_size:,} tokens but the model {cfg.vocab_size:,}"
+        )
+
+
+def init_config(config, spec: str):
+    """The run config with GPT-2's architecture (the user's seq_len, capped by the model, and dropout kept)."""
+    folder = resolve(spec)
+    seq_len = config.model.seq_len
+    cfg = model_config(folder, seq_len, config.model.dropout)
+    return replace(config, model=cfg), folder
