@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuilm.config import apply_overrides, from_dict
+from tuilm.session import build_trainer
 from tuilm.train import events as ev
-from tuilm.train.run import build_trainer
 
 TINY = [
     "vocab_size=300",
@@ -45,3 +45,14 @@ def tiny_trainer(source, run_dir, *overrides, resume=False):
     recorder = Recorder()
     trainer.bus.subscribe(recorder)
     return trainer, recorder
+
+
+def plant_failure(trainer, message: str = "planted failure") -> None:
+    """Make the trainer's first step fail, through its public surface: a subscriber that raises on the Step
+    event raises inside the training loop, as a bug in the step itself would."""
+
+    def explode(event: ev.Event) -> None:
+        if isinstance(event, ev.Step):
+            raise RuntimeError(message)
+
+    trainer.bus.subscribe(explode)

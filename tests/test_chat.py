@@ -20,9 +20,10 @@ from safetensors.torch import save_file
 from tests.helpers import tiny_trainer
 from tuilm.chat import session as session_module
 from tuilm.chat.commands import COMMANDS, run_command
-from tuilm.chat.repl import Screen, chat_command, history_path, make_session, run_interactive, run_lines
+from tuilm.chat.repl import Screen, history_path, make_session, run_interactive, run_lines
 from tuilm.chat.session import ChatState, build_context, respond
 from tuilm.checkpoint import load_checkpoint
+from tuilm.commands.chat import chat_command
 from tuilm.errors import ConfigError
 from tuilm.sampling import SamplingSettings
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from tuilm import __version__
-from tuilm.errors import TuilmError
+from tuilm.errors import TuilmError, print_error
 
 app = typer.Typer(
     name="tuilm",
@@ -86,7 +86,7 @@ def train(
     Checkpoints go to the run directory: last.safetensors, best.safetensors and train_state.safetensors,
     with metrics.jsonl beside them. Keys in the dashboard: p pause, s save, g sample, e evaluate, q quit.
     """
-    from tuilm.train.run import TrainOptions, train_command
+    from tuilm.commands.train import TrainOptions, train_command
 
     options = TrainOptions(
         source=source,
@@ -109,7 +109,7 @@ def train(
 @app.command()
 def recipes() -> None:
     """List the named recipes shipped in baseline/."""
-    from tuilm.train.run import list_recipes
+    from tuilm.commands.train import list_recipes
 
     list_recipes()
 
@@ -130,7 +130,7 @@ def sample(
     device: Device = "auto",
 ) -> None:
     """Print a completion of a prompt (streamed as it is sampled)."""
-    from tuilm.sampling import sample_command
+    from tuilm.commands.sample import sample_command
 
     prompt_text = sys.stdin.read() if prompt == "-" else prompt
     sample_command(
@@ -148,7 +148,7 @@ def eval_(
     device: Device = "auto",
 ) -> None:
     """Print validation loss, perplexity and bits per character."""
-    from tuilm.train.evaluate import eval_command
+    from tuilm.commands.eval import eval_command
 
     eval_command(model_path, data, device)
 
@@ -170,7 +170,7 @@ def chat(
 
     With standard input not a terminal, each input line is a prompt and each reply is printed.
     """
-    from tuilm.chat.repl import chat_command
+    from tuilm.commands.chat import chat_command
 
     raise typer.Exit(chat_command(model_path, temperature, top_k, top_p, max_new_tokens, seed, prompt_format, device))
 
@@ -178,7 +178,7 @@ def chat(
 @app.command()
 def health(run: Annotated[Path, typer.Argument(help="A run directory (with metrics.jsonl).")]) -> None:
     """Summarise a run's gradient health: per-layer table with sparklines, and every alert raised."""
-    from tuilm.train.health_report import health_command
+    from tuilm.commands.health import health_command
 
     health_command(run)
 
@@ -186,7 +186,7 @@ def health(run: Annotated[Path, typer.Argument(help="A run directory (with metri
 @app.command()
 def watch(run: Annotated[Path, typer.Argument(help="A run directory being written by another process.")]) -> None:
     """Follow a run written by another process in the dashboard (read-only)."""
-    from tuilm.tui.app import watch_command
+    from tuilm.commands.watch import watch_command
 
     raise typer.Exit(watch_command(run))
 
@@ -209,7 +209,7 @@ def sweep(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = None,
 ) -> None:
     """Train every combination of a grid; write results.csv, results.md and plots."""
-    from tuilm.sweep import sweep_command
+    from tuilm.commands.sweep import sweep_command
 
     raise typer.Exit(sweep_command(recipe, list(grid or []), list(overrides or []), budget, seeds, out, name, device))
 
@@ -217,7 +217,7 @@ def sweep(
 @app.command()
 def runs(folder: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs")) -> None:
     """List runs: name, recipe, steps, best val loss, bits/char and status."""
-    from tuilm.sweep import runs_command
+    from tuilm.commands.runs import runs_command
 
     runs_command(folder)
 
@@ -227,7 +227,7 @@ def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
 ) -> None:
     """Show config differences side by side and overlay the runs' learning curves."""
-    from tuilm.sweep import compare_command
+    from tuilm.commands.runs import compare_command
 
     compare_command(run_dirs)
 
@@ -240,12 +240,9 @@ def data_stats(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for bucket's padding figure.")] = 32,
 ) -> None:
     """Documents, characters, tokens, the length distribution, and what each sequence policy keeps."""
-    from rich.console import Console
+    from tuilm.commands.data import stats_command
 
-    from tuilm.data.stats import corpus_stats, render
-
-    stats = corpus_stats(data, vocab_size, seq_len, batch_size, on_status=_status)
-    render(stats, Console())
+    stats_command(data, vocab_size, seq_len, batch_size)
 
 
 @vocab_app.command("train")
@@ -255,19 +252,9 @@ def vocab_train(
     out: Annotated[Path | None, typer.Option("--out", help="Write the tokenizer JSON here.")] = None,
 ) -> None:
     """Train (or fetch from the cache) a byte-level BPE tokenizer."""
-    from tuilm.data.sources import load_corpus
-    from tuilm.data.tokenizer import TokenizerSettings, load_or_train, save_tokenizer, vocab_filename
+    from tuilm.commands.vocab import vocab_train_command
 
-    corpus = load_corpus(data)
-    settings = TokenizerSettings(size)
-    tokenizer = load_or_train(corpus, settings, on_train=_status)
-    path = out or Path(vocab_filename(corpus.name, settings, settings.cache_key(corpus.fingerprint)))
-    save_tokenizer(tokenizer, path)
-    typer.echo(f"wrote {path} ({tokenizer.vocab_size:,} tokens)")
-
-
-def _status(message: str) -> None:
-    typer.echo(message + "…", err=True)
+    vocab_train_command(data, size, out)
 
 
 def main() -> None:
@@ -276,10 +263,3 @@ def main() -> None:
     except TuilmError as e:
         print_error(str(e))
         sys.exit(e.exit_code)
-
-
-def print_error(message: str) -> None:
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), message))

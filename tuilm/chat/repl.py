@@ -7,15 +7,13 @@ module only reads lines, writes text and maps keys.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from tuilm.chat.commands import COMMANDS, is_command, model_lines, multiline_hint, run_command, settings_text
-from tuilm.chat.session import ChatState, check_format, respond
-from tuilm.sampling import SamplingSettings
+from tuilm.chat.session import ChatState, respond
 
 KEYS = "Enter sends · Esc Enter adds a line · F2 multi-line · Ctrl-C stops a reply · /help · Ctrl-D or /quit leaves"
 
@@ -47,32 +45,6 @@ class Screen:
 
     def notice(self, text: str) -> None:
         self.say(f"note: {text}", "notice")
-
-
-def chat_command(
-    model_path: Path,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    max_new_tokens: int,
-    seed: int | None,
-    prompt_format: str,
-    device: str,
-) -> int:
-    from tuilm.checkpoint import load_checkpoint
-    from tuilm.train.device import pick_device
-
-    settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
-    settings.validate()
-    check_format(prompt_format)
-    ckpt = load_checkpoint(model_path, pick_device(device))
-    state = ChatState.from_checkpoint(ckpt, settings, prompt_format, seed)
-    if sys.stdin.isatty() and sys.stdout.isatty():
-        return run_interactive(state, Screen(sys.stdout, sys.stdout, terminal=True), history_path())
-    screen = Screen(sys.stdout, sys.stderr)
-    if sys.stdin.isatty():  # typing into a chat whose output goes to a pipe or file: say why there is no prompt
-        screen.say("standard output is not a terminal: each line you type is a prompt; Ctrl-D ends")
-    return run_lines(state, sys.stdin, screen)
 
 
 def banner(state: ChatState) -> str:

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import gc
 import math
-import signal
-import threading
 import time
 import tomllib
-import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,24 +20,19 @@ from rich.console import Console
 from tuilm.atomic import atomic_write_text
 from tuilm.config import RunConfig
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
+from tuilm.session import Interrupt, attach_files, build_trainer, train_until_done, write_error_log
 from tuilm.sweep import plots
 from tuilm.sweep.results import Row, collect_rows, csv_text, groups_table, markdown, runs_table, show_value
-from tuilm.sweep.runinfo import METRICS, flatten, fmt, make_console, summarize_run
+from tuilm.sweep.runinfo import METRICS, flatten, fmt, summarize_run
 from tuilm.sweep.spec import (
     IGNORED_IN_MATCH,
     PlannedRun,
     SweepSpec,
-    base_config,
-    default_name,
     load_spec_file,
-    make_spec,
-    plan_runs,
-    run_config,
     same_sweep,
     save_spec_file,
 )
 from tuilm.train import events as ev
-from tuilm.train.run import attach_files, build_trainer
 
 # Outcomes the same config would only repeat: a rerun keeps them. Anything else (stopped, oom, failed) is retried.
 FINAL = ("completed", "diverged")
@@ -57,32 +48,6 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.reason, "wall_s": self.wall_s}
-
-
-def sweep_command(
-    recipe: str,
-    grid: list[str],
-    overrides: list[str],
-    budget: str | None,
-    seeds: int,
-    out: Path | None,
-    name: str | None,
-    device: str | None,
-) -> int:
-    spec = make_spec(recipe, grid, overrides, budget, seeds, device)
-    base = base_config(spec)
-    plan = plan_runs(spec, base)
-    sweep_dir = Path(out) if out else Path("runs") / (name or default_name(spec, base))
-    if sweep_dir.exists() and not sweep_dir.is_dir():
-        raise ConfigError(f"{sweep_dir} is a file; give --out a folder for the sweep")
-    configs: dict[str, RunConfig | ConfigError] = {}
-    for run in plan:
-        try:
-            configs[run.name] = run_config(base, run)
-        except ConfigError as e:
-            configs[run.name] = e
-    check_existing(sweep_dir, plan, configs)
-    return run_sweep(sweep_dir, spec, plan, configs, make_console())
 
 
 def check_existing(sweep_dir: Path, plan: list[PlannedRun], configs: dict[str, Any]) -> None:
@@ -144,7 +109,12 @@ def run_sweep(
         + (f" ({done} already done)" if done else "")
         + f", budget {budget}"
     )
-    interrupt = Interrupt(console)
+    interrupt = Interrupt(
+        lambda: console.print(
+            "\nstopping: the current run saves, then the sweep writes its results and ends "
+            "(rerun the same command to resume; Ctrl-C again to quit at once)"
+        )
+    )
     current = None
     try:
         with interrupt.installed():
@@ -231,20 +201,16 @@ def execute(
         progress = RunProgress(console)
         trainer.bus.subscribe(progress)
         metrics = attach_files(trainer)
-        interrupt.trainer = trainer
         try:
-            trainer.start()
-            while trainer.thread.is_alive():
-                trainer.join(0.2)
+            train_until_done(trainer, interrupt)
         finally:
-            interrupt.trainer = None
             progress.close()
             metrics.close()
         if trainer.error is not None:
             if progress.nonfinite:
                 # The loss went non-finite and something then broke on the NaN weights: that is divergence.
                 error = trainer.error
-                _write_error_log(run_dir, error)
+                write_error_log(run_dir, error)
                 console.print(f"  [red]diverged[/] at step {trainer.step}")
                 return Outcome("diverged", f"non-finite loss, then {type(error).__name__}: {error}", wall())
             return _crashed(trainer.error, run_dir, trainer.step, wall(), console)
@@ -297,18 +263,9 @@ def _crashed(error: BaseException, run_dir: Path, step: int, wall: float, consol
     if _is_oom(error):
         console.print(f"  [red]out of memory[/] at step {step}")
         return Outcome("oom", f"out of memory at step {step}: {first_line}"[:300], wall)
-    where = _write_error_log(run_dir, error)
+    where = write_error_log(run_dir, error)
     console.print(f"  [red]failed[/] at step {step}: {type(error).__name__}: {first_line}{where}")
     return Outcome("failed", f"{type(error).__name__}: {first_line}{where}"[:500], wall)
-
-
-def _write_error_log(run_dir: Path, error: BaseException) -> str:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "error.log", "".join(traceback.format_exception(error)))
-    except OSError:
-        return ""
-    return f" (traceback in {run_dir / 'error.log'})"
 
 
 def _release(trainer) -> None:
@@ -371,38 +328,6 @@ def rebuild_results(sweep_dir: Path, console: Console | None = None) -> list[Row
 
 
 # -- Ctrl-C and progress ---------------------------------------------------------------------------------------------
-
-
-class Interrupt:
-    """The first Ctrl-C stops the current run after its step (it saves), then the sweep writes its results and
-    ends; a rerun resumes. A second Ctrl-C leaves at once."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.requested = False
-        self.trainer = None
-
-    def __call__(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.console.print(
-            "\nstopping: the current run saves, then the sweep writes its results and ends "
-            "(rerun the same command to resume; Ctrl-C again to quit at once)"
-        )
-        if self.trainer is not None:
-            self.trainer.stop("interrupted")
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = signal.signal(signal.SIGINT, self)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
 
 class RunProgress:

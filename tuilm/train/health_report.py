@@ -10,9 +10,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from tuilm.errors import TuilmError
 from tuilm.train import events as ev
-from tuilm.train.sinks import read_events
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -107,11 +105,3 @@ def render(run: Path, summary: dict, console: Console) -> None:
     else:
         parts.append(Text("no alerts raised", style="green"))
     console.print(Group(*parts))
-
-
-def health_command(run: Path) -> None:
-    run = Path(run)
-    path = run / "metrics.jsonl" if run.is_dir() else run
-    if not path.is_file():
-        raise TuilmError(f"{run}: no metrics.jsonl here; point at a run directory written by `tuilm train`")
-    render(run, summarize(read_events(path)), Console())

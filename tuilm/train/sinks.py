@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from tuilm.formatting import fmt_duration
 from tuilm.train import events as ev
+from tuilm.train.lines import eval_summary, finished_line
 
 
 class MetricsFile:
@@ -59,28 +61,10 @@ def read_events(path: Path) -> list[ev.Event]:
     return events
 
 
-def fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def eta_seconds(step: ev.Step) -> float:
     if not step.progress or not math.isfinite(step.progress) or step.progress <= 0:
         return math.nan
     return step.elapsed * (1 - step.progress) / step.progress
-
-
-def finished_line(e: ev.Finished) -> str:
-    best = f"; best val loss {e.best_val_loss:.4f} (bits/char {e.best_val_bpc:.4f})" if e.best_val_loss else ""
-    why = f" ({e.reason})" if e.reason != e.status else ""
-    return (
-        f"{e.status}{why} at step {e.step} after {fmt_duration(e.elapsed)} of training, "
-        f"{e.tokens_per_s:,.0f} tok/s{best}"
-    )
 
 
 class HeadlessProgress:
@@ -110,10 +94,7 @@ class HeadlessProgress:
         elif isinstance(event, ev.Eval):
             self._val = event.val_loss
             best = " (best)" if event.is_best else ""
-            self._print(
-                f"step {event.step}: val loss {event.val_loss:.4f}  ppl {event.val_ppl:.2f}  "
-                f"bits/char {event.val_bpc:.4f}{best}  train loss {event.train_loss:.4f}"
-            )
+            self._print(f"step {event.step}: {eval_summary(event)}{best}  train loss {event.train_loss:.4f}")
         elif isinstance(event, ev.Alert):
             self._print(
                 f"[{'red' if event.severity == 'bad' else 'yellow'}]alert[/] step {event.step}: {event.message}",

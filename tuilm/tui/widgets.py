@@ -21,9 +21,9 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static
 from textual_plotext import PlotextPlot
 
-from tuilm.formatting import human
+from tuilm.formatting import fmt_duration, human
 from tuilm.train import events as ev
-from tuilm.train.sinks import eta_seconds, fmt_duration
+from tuilm.train.sinks import eta_seconds
 
 STATES = {
     "starting": ("○", "dim"),

@@ -1,18 +1,17 @@
-"""`tuilm train`: from a recipe (or data path) and overrides to a running trainer with a front end."""
+"""`tuilm train` and `tuilm recipes`: from options to a running trainer with a front end, and its exit status."""
 
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuilm.config import RunConfig, apply_overrides, from_dict, load_toml
-from tuilm.errors import ConfigError, TuilmError
+from tuilm.errors import ConfigError
 from tuilm.resources import recipe_names, recipe_path
+from tuilm.session import Interrupt, attach_files, build_trainer, report_outcome, resolve_config, train_until_done
 
 
 @dataclass
@@ -30,31 +29,6 @@ class TrainOptions:
     wandb: bool = False
     wandb_project: str = "tuilm"
     wandb_name: str | None = None
-
-
-def resolve_config(source: str) -> RunConfig:
-    """A recipe name, a recipe .toml, or a dataset name / data path trained with the default settings."""
-    path = recipe_path(source)
-    if path is not None:
-        return load_toml(path, source)
-    if source.endswith(".toml"):
-        if not Path(source).is_file():
-            raise ConfigError(f"{source}: no such recipe file")
-        return load_toml(Path(source))
-    from tuilm.data.sources import NAMED_SOURCES
-
-    if source in NAMED_SOURCES or Path(source).expanduser().exists():
-        config = from_dict({"data": {"source": source}}, recipe="custom")
-        return config
-    import difflib
-
-    names = recipe_names() + list(NAMED_SOURCES)
-    close = difflib.get_close_matches(source, names, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise ConfigError(
-        f"'{source}' is not a recipe, a .toml file, a dataset name or an existing path; {hint}"
-        f"recipes: {', '.join(recipe_names())}"
-    )
 
 
 def cli_overrides(options: TrainOptions) -> list[str]:
@@ -106,93 +80,61 @@ def train_command(options: TrainOptions) -> int:
         trainer.bus.subscribe(WandbLogger(options.wandb_project, options.wandb_name, run_dir, console=not dashboard))
     try:
         if dashboard:
-            from tuilm.tui.app import run_dashboard
-
             return run_dashboard(trainer)
         return run_headless(trainer)
     finally:
         metrics.close()
 
 
-def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False, bus=None):
-    """Prepare the data (downloading and training the tokenizer if needed) and construct the trainer."""
-    from tuilm.data.dataset import prepare
-    from tuilm.train.trainer import Trainer
-
-    def status(message: str) -> None:
-        print(message + "…", file=sys.stderr)
-
-    dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, on_status=status)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, dataset, run_dir, bus, resume=resume)
-    from tuilm.atomic import atomic_write_text
-
-    # Written once the trainer exists (a resume that fails leaves the old file), and again on every resume:
-    # its overrides (--steps, --set) are part of what the run now is.
-    atomic_write_text(run_dir / "config.toml", config.to_toml())
-    return trainer
-
-
-def attach_files(trainer):
-    from tuilm.train.sinks import MetricsFile
-
-    metrics = MetricsFile(trainer.run_dir / "metrics.jsonl")
-    trainer.bus.subscribe(metrics)
-    return metrics
-
-
 def run_headless(trainer, progress=None) -> int:
-    """Train in a background thread; the first Ctrl-C stops after the current step and saves, a second one
-    leaves at once (the checkpoints already written stay intact: every write is atomic)."""
+    """Train in a background thread with a progress bar (or log lines); Ctrl-C as `Interrupt` says."""
     from tuilm.train.sinks import HeadlessProgress
 
     trainer.bus.subscribe(progress or HeadlessProgress())
-    interrupted = threading.Event()
-
-    def on_sigint(signum, frame):
-        if interrupted.is_set():
-            print("\nstopping now without saving", file=sys.stderr)
-            raise KeyboardInterrupt
-        interrupted.set()
-        print("\nstopping after this step and saving (Ctrl-C again to quit at once)", file=sys.stderr)
-        trainer.stop("interrupted")
-
-    previous = (
-        signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    interrupt = Interrupt(
+        lambda: print("\nstopping after this step and saving (Ctrl-C again to quit at once)", file=sys.stderr),
+        lambda: print("\nstopping now without saving", file=sys.stderr),
     )
     try:
-        trainer.start()
-        while trainer.thread.is_alive():
-            trainer.join(0.2)
+        with interrupt.installed():
+            train_until_done(trainer, interrupt)
     except KeyboardInterrupt:
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     return report_outcome(trainer)
 
 
-def report_outcome(trainer) -> int:
-    """Exit status for a finished trainer: 0 done, 2 for a problem with the input, 1 for anything else."""
-    if trainer.error is None:
-        if trainer.result is not None and trainer.result.status == "diverged":
-            return 1
-        return 0
-    error = trainer.error
-    if isinstance(error, TuilmError):
-        raise error
-    log = trainer.run_dir / "error.log"
+def run_dashboard(trainer) -> int:
+    """Train with the dashboard; the exit status is report_outcome's (0, or 1 when training failed)."""
+    from tuilm.commands.chat import open_chat
+    from tuilm.tui.app import Dashboard, OpenChat
+    from tuilm.tui.startup import freeze_startup_objects
+
+    # Torch keeps its default thread count (every core). On 2 cores benchmarks/dashboard_overhead.py measured one
+    # thread, which would leave a core to the UI, at 69% of two threads' tokens/s, while the paced UI costs two
+    # threads nothing the VM's noise resolves, and keys are still handled within a millisecond.
+    app = Dashboard(trainer)
+    freeze_startup_objects()
     try:
-        import traceback
+        choice = app.run()
+    finally:
+        if trainer.thread is not None and trainer.thread.is_alive() and app.return_code != 130:
+            trainer.stop("stopped")
+            trainer.join()
+    if app.return_code == 130:
+        return 130
+    code = report_outcome(trainer)
+    if app.return_code and not code:
+        code = app.return_code  # the UI itself failed (Textual has printed why)
+    if isinstance(choice, OpenChat) and code == 0:
+        return open_chat(choice.path)
+    if trainer.result is not None:
+        # The dashboard is gone with the alternate screen: leave the outcome, and where to go next, behind.
+        from tuilm.train.lines import finished_line
 
-        log.write_text("".join(traceback.format_exception(error)), encoding="utf-8")
-        where = f" (traceback in {log})"
-    except OSError:
-        where = ""
-    from tuilm.cli import print_error
-
-    print_error(f"training failed at step {trainer.step}: {type(error).__name__}: {error}{where}")
-    return 1
+        print(finished_line(trainer.result))
+        if trainer.result.last_checkpoint:
+            print(f"run directory: {trainer.run_dir}  (chat: tuilm chat --model-path {trainer.run_dir})")
+    return code
 
 
 def list_recipes() -> None:
