@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from tuilm.config import apply_overrides, from_dict
@@ -56,3 +58,16 @@ def plant_failure(trainer, message: str = "planted failure") -> None:
             raise RuntimeError(message)
 
     trainer.bus.subscribe(explode)
+
+
+def run_tuilm(*args: str, input: str | None = None, env: dict | None = None, cwd=None, timeout: float = 120):
+    """`python -m tuilm ARGS` in a child process, as a user runs it; `env` replaces the environment when given."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuilm", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )

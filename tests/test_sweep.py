@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import SMALL_TEXT
-from tests.helpers import TINY
+from tests.helpers import TINY, run_tuilm
 from tuilm.cli import app
 from tuilm.commands.sweep import sweep_command
 from tuilm.errors import ConfigError
@@ -381,7 +381,7 @@ def test_compare_shows_differing_settings_numbers_and_curves(grid_sweep):
 
 
 def tuilm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuilm", *args], capture_output=True, text=True, timeout=60)
+    return run_tuilm(*args, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -408,9 +408,13 @@ def test_runs_on_a_folder_without_runs(tmp_path):
 def test_a_key_in_a_big_grid_is_plotted_as_its_average_over_the_others():
     from tuilm.sweep.plots import MAX_SERIES, loss_vs_key
     from tuilm.sweep.results import Row
+    from tuilm.sweep.runinfo import RunSummary
+
+    def summary(loss):
+        return RunSummary(Path("r"), "r", "tiny", "completed", best_val_loss=loss)
 
     rows = [
-        Row(f"r{a}{b}", {"model.d_model": a, "train.lr": b}, 1, "completed", best_val_loss=a / 100 + b)
+        Row(f"r{a}{b}", {"model.d_model": a, "train.lr": b}, 1, "completed", summary=summary(a / 100 + b))
         for a in (64, 128)
         for b in range(MAX_SERIES + 1)
     ]

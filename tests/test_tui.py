@@ -3,6 +3,8 @@ as SVG snapshots of a recorded run (tests/data/recorded_run.jsonl, made by tests
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from pathlib import Path
 
@@ -339,11 +341,21 @@ def test_store_from_another_thread_and_a_huge_run():
     store = RunStore(step_capacity=1 << 16)
     woken = []
     store.on_rare = woken.append
-    for i in range(1, 120_001):
-        store(ev.Step(i, 0.0, i * 10, 3.0, 1e-3, 1e4, 0.01, 0.5, False, i * 0.01, math_nan := float("nan")))
+
+    def produce(first: int, last: int) -> None:
+        for i in range(first, last + 1):
+            store(ev.Step(i, 0.0, i * 10, 3.0, 1e-3, 1e4, 0.01, 0.5, False, i * 0.01, float("nan")))
+
+    # Steps arrive from another thread (as from the trainer) while this one drains, then the rest and an eval.
+    producer = threading.Thread(target=produce, args=(1, 60_000))
+    producer.start()
+    while producer.is_alive():
+        store.drain()
+    producer.join()
+    produce(60_001, 120_000)
     store(ev.Eval(120_000, 2.0, 7.4, 1.1, 2.0, True, 2.1, 0.5))
     drained = store.drain()
-    assert drained.steps == 120_000 and drained.last_step.step == 120_000 and math_nan != math_nan
+    assert drained.steps == 120_000 and drained.last_step.step == 120_000 and math.isnan(drained.last_step.progress)
     assert [type(e) for e in drained.events] == [ev.Eval] and len(woken) == 1
     step, _ = store.step_series("loss")
     assert len(step) == 1 << 16 and step[0] == 120_000 - (1 << 16) + 1 and step[-1] == 120_000

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -77,6 +78,32 @@ class HealthConfig:
     dead_limit: float = 0.5  # fraction of an MLP's ReLU units that never fire on a batch
     overfit_evals: int = 3  # val loss rising this many evaluations in a row while train loss falls
 
+    # The per-layer judging rule, for whoever colours a value as the monitor's alerts would judge it: "bad" is
+    # what the monitor alerts on, "warn" within a factor of 100 (or a decade) of that.
+
+    def judge_grad(self, g: float, median: float) -> str:
+        """A layer's gradient norm, given the median layer's: healthy, warn or bad."""
+        if not math.isfinite(g) or g < self.vanish_floor or g < self.vanish_ratio * median or g > self.explode_limit:
+            return "bad"
+        if g < 100 * self.vanish_floor or g < 100 * self.vanish_ratio * median:
+            return "warn"
+        return "healthy"
+
+    def update_in_band(self, r: float) -> bool:
+        return self.update_low <= r <= self.update_high
+
+    def judge_update(self, r: float) -> str:
+        """A layer's log10 update/weight ratio: healthy, warn (the band's outer decade) or bad (outside it)."""
+        if not math.isfinite(r) or not self.update_in_band(r):
+            return "bad"
+        return "warn" if not self.update_low + 1 <= r <= self.update_high - 1 else "healthy"
+
+    @classmethod
+    def of_run(cls, config: dict) -> HealthConfig:
+        """The thresholds of a run's config dict (a RunStarted event's), defaults for what it lacks."""
+        h = config.get("health", {})
+        return cls(**{f.name: h[f.name] for f in fields(cls) if f.name in h})
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -102,9 +129,11 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "health": HealthConfig}
+POLICIES = ("pack", "pad", "pad-overflow", "bucket")  # how documents become fixed-length rows (data.pipeline)
+SPLITS = ("random", "tail")  # which documents are held out for validation
 CHOICES = {
-    "data.policy": ("pack", "pad", "pad-overflow", "bucket"),
-    "data.split": ("random", "tail"),
+    "data.policy": POLICIES,
+    "data.split": SPLITS,
     "train.optimizer": ("adamw", "adam", "sgd", "adafactor"),
     "train.schedule": ("cosine", "linear", "constant"),
     "train.dtype": ("auto", "fp32", "bf16", "fp16"),

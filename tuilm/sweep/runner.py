@@ -8,7 +8,6 @@ finished, resumes the one that was interrupted, and retries the ones that crashe
 from __future__ import annotations
 
 import gc
-import math
 import time
 import tomllib
 from dataclasses import dataclass
@@ -20,10 +19,11 @@ from rich.console import Console
 from tuilm.atomic import atomic_write_text
 from tuilm.config import RunConfig
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
+from tuilm.formatting import fmt, percent, show_value
 from tuilm.session import Interrupt, attach_files, build_trainer, train_until_done, write_error_log
 from tuilm.sweep import plots
-from tuilm.sweep.results import Row, collect_rows, csv_text, groups_table, markdown, runs_table, show_value
-from tuilm.sweep.runinfo import METRICS, flatten, fmt, summarize_run
+from tuilm.sweep.results import Row, collect_rows, csv_text, groups_table, markdown, runs_table
+from tuilm.sweep.runinfo import METRICS, flatten, summarize_run
 from tuilm.sweep.spec import (
     IGNORED_IN_MATCH,
     PlannedRun,
@@ -33,6 +33,8 @@ from tuilm.sweep.spec import (
     save_spec_file,
 )
 from tuilm.train import events as ev
+from tuilm.train.lines import eval_summary
+from tuilm.train.sinks import HeadlessProgress
 
 # Outcomes the same config would only repeat: a rerun keeps them. Anything else (stopped, oom, failed) is retried.
 FINAL = ("completed", "diverged")
@@ -330,49 +332,49 @@ def rebuild_results(sweep_dir: Path, console: Console | None = None) -> list[Row
 # -- Ctrl-C and progress ---------------------------------------------------------------------------------------------
 
 
-class RunProgress:
+class RunProgress(HeadlessProgress):
     """One run inside a sweep: a transient bar on a terminal (a line every few seconds elsewhere) and a line per
-    evaluation. Quieter than `tuilm train --headless`: no samples or checkpoint notes."""
+    evaluation. Quieter than `tuilm train --headless`: no samples or checkpoint notes, only bad alerts."""
 
-    def __init__(self, console: Console, interval: float = 10.0):
-        self.console = console
-        self.interval = interval
+    interval = 10.0
+    transient = True
+    refresh_per_second = 10
+
+    def __init__(self, console: Console, interval: float | None = None):
+        super().__init__(interval=interval)
+        self.console, self.plain = console, not console.is_terminal
         self.nonfinite = False
-        self._bar = None
-        self._task = None
-        self._last_line = time.monotonic()
+        self._last_line = time.monotonic()  # the first plain line comes an interval in, after the start lines
 
     def __call__(self, event: ev.Event) -> None:
-        if isinstance(event, ev.RunStarted):
-            self._start(event)
-        elif isinstance(event, ev.Step):
-            self._step(event)
-        elif isinstance(event, ev.Eval):
-            self._print(
-                f"  step {event.step}: val loss {event.val_loss:.4f}  bits/char {event.val_bpc:.4f}  "
-                f"train loss {event.train_loss:.4f}"
-            )
-        elif isinstance(event, ev.Alert):
-            self.nonfinite = self.nonfinite or event.code == "nonfinite"
-            if event.severity == "bad":
-                self._print(f"  [red]alert[/] step {event.step}: {event.message}", markup=True)
-        elif isinstance(event, ev.Finished | ev.Failed):
-            self.close()
-
-    def _start(self, e: ev.RunStarted) -> None:
-        self._print(f"  {e.params:,} parameters on {e.device} {e.dtype}")
-        if not self.console.is_terminal:
+        if isinstance(event, ev.Sample | ev.CheckpointSaved | ev.Log):
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        if isinstance(event, ev.Finished):
+            self.close()  # the sweep prints the outcome
+            return
+        super().__call__(event)
 
-        self._bar = Progress(
+    def start_lines(self, e: ev.RunStarted) -> list[str]:
+        return [f"  {e.params:,} parameters on {e.device} {e.dtype}"]
+
+    def eval_line(self, e: ev.Eval) -> str:
+        return f"  step {e.step}: {eval_summary(e, ppl=False)}  train loss {e.train_loss:.4f}"
+
+    def on_alert(self, e: ev.Alert) -> None:
+        self.nonfinite = self.nonfinite or e.code == "nonfinite"
+        if e.severity == "bad":
+            self._print(f"  [red]alert[/] step {e.step}: {e.message}", markup=True)
+
+    def stats(self, s: ev.Step) -> str:
+        return f"loss {s.loss:.3f}  {s.tokens_per_s:,.0f} tok/s"
+
+    def plain_line(self, s: ev.Step) -> str:
+        return f"  step {s.step}{percent(s.progress)}  {self.stats(s)}"
+
+    def columns(self) -> tuple:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        return (
             TextColumn("  step"),
             MofNCompleteColumn(),
             BarColumn(),
@@ -380,29 +382,4 @@ class RunProgress:
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
         )
-        self._task = self._bar.add_task("run", total=e.max_steps, completed=e.resumed_step, stats="")
-        self._bar.start()
-
-    def _step(self, s: ev.Step) -> None:
-        stats = f"loss {s.loss:.3f}  {s.tokens_per_s:,.0f} tok/s"
-        if self._bar is not None:
-            total = None if not math.isfinite(s.progress) else max(s.step, round(s.step / max(s.progress, 1e-9)))
-            self._bar.update(self._task, completed=s.step, total=total, stats=stats)
-            return
-        now = time.monotonic()
-        if now - self._last_line >= self.interval:
-            self._last_line = now
-            done = f" ({s.progress:.0%})" if math.isfinite(s.progress) else ""
-            self._print(f"  step {s.step}{done}  {stats}")
-
-    def _print(self, text: str, markup: bool = False) -> None:
-        target = self._bar.console if self._bar is not None else self.console
-        target.print(text, markup=markup, highlight=False)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None

@@ -272,7 +272,7 @@ class HealthMonitor:
                     layer,
                     g,
                 )
-            if h.step > self.warmup_steps and g >= c.vanish_floor and not c.update_low <= r <= c.update_high:
+            if h.step > self.warmup_steps and g >= c.vanish_floor and not c.update_in_band(r):
                 side = "small: the layer barely moves" if r < c.update_low else "large: the layer is being overwritten"
                 self._alert(
                     h.step, "update_ratio", "warn", f"{layer} update/weight ratio 10^{r:.1f} is too {side}", layer, r

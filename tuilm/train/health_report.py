@@ -10,6 +10,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from tuilm.config import HealthConfig
 from tuilm.train import events as ev
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -27,12 +28,11 @@ def sparkline(values: list[float], width: int = 24, log: bool = True) -> str:
     return "".join(BARS[round((v - lo) / span * (len(BARS) - 1))] if math.isfinite(v) else " " for v in scaled)
 
 
-def ratio_style(r: float, low: float = -5.0, high: float = -1.0) -> str:
-    if not math.isfinite(r):
-        return "red"
-    if low <= r <= high:
-        return "green" if -4 <= r <= -2 else "yellow"
-    return "red"
+STYLES = {"healthy": "green", "warn": "yellow", "bad": "red"}
+
+
+def ratio_style(r: float, limits: HealthConfig = HealthConfig()) -> str:
+    return STYLES[limits.judge_update(r)]
 
 
 def summarize(events: list[ev.Event]) -> dict:

@@ -23,6 +23,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import RichLog, Static, Tabs
 
+from tuilm.config import HealthConfig
 from tuilm.train import events as ev
 from tuilm.tui import layout
 from tuilm.tui.alerts import AlertHighlights, Highlight
@@ -31,7 +32,7 @@ from tuilm.tui.lines import Panes, event_lines, failed_lines, finished_note, out
 from tuilm.tui.panels import PanelPacer, Panels
 from tuilm.tui.source import Followed, Live, Recorded
 from tuilm.tui.store import RunStore
-from tuilm.tui.widgets import ConfirmQuit, HelpScreen, LayerBars, Limits, LineChart, RunHeader
+from tuilm.tui.widgets import ConfirmQuit, HelpScreen, LayerBars, LineChart, RunHeader
 
 # Seconds between UI updates: four a second, however fast steps come. At ten a second (and PANEL_SHARE 1.5%) the
 # UI thread took 3.8% of a core, at four 2.1%; with torch on every core each millisecond the UI holds a core or
@@ -178,7 +179,7 @@ class Dashboard(App[OpenChat | None]):
             self._panes.write(pane, line)
         if isinstance(event, ev.RunStarted):
             self._header.run = event
-            self.query_one(LayerBars).limits = Limits.from_config(event.config)
+            self.query_one(LayerBars).limits = HealthConfig.of_run(event.config)
         elif isinstance(event, ev.Status):
             if event.state in ("paused", "running") and event.state != self._last_status:
                 if event.state == "paused" or self._last_status == "paused":
