@@ -10,6 +10,7 @@ import typer
 
 from tuilm import __version__
 from tuilm.errors import TuilmError, print_error
+from tuilm.sampling_settings import DEFAULTS
 
 app = typer.Typer(
     name="tuilm",
@@ -118,10 +119,12 @@ def recipes() -> None:
 def sample(
     model_path: ModelPath,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; - reads standard input.")] = "",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate.")] = 200,
-    temperature: Temperature = 0.8,
-    top_k: TopK = 0,
-    top_p: TopP = 0.95,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate.")
+    ] = DEFAULTS.max_new_tokens,
+    temperature: Temperature = DEFAULTS.temperature,
+    top_k: TopK = DEFAULTS.top_k,
+    top_p: TopP = DEFAULTS.top_p,
     seed: Seed = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the whole context for every token.")] = False,
     truncate: Annotated[
@@ -156,10 +159,12 @@ def eval_(
 @app.command()
 def chat(
     model_path: ModelPath,
-    temperature: Temperature = 0.8,
-    top_k: TopK = 0,
-    top_p: TopP = 0.95,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens per reply.")] = 200,
+    temperature: Temperature = DEFAULTS.temperature,
+    top_k: TopK = DEFAULTS.top_k,
+    top_p: TopP = DEFAULTS.top_p,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="Tokens per reply.")
+    ] = DEFAULTS.max_new_tokens,
     seed: Seed = None,
     prompt_format: Annotated[
         str, typer.Option("--format", help="plain: continue the text; chat: turns separated by end-of-sequence.")

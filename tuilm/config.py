@@ -184,18 +184,31 @@ def load_toml(path: Path, recipe: str | None = None) -> RunConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `key=value` strings; a key may drop its section when the name is unique (`lr=3e-4`)."""
+Override = str | tuple[str, Any]  # `key=value` as typed on the command line, or (key, value) already typed
+
+
+def apply_overrides(config: RunConfig, overrides: list[Override]) -> RunConfig:
+    """Apply `key=value` strings (values in TOML syntax) and (key, value) pairs (values as they are, only
+    checked against the setting's type); a key may drop its section when the name is unique (`lr=3e-4`)."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.lr=3e-4")
-        key, raw = (s.strip() for s in item.split("=", 1))
-        dotted = resolve_key(key)
+        dotted, value = parse_override(item)
         section, name = dotted.split(".")
-        value = parse_value(dotted, raw)
         config = replace(config, **{section: replace(getattr(config, section), **{name: value})})
     validate(config)
     return config
+
+
+def parse_override(item: Override) -> tuple[str, Any]:
+    """(full dotted key, typed value) of one override."""
+    if isinstance(item, tuple):
+        key, value = item
+        dotted = resolve_key(key)
+        return dotted, _coerce(dotted, value)
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value, e.g. train.lr=3e-4")
+    key, raw = (s.strip() for s in item.split("=", 1))
+    dotted = resolve_key(key)
+    return dotted, parse_value(dotted, raw)
 
 
 def resolve_key(key: str) -> str:

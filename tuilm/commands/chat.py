@@ -37,13 +37,13 @@ def chat_command(
 
 def open_chat(model_path: Path) -> int:
     """Chat with the settings `tuilm chat` starts with; without the chat front end, say how to start it."""
+    from tuilm.sampling_settings import DEFAULTS as d
+
     try:
         from tuilm.chat.repl import run_lines  # noqa: F401 - the front end's dependencies are importable
-        from tuilm.sampling import SamplingSettings
     except ImportError:
         print(f"chat with it: tuilm chat --model-path {model_path}")
         return 0
-    d = SamplingSettings()
     return chat_command(
         model_path,
         temperature=d.temperature,

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuilm.config import RunConfig, apply_overrides, from_dict, load_toml
+from tuilm.config import Override, RunConfig, apply_overrides, from_dict, load_toml
 from tuilm.errors import ConfigError
 from tuilm.resources import recipe_names, recipe_path
 from tuilm.session import Interrupt, attach_files, build_trainer, report_outcome, resolve_config, train_until_done
@@ -31,17 +31,18 @@ class TrainOptions:
     wandb_name: str | None = None
 
 
-def cli_overrides(options: TrainOptions) -> list[str]:
-    extra = []
+def cli_overrides(options: TrainOptions) -> list[Override]:
+    """--set overrides as typed, then the options that are settings too, as typed pairs (never re-parsed)."""
+    extra: list[Override] = []
     if options.device:
-        extra.append(f"train.device={json.dumps(options.device)}")
+        extra.append(("train.device", options.device))
     if options.time:
-        extra.append(f"train.time={json.dumps(options.time)}")
+        extra.append(("train.time", options.time))
     if options.steps is not None:
-        extra.append(f"train.max_steps={options.steps}")
+        extra.append(("train.max_steps", options.steps))
     if options.compile:
-        extra.append("train.compile=true")
-    return options.overrides + extra
+        extra.append(("train.compile", True))
+    return [*options.overrides, *extra]
 
 
 def run_dir_for(config: RunConfig, options: TrainOptions) -> Path:
