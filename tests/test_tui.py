@@ -21,10 +21,10 @@ from tuilm.commands.train import run_dashboard
 from tuilm.commands.watch import watch_command
 from tuilm.errors import TuilmError
 from tuilm.train import events as ev
-from tuilm.train.sinks import read_events
+from tuilm.train.sinks import MetricsTail, read_events
 from tuilm.tui.app import Dashboard
 from tuilm.tui.source import FOLLOW_INTERVAL
-from tuilm.tui.store import MetricsTail, Ring, RunStore, downsample, windowed_rate
+from tuilm.tui.store import Ring, RunStore, downsample, windowed_rate
 from tuilm.tui.widgets import ConfirmQuit, GradHeatmap, RunHeader
 
 pytestmark = pytest.mark.anyio  # the async tests run on asyncio through anyio's pytest plugin

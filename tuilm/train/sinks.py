@@ -52,13 +52,51 @@ def read_events(path: Path) -> list[ev.Event]:
         for line in f:
             if not line.endswith("\n"):
                 break
-            try:
-                event = ev.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError):
-                continue
+            event = parse_event(line)
             if event is not None:
                 events.append(event)
     return events
+
+
+def parse_event(line: str | bytes) -> ev.Event | None:
+    """One metrics.jsonl line as an event; None for a line from a newer or broken writer (the rest still counts)."""
+    try:
+        return ev.from_dict(json.loads(line))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        return None
+
+
+class MetricsTail:
+    """Reads the events appended to a metrics.jsonl since the last call.
+
+    The writer appends whole lines, but a reader can still catch one half-written: bytes after the last newline
+    wait for the next call. A file that shrank was replaced (a new run in the same directory): reading starts over.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0
+        self._partial = b""
+
+    def read(self, max_bytes: int = 4 << 20) -> tuple[list[ev.Event], bool]:
+        """(new events, whether the file was replaced and the caller should forget what it had)."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return [], False
+        restarted = size < self.offset
+        if restarted:
+            self.offset, self._partial = 0, b""
+        if size == self.offset:
+            return [], restarted
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read(max_bytes)
+        self.offset += len(chunk)
+        data = self._partial + chunk
+        complete, _, self._partial = data.rpartition(b"\n")
+        events = (parse_event(line) for line in complete.splitlines())
+        return [e for e in events if e is not None], restarted
 
 
 def eta_seconds(step: ev.Step) -> float:
