@@ -34,7 +34,7 @@ from tuilm.sweep.spec import (
 )
 from tuilm.train import events as ev
 from tuilm.train.lines import eval_summary
-from tuilm.train.sinks import HeadlessProgress
+from tuilm.train.sinks import HeadlessProgress, bar_columns
 
 # Outcomes the same config would only repeat: a rerun keeps them. Anything else (stopped, oom, failed) is retried.
 FINAL = ("completed", "diverged")
@@ -372,14 +372,6 @@ class RunProgress(HeadlessProgress):
         return f"  step {s.step}{percent(s.progress)}  {self.stats(s)}"
 
     def columns(self) -> tuple:
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import TextColumn, TimeRemainingColumn
 
-        return (
-            TextColumn("  step"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-        )
+        return bar_columns("  step", TextColumn("eta"), TimeRemainingColumn())

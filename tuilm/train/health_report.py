@@ -80,16 +80,8 @@ def render(run: Path, summary: dict, console: Console) -> None:
         blocks = Table(title=f"activations at step {last.step}", title_justify="left")
         for column in ("block", "output std", "max |a|", "MLP hidden std", "dead fraction", "attention entropy"):
             blocks.add_column(column, justify="left" if column == "block" else "right")
-        for i, block in enumerate(last.blocks):
-            dead, entropy = last.block_stats(i)
-            blocks.add_row(
-                block,
-                f"{last.act_std[i]:.3g}",
-                f"{last.act_max[i]:.3g}",
-                f"{last.mlp_std[i]:.3g}",
-                "-" if dead is None else f"{dead:.1%}",
-                f"{entropy:.2f}",
-            )
+        for i in range(len(last.blocks)):
+            blocks.add_row(*last.block_cells(i, ".3g", ".1%", with_max=True))
         parts.append(blocks)
     else:
         parts.append(Text("no per-layer measurements yet (health.interval steps apart)", style="dim"))

@@ -181,16 +181,9 @@ class HeadlessProgress:
         )
 
     def columns(self) -> tuple:
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import TextColumn
 
-        return (
-            TextColumn("[bold]step"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta {task.fields[eta]}"),
-        )
+        return bar_columns("[bold]step", TextColumn("eta {task.fields[eta]}"))
 
     # -- how it gets there -------------------------------------------------------------------------------------
 
@@ -228,6 +221,20 @@ class HeadlessProgress:
     def _print(self, text: str, markup: bool = False) -> None:
         target = self._progress.console if self._progress is not None else self.console
         target.print(text, markup=markup, highlight=False)
+
+
+def bar_columns(label: str, *eta) -> tuple:
+    """A progress bar's columns: label, step of steps, the bar, the stats field, elapsed time, then `eta`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    return (
+        TextColumn(label),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        *eta,
+    )
 
 
 class WandbLogger:

@@ -353,18 +353,7 @@ class ActivationTable(DataTable):
         self.add_columns("block", "out std", "mlp std", "dead", "attn entropy")
 
     def show(self, h: ev.Health) -> None:
-        rows = []
-        for i, block in enumerate(h.blocks):
-            dead, entropy = h.block_stats(i)
-            rows.append(
-                (
-                    block,
-                    f"{h.act_std[i]:.3f}",
-                    f"{h.mlp_std[i]:.3f}",
-                    "-" if dead is None else f"{dead:.0%}",
-                    f"{entropy:.2f}",
-                )
-            )
+        rows = [tuple(h.block_cells(i, ".3f", ".0%")) for i in range(len(h.blocks))]
         if [str(key.value) for key in self.rows] != h.blocks:
             # Only a new set of blocks changes the table's height: otherwise cells change in place (no reflow).
             self.clear()
