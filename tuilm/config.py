@@ -63,6 +63,11 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
 
+    @property
+    def time_budget(self) -> float:
+        """train.time in seconds, 0 for none: the one place it is parsed (validate() checks it through here)."""
+        return parse_duration(self.time) if self.time else 0.0
+
 
 @dataclass(frozen=True)
 class HealthConfig:
@@ -160,12 +165,12 @@ def from_dict(data: dict[str, Any], recipe: str = "custom") -> RunConfig:
         for key, value in values.items():
             dotted = f"{section}.{key}"
             if dotted not in all_keys():
-                raise ConfigError(f"unknown setting '{dotted}'{_suggest(dotted)}")
+                raise unknown_setting(dotted)
             kwargs[key] = _coerce(dotted, value)
         parts[section] = cls(**kwargs)
     if data:
         key = next(iter(data))
-        raise ConfigError(f"unknown setting '{key}'{_suggest(key)} (sections are {', '.join(SECTIONS)})")
+        raise unknown_setting(key, f" (sections are {', '.join(SECTIONS)})")
     config = RunConfig(recipe=recipe, description=str(description), **parts)
     validate(config)
     return config
@@ -220,7 +225,12 @@ def resolve_key(key: str) -> str:
         return matches[0]
     if len(matches) > 1:
         raise ConfigError(f"'{key}' is ambiguous; write one of: {', '.join(matches)}")
-    raise ConfigError(f"unknown setting '{key}'{_suggest(key)}")
+    raise unknown_setting(key)
+
+
+def unknown_setting(key: str, note: str = "") -> ConfigError:
+    """The one message for a key that is no setting: the closest one, or where the settings are listed."""
+    return ConfigError(f"unknown setting '{key}'{_suggest(key)}{note}")
 
 
 def _suggest(key: str) -> str:
@@ -315,8 +325,7 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    if t.time:
-        parse_duration(t.time)
+    t.time_budget  # noqa: B018 - raises ConfigError for a time that is not a duration
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tuilm.config import TrainConfig, parse_duration
+from tuilm.config import TrainConfig
 from tuilm.data.dataset import Dataset
 from tuilm.data.pipeline import Batch, collate, epoch_batches
 from tuilm.train.state import TrainState
@@ -26,8 +26,7 @@ class StopRules:
 
     @classmethod
     def of(cls, t: TrainConfig, steps_per_epoch: int) -> StopRules:
-        budget = parse_duration(t.time) if t.time else 0.0
-        return cls(t.max_steps or 0, t.max_tokens or 0, t.epochs or 0, budget, steps_per_epoch)
+        return cls(t.max_steps or 0, t.max_tokens or 0, t.epochs or 0, t.time_budget, steps_per_epoch)
 
     def epochs_done(self, s: TrainState) -> float:
         return s.epoch + s.batch_in_epoch / max(1, self.steps_per_epoch)
