@@ -39,7 +39,7 @@ WARMUP = 5  # steps left out of the rates: torch's first steps are slow, and the
 
 def build(source: str, steps: int, run_dir: Path):
     from tuilm.config import apply_overrides
-    from tuilm.train.run import build_trainer, resolve_config
+    from tuilm.session import build_trainer, resolve_config
 
     config = apply_overrides(
         resolve_config("tiny_shakespeare_cpu"),
@@ -90,7 +90,8 @@ def headless(source: str, steps: int, threads: int) -> dict:
 def dashboard(source: str, steps: int, threads: int) -> dict:
     from textual import events
 
-    from tuilm.tui.app import Dashboard, freeze_startup_objects
+    from tuilm.tui.app import Dashboard
+    from tuilm.tui.startup import freeze_startup_objects
 
     torch.set_num_threads(threads)
     latencies: list[float] = []

@@ -21,8 +21,8 @@ import torch
 
 def mean_step_time(interval: int, steps: int, source: str) -> float:
     from tuilm.config import apply_overrides
+    from tuilm.session import build_trainer, resolve_config
     from tuilm.train import events as ev
-    from tuilm.train.run import build_trainer, resolve_config
 
     config = resolve_config("tiny_shakespeare_cpu")
     config = apply_overrides(

@@ -69,8 +69,8 @@ def timed(step, steps: int, tokens_per_step: int) -> dict:
 
 def tuilm_trainer(steps: int, vocab: int) -> dict:
     from tuilm.config import apply_overrides, from_dict
+    from tuilm.session import build_trainer
     from tuilm.train import events as ev
-    from tuilm.train.run import build_trainer
 
     source = "tiny_shakespeare"
     data_dir = os.environ.get("TUILM_DATA_DIR")

@@ -39,3 +39,16 @@ def small_corpus(tmp_path) -> Path:
     path = tmp_path / "small.txt"
     path.write_text(SMALL_TEXT, encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One tiny run trained for 10 steps, shared by every test that only reads a finished run's files."""
+    from tests.helpers import tiny_trainer
+
+    folder = tmp_path_factory.mktemp("trained")
+    corpus = folder / "corpus.txt"
+    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    trainer, _ = tiny_trainer(corpus, folder / "run", "max_steps=10", "sample_tokens=0")
+    trainer.run()
+    return folder / "run"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from tuilm.config import apply_overrides, from_dict
+from tuilm.session import build_trainer
 from tuilm.train import events as ev
-from tuilm.train.run import build_trainer
 
 TINY = [
     "vocab_size=300",
@@ -45,3 +47,27 @@ def tiny_trainer(source, run_dir, *overrides, resume=False):
     recorder = Recorder()
     trainer.bus.subscribe(recorder)
     return trainer, recorder
+
+
+def plant_failure(trainer, message: str = "planted failure") -> None:
+    """Make the trainer's first step fail, through its public surface: a subscriber that raises on the Step
+    event raises inside the training loop, as a bug in the step itself would."""
+
+    def explode(event: ev.Event) -> None:
+        if isinstance(event, ev.Step):
+            raise RuntimeError(message)
+
+    trainer.bus.subscribe(explode)
+
+
+def run_tuilm(*args: str, input: str | None = None, env: dict | None = None, cwd=None, timeout: float = 120):
+    """`python -m tuilm ARGS` in a child process, as a user runs it; `env` replaces the environment when given."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuilm", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )

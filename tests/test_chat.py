@@ -18,26 +18,20 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from safetensors.torch import save_file
 
-from tests.helpers import tiny_trainer
+from tests.helpers import run_tuilm as tuilm
 from tuilm.chat import session as session_module
 from tuilm.chat.commands import COMMANDS, run_command
-from tuilm.chat.repl import Screen, chat_command, history_path, make_session, run_interactive, run_lines
+from tuilm.chat.repl import Screen, history_path, make_session, run_interactive, run_lines
 from tuilm.chat.session import ChatState, build_context, respond
 from tuilm.checkpoint import load_checkpoint
+from tuilm.commands.chat import chat_command
 from tuilm.errors import ConfigError
 from tuilm.sampling import SamplingSettings
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("chat")
-    corpus = folder / "corpus.txt"
-    from tests.conftest import SMALL_TEXT
-
-    corpus.write_text(SMALL_TEXT, encoding="utf-8")
-    trainer, _ = tiny_trainer(corpus, folder / "run", "max_steps=10", "sample_tokens=0")
-    trainer.run()
-    return folder / "run"
+def run_dir(trained_run):
+    return trained_run
 
 
 @pytest.fixture(scope="module")
@@ -415,12 +409,6 @@ def test_bad_settings_and_format_are_refused_before_loading(tmp_path):
 
 
 # -- the real CLI -----------------------------------------------------------------------------------------------
-
-
-def tuilm(*args, input=None):
-    return subprocess.run(
-        [sys.executable, "-m", "tuilm", *args], capture_output=True, text=True, input=input, timeout=120
-    )
 
 
 def test_piped_stdin_prints_a_reply(run_dir):

@@ -8,27 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.helpers import tiny_trainer
+from tests.helpers import run_tuilm as tuilm
 from tuilm.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from tuilm.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    corpus = folder / "corpus.txt"
-    from tests.conftest import SMALL_TEXT
-
-    corpus.write_text(SMALL_TEXT, encoding="utf-8")
-    trainer, _ = tiny_trainer(corpus, folder / "run", "max_steps=10", "sample_tokens=0")
-    trainer.run()
-    return folder / "run"
-
-
-def tuilm(*args, input=None):
-    return subprocess.run(
-        [sys.executable, "-m", "tuilm", *args], capture_output=True, text=True, input=input, timeout=120
-    )
+def run_dir(trained_run):
+    return trained_run
 
 
 def test_load_checkpoint_restores_the_trained_weights(run_dir):
@@ -149,7 +136,7 @@ def test_truncated_checkpoint(run_dir, tmp_path):
     data = (run_dir / "best.safetensors").read_bytes()
     path = tmp_path / "truncated.safetensors"
     path.write_bytes(data[: len(data) // 2])
-    assert_refused(path, "")
+    assert_refused(path, "not a safetensors file, or a corrupt one")
 
 
 def test_weights_that_do_not_match_their_config(run_dir, tmp_path):

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from tests.helpers import run_tuilm as tuilm
+
 COMMANDS = [
     ["train"],
     ["chat"],
@@ -19,17 +21,6 @@ COMMANDS = [
     ["compare"],
     ["recipes"],
 ]
-
-
-def tuilm(*args, input=None, env=None, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "tuilm", *args],
-        capture_output=True,
-        text=True,
-        input=input,
-        env=env,
-        timeout=timeout,
-    )
 
 
 @pytest.mark.parametrize("flag", ["--help", "--version"])

@@ -269,8 +269,8 @@ def test_token_cache_is_keyed_by_tokenizer(fake_wikitext, tmp_path):
 
 def test_train_then_eval_on_a_named_corpus(fake_wikitext, tmp_path, capsys):
     from tests.helpers import tiny_trainer
-    from tuilm.train.evaluate import eval_command
-    from tuilm.train.run import run_headless
+    from tuilm.commands.eval import eval_command
+    from tuilm.commands.train import run_headless
 
     trainer, _ = tiny_trainer("fakewiki", tmp_path / "run", "max_steps=2")
     assert trainer.dataset.val.n_docs == 40

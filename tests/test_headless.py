@@ -6,20 +6,14 @@ import subprocess
 import sys
 import time
 
-from tests.helpers import TINY
+from tests.helpers import TINY, run_tuilm
 from tuilm.train.sinks import read_events
 
 SETS = [arg for item in TINY for arg in ("--set", item)]
 
 
 def train(*args, env=None, timeout=120):
-    return subprocess.run(
-        [sys.executable, "-m", "tuilm", "train", *args, *SETS],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    return run_tuilm("train", *args, *SETS, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def kinds(run):
@@ -42,13 +36,7 @@ def test_piped_output_is_plain_log_lines(small_corpus, tmp_path):
 
 
 def test_default_run_dir_is_named_after_the_source(small_corpus, tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "tuilm", "train", str(small_corpus), "--headless", "--steps", "2", *SETS],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    out = run_tuilm("train", str(small_corpus), "--headless", "--steps", "2", *SETS, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("small-")
@@ -128,7 +116,7 @@ def test_wandb_offline(small_corpus, tmp_path):
 
 def test_finished_line_names_the_reason_only_when_it_adds_something():
     from tuilm.train import events as ev
-    from tuilm.train.sinks import finished_line
+    from tuilm.train.lines import finished_line
 
     def end(status, reason):
         return ev.Finished(60, reason, status, 42.0, 1000, 6.87, 2.72, 6.87, 2.72, 5758.0, None, None)

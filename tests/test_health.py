@@ -2,13 +2,11 @@
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.helpers import tiny_trainer
+from tests.helpers import run_tuilm, tiny_trainer
 from tuilm.config import HealthConfig
 from tuilm.train import events as ev
 from tuilm.train.health import HealthMonitor, group_name
@@ -171,21 +169,17 @@ def test_health_command_summarises_a_run(small_corpus, tmp_path):
     trainer.run()
     metrics.close()
     env = {**os.environ, "COLUMNS": "160"}
-    out = subprocess.run(
-        [sys.executable, "-m", "tuilm", "health", str(run)], capture_output=True, text=True, timeout=60, env=env
-    )
+    out = run_tuilm("health", str(run), env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     for fragment in ("block0.attn", "block1.attn", "median grad norm", "attention entropy", "vanishing", "▁"):
         assert fragment in out.stdout
-    missing = subprocess.run(
-        [sys.executable, "-m", "tuilm", "health", str(tmp_path / "nope")], capture_output=True, text=True
-    )
+    missing = run_tuilm("health", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no metrics.jsonl" in missing.stderr
 
 
 @pytest.mark.slow
 def test_default_cpu_recipe_training_is_healthy(shakespeare_path, tmp_path):
-    from tuilm.train.run import build_trainer, resolve_config
+    from tuilm.session import build_trainer, resolve_config
 
     config = resolve_config("tiny_shakespeare_cpu")
     from tuilm.config import apply_overrides

@@ -94,7 +94,7 @@ def test_unreachable_hub_is_one_line(tmp_path):
 
 
 def test_train_on_a_local_dataset(saved, tmp_path):
-    from tuilm.train.run import TrainOptions, train_command
+    from tuilm.commands.train import TrainOptions, train_command
 
     run = tmp_path / "run"
     sets = ["vocab_size=300", "seq_len=16", "d_model=32", "n_layers=1", "n_heads=2", "batch_size=8", "text_field=body"]

@@ -123,8 +123,8 @@ def run_tuilm(*args, input=None, cwd=None):
 
 
 def test_fine_tune_save_chat_resume_eval(hf_dir, tmp_path, capsys):
-    from tuilm.train.run import TrainOptions, train_command
-    from tuilm.train.sliding import sliding_eval_command
+    from tuilm.commands.eval import sliding_eval_command
+    from tuilm.commands.train import TrainOptions, train_command
 
     data = tmp_path / "stories.txt"
     data.write_text(TEXT, encoding="utf-8")
@@ -158,8 +158,8 @@ def test_fine_tune_save_chat_resume_eval(hf_dir, tmp_path, capsys):
 
 
 def test_bad_init_is_one_line(tmp_path):
+    from tuilm.commands.eval import sliding_eval_command
     from tuilm.errors import ConfigError
-    from tuilm.train.sliding import sliding_eval_command
 
     out = run_tuilm("train", str(tmp_path), "--init", str(tmp_path / "nope"), "--headless")
     assert out.returncode == 2

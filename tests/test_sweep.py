@@ -17,10 +17,13 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import SMALL_TEXT
-from tests.helpers import TINY
+from tests.helpers import TINY, run_tuilm
 from tuilm.cli import app
+from tuilm.commands.sweep import sweep_command
 from tuilm.errors import ConfigError
-from tuilm.sweep import rebuild_results, runner, sweep_command
+from tuilm.sweep import runner
+from tuilm.sweep.runinfo import make_console
+from tuilm.sweep.runner import rebuild_results
 from tuilm.sweep.spec import Budget, parse_budget, parse_grid
 from tuilm.train import events as ev
 from tuilm.train.sinks import MetricsFile, read_events
@@ -145,7 +148,7 @@ def test_results_without_matplotlib(grid_sweep, tmp_path, monkeypatch, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.png", "results.*"))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    rebuild_results(copy, runner.make_console())
+    rebuild_results(copy, make_console())
     text = capsys.readouterr().out
     assert [line for line in text.splitlines() if "matplotlib" in line] == [
         "matplotlib is not installed, so no PNG plots (pip install 'tuilm[plot]')"
@@ -378,7 +381,7 @@ def test_compare_shows_differing_settings_numbers_and_curves(grid_sweep):
 
 
 def tuilm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuilm", *args], capture_output=True, text=True, timeout=60)
+    return run_tuilm(*args, timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -405,9 +408,13 @@ def test_runs_on_a_folder_without_runs(tmp_path):
 def test_a_key_in_a_big_grid_is_plotted_as_its_average_over_the_others():
     from tuilm.sweep.plots import MAX_SERIES, loss_vs_key
     from tuilm.sweep.results import Row
+    from tuilm.sweep.runinfo import RunSummary
+
+    def summary(loss):
+        return RunSummary(Path("r"), "r", "tiny", "completed", best_val_loss=loss)
 
     rows = [
-        Row(f"r{a}{b}", {"model.d_model": a, "train.lr": b}, 1, "completed", best_val_loss=a / 100 + b)
+        Row(f"r{a}{b}", {"model.d_model": a, "train.lr": b}, 1, "completed", summary=summary(a / 100 + b))
         for a in (64, 128)
         for b in range(MAX_SERIES + 1)
     ]

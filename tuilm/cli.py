@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from tuilm import __version__
-from tuilm.errors import ConfigError, TuilmError
+from tuilm.errors import ConfigError, TuilmError, print_error
+from tuilm.sampling_settings import DEFAULTS
 
 app = typer.Typer(
     name="tuilm",
@@ -95,7 +96,7 @@ def train(
     Checkpoints go to the run directory: last.safetensors, best.safetensors and train_state.safetensors,
     with metrics.jsonl beside them. Keys in the dashboard: p pause, s save, g sample, e evaluate, q quit.
     """
-    from tuilm.train.run import TrainOptions, train_command
+    from tuilm.commands.train import TrainOptions, train_command
 
     options = TrainOptions(
         source=source,
@@ -119,7 +120,7 @@ def train(
 @app.command()
 def recipes() -> None:
     """List the named recipes shipped in baseline/."""
-    from tuilm.train.run import list_recipes
+    from tuilm.commands.train import list_recipes
 
     list_recipes()
 
@@ -128,10 +129,12 @@ def recipes() -> None:
 def sample(
     model_path: ModelPath,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; - reads standard input.")] = "",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate.")] = 200,
-    temperature: Temperature = 0.8,
-    top_k: TopK = 0,
-    top_p: TopP = 0.95,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate.")
+    ] = DEFAULTS.max_new_tokens,
+    temperature: Temperature = DEFAULTS.temperature,
+    top_k: TopK = DEFAULTS.top_k,
+    top_p: TopP = DEFAULTS.top_p,
     seed: Seed = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the whole context for every token.")] = False,
     truncate: Annotated[
@@ -141,7 +144,7 @@ def sample(
     allow_nonfinite: AllowNonfinite = False,
 ) -> None:
     """Print a completion of a prompt (streamed as it is sampled)."""
-    from tuilm.sampling import sample_command
+    from tuilm.commands.sample import sample_command
 
     prompt_text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape") if prompt == "-" else prompt
     sample_command(
@@ -179,12 +182,11 @@ def eval_(
     ] = 0,
 ) -> None:
     """Print validation loss, perplexity and bits per character."""
-    if init or stride:  # corpora (issue 15): sliding-window perplexity, e.g. of pre-trained GPT-2
-        from tuilm.train.sliding import sliding_eval_command
+    from tuilm.commands.eval import eval_command, sliding_eval_command
 
-        sliding_eval_command(model_path, init, data, stride, device)
+    if init or stride:  # sliding-window perplexity, e.g. of pre-trained GPT-2
+        sliding_eval_command(model_path, init, data, stride, device, allow_nonfinite=allow_nonfinite)
         return
-    from tuilm.train.evaluate import eval_command
 
     if model_path is None:
         raise ConfigError("say which model: --model-path CHECKPOINT (or --init gpt2)")
@@ -194,10 +196,12 @@ def eval_(
 @app.command()
 def chat(
     model_path: ModelPath,
-    temperature: Temperature = 0.8,
-    top_k: TopK = 0,
-    top_p: TopP = 0.95,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens per reply.")] = 200,
+    temperature: Temperature = DEFAULTS.temperature,
+    top_k: TopK = DEFAULTS.top_k,
+    top_p: TopP = DEFAULTS.top_p,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="Tokens per reply.")
+    ] = DEFAULTS.max_new_tokens,
     seed: Seed = None,
     prompt_format: Annotated[
         str, typer.Option("--format", help="plain: continue the text; chat: turns separated by end-of-sequence.")
@@ -209,7 +213,7 @@ def chat(
 
     With standard input not a terminal, each input line is a prompt and each reply is printed.
     """
-    from tuilm.chat.repl import chat_command
+    from tuilm.commands.chat import chat_command
 
     code = chat_command(
         model_path,
@@ -228,7 +232,7 @@ def chat(
 @app.command()
 def health(run: Annotated[Path, typer.Argument(help="A run directory (with metrics.jsonl).")]) -> None:
     """Summarise a run's gradient health: per-layer table with sparklines, and every alert raised."""
-    from tuilm.train.health_report import health_command
+    from tuilm.commands.health import health_command
 
     health_command(run)
 
@@ -236,7 +240,7 @@ def health(run: Annotated[Path, typer.Argument(help="A run directory (with metri
 @app.command()
 def watch(run: Annotated[Path, typer.Argument(help="A run directory being written by another process.")]) -> None:
     """Follow a run written by another process in the dashboard (read-only)."""
-    from tuilm.tui.app import watch_command
+    from tuilm.commands.watch import watch_command
 
     raise typer.Exit(watch_command(run))
 
@@ -259,7 +263,7 @@ def sweep(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = None,
 ) -> None:
     """Train every combination of a grid; write results.csv, results.md and plots."""
-    from tuilm.sweep import sweep_command
+    from tuilm.commands.sweep import sweep_command
 
     raise typer.Exit(sweep_command(recipe, list(grid or []), list(overrides or []), budget, seeds, out, name, device))
 
@@ -267,7 +271,7 @@ def sweep(
 @app.command()
 def runs(folder: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs")) -> None:
     """List runs: name, recipe, steps, best val loss, bits/char and status."""
-    from tuilm.sweep import runs_command
+    from tuilm.commands.runs import runs_command
 
     runs_command(folder)
 
@@ -277,7 +281,7 @@ def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
 ) -> None:
     """Show config differences side by side and overlay the runs' learning curves."""
-    from tuilm.sweep import compare_command
+    from tuilm.commands.runs import compare_command
 
     compare_command(run_dirs)
 
@@ -290,22 +294,17 @@ def data_stats(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for bucket's padding figure.")] = 32,
 ) -> None:
     """Documents, characters, tokens, the length distribution, and what each sequence policy keeps."""
-    from rich.console import Console
+    from tuilm.commands.data import stats_command
 
-    from tuilm.data.stats import corpus_stats, render
-
-    stats = corpus_stats(data, vocab_size, seq_len, batch_size, on_status=_status)
-    render(stats, Console())
+    stats_command(data, vocab_size, seq_len, batch_size)
 
 
 @data_app.command("list")
 def data_list() -> None:
     """The named corpora: size, split, license, source URL and checksum (downloaded on first use)."""
-    from rich.console import Console
+    from tuilm.commands.data import list_command
 
-    from tuilm.data.corpora import render_list
-
-    render_list(Console())
+    list_command()
 
 
 @vocab_app.command("train")
@@ -315,19 +314,9 @@ def vocab_train(
     out: Annotated[Path | None, typer.Option("--out", help="Write the tokenizer JSON here.")] = None,
 ) -> None:
     """Train (or fetch from the cache) a byte-level BPE tokenizer."""
-    from tuilm.data.sources import load_corpus
-    from tuilm.data.tokenizer import TokenizerSettings, load_or_train, save_tokenizer, vocab_filename
+    from tuilm.commands.vocab import vocab_train_command
 
-    corpus = load_corpus(data)
-    settings = TokenizerSettings(size)
-    tokenizer = load_or_train(corpus, settings, on_train=_status)
-    path = out or Path(vocab_filename(corpus.name, settings, settings.cache_key(corpus.fingerprint)))
-    save_tokenizer(tokenizer, path)
-    typer.echo(f"wrote {path} ({tokenizer.vocab_size:,} tokens)")
-
-
-def _status(message: str) -> None:
-    typer.echo(message + "…", err=True)
+    vocab_train_command(data, size, out)
 
 
 def main() -> None:
@@ -336,10 +325,3 @@ def main() -> None:
     except TuilmError as e:
         print_error(str(e))
         sys.exit(e.exit_code)
-
-
-def print_error(message: str) -> None:
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), message))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -68,6 +69,11 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
     init: str = ""  # corpora (issue 15): start from pre-trained weights: gpt2, gpt2-medium/-large/-xl or a HF dir
 
+    @property
+    def time_budget(self) -> float:
+        """train.time in seconds, 0 for none: the one place it is parsed (validate() checks it through here)."""
+        return parse_duration(self.time) if self.time else 0.0
+
 
 @dataclass(frozen=True)
 class HealthConfig:
@@ -82,6 +88,32 @@ class HealthConfig:
     spike_factor: float = 1.5  # loss above this multiple of its running average
     dead_limit: float = 0.5  # fraction of an MLP's ReLU units that never fire on a batch
     overfit_evals: int = 3  # val loss rising this many evaluations in a row while train loss falls
+
+    # The per-layer judging rule, for whoever colours a value as the monitor's alerts would judge it: "bad" is
+    # what the monitor alerts on, "warn" within a factor of 100 (or a decade) of that.
+
+    def judge_grad(self, g: float, median: float) -> str:
+        """A layer's gradient norm, given the median layer's: healthy, warn or bad."""
+        if not math.isfinite(g) or g < self.vanish_floor or g < self.vanish_ratio * median or g > self.explode_limit:
+            return "bad"
+        if g < 100 * self.vanish_floor or g < 100 * self.vanish_ratio * median:
+            return "warn"
+        return "healthy"
+
+    def update_in_band(self, r: float) -> bool:
+        return self.update_low <= r <= self.update_high
+
+    def judge_update(self, r: float) -> str:
+        """A layer's log10 update/weight ratio: healthy, warn (the band's outer decade) or bad (outside it)."""
+        if not math.isfinite(r) or not self.update_in_band(r):
+            return "bad"
+        return "warn" if not self.update_low + 1 <= r <= self.update_high - 1 else "healthy"
+
+    @classmethod
+    def of_run(cls, config: dict) -> HealthConfig:
+        """The thresholds of a run's config dict (a RunStarted event's), defaults for what it lacks."""
+        h = config.get("health", {})
+        return cls(**{f.name: h[f.name] for f in fields(cls) if f.name in h})
 
 
 @dataclass(frozen=True)
@@ -108,9 +140,11 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "health": HealthConfig}
+POLICIES = ("pack", "pad", "pad-overflow", "bucket")  # how documents become fixed-length rows (data.pipeline)
+SPLITS = ("random", "tail")  # which documents are held out for validation
 CHOICES = {
-    "data.policy": ("pack", "pad", "pad-overflow", "bucket"),
-    "data.split": ("random", "tail"),
+    "data.policy": POLICIES,
+    "data.split": SPLITS,
     "train.optimizer": ("adamw", "adam", "sgd", "adafactor", "muon"),
     "train.schedule": ("cosine", "linear", "constant"),
     "train.dtype": ("auto", "fp32", "bf16", "fp16"),
@@ -137,12 +171,12 @@ def from_dict(data: dict[str, Any], recipe: str = "custom") -> RunConfig:
         for key, value in values.items():
             dotted = f"{section}.{key}"
             if dotted not in all_keys():
-                raise ConfigError(f"unknown setting '{dotted}'{_suggest(dotted)}")
+                raise unknown_setting(dotted)
             kwargs[key] = _coerce(dotted, value)
         parts[section] = cls(**kwargs)
     if data:
         key = next(iter(data))
-        raise ConfigError(f"unknown setting '{key}'{_suggest(key)} (sections are {', '.join(SECTIONS)})")
+        raise unknown_setting(key, f" (sections are {', '.join(SECTIONS)})")
     config = RunConfig(recipe=recipe, description=str(description), **parts)
     validate(config)
     return config
@@ -161,18 +195,31 @@ def load_toml(path: Path, recipe: str | None = None) -> RunConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `key=value` strings; a key may drop its section when the name is unique (`lr=3e-4`)."""
+Override = str | tuple[str, Any]  # `key=value` as typed on the command line, or (key, value) already typed
+
+
+def apply_overrides(config: RunConfig, overrides: list[Override]) -> RunConfig:
+    """Apply `key=value` strings (values in TOML syntax) and (key, value) pairs (values as they are, only
+    checked against the setting's type); a key may drop its section when the name is unique (`lr=3e-4`)."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.lr=3e-4")
-        key, raw = (s.strip() for s in item.split("=", 1))
-        dotted = resolve_key(key)
+        dotted, value = parse_override(item)
         section, name = dotted.split(".")
-        value = parse_value(dotted, raw)
         config = replace(config, **{section: replace(getattr(config, section), **{name: value})})
     validate(config)
     return config
+
+
+def parse_override(item: Override) -> tuple[str, Any]:
+    """(full dotted key, typed value) of one override."""
+    if isinstance(item, tuple):
+        key, value = item
+        dotted = resolve_key(key)
+        return dotted, _coerce(dotted, value)
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value, e.g. train.lr=3e-4")
+    key, raw = (s.strip() for s in item.split("=", 1))
+    dotted = resolve_key(key)
+    return dotted, parse_value(dotted, raw)
 
 
 def resolve_key(key: str) -> str:
@@ -184,7 +231,12 @@ def resolve_key(key: str) -> str:
         return matches[0]
     if len(matches) > 1:
         raise ConfigError(f"'{key}' is ambiguous; write one of: {', '.join(matches)}")
-    raise ConfigError(f"unknown setting '{key}'{_suggest(key)}")
+    raise unknown_setting(key)
+
+
+def unknown_setting(key: str, note: str = "") -> ConfigError:
+    """The one message for a key that is no setting: the closest one, or where the settings are listed."""
+    return ConfigError(f"unknown setting '{key}'{_suggest(key)}{note}")
 
 
 def _suggest(key: str) -> str:
@@ -279,8 +331,7 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    if t.time:
-        parse_duration(t.time)
+    t.time_budget  # noqa: B018 - raises ConfigError for a time that is not a duration
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")

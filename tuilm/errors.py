@@ -21,3 +21,11 @@ class DataError(TuilmError):
 
 class CheckpointError(TuilmError):
     """A checkpoint that is missing, corrupt, foreign or unsafe to load."""
+
+
+def print_error(message: str) -> None:
+    """One red `error:` line on stderr, the way every command reports a problem."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), message))

@@ -1,10 +1,13 @@
-"""Numbers as people read them, shared by the dashboard, the chat banner and sweep tables; text made safe to
-show on a terminal and to hand to the tokenizer, shared by `tuilm sample` and `tuilm chat`."""
+"""Numbers (and setting values) as people read them: every formatter the dashboard, the progress lines, the chat
+banner and the sweep tables share; and text made safe to show on a terminal and to hand to the tokenizer, shared
+by `tuilm sample` and `tuilm chat`."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import re
+from typing import Any
 
 # A model can sample control characters (an undertrained one often does); sent raw to a terminal, ESC starts
 # escape sequences that move the cursor or recolour the screen. Show them as Unicode control pictures instead.
@@ -34,3 +37,38 @@ def human(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.3g}{unit}"
     return f"{n:g}"
+
+
+def fmt_duration(seconds: float) -> str:
+    """45s, 3m07s, 1h02m; ? when unknown."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-" if value is None else str(value)
+    if abs(value) >= 1e6:  # a diverged run's loss, or its perplexity
+        return f"{value:.3g}"
+    return f"{value:.{digits}f}"
+
+
+def fmt_rate(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:,.0f}"
+
+
+def show_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "auto" if value is None else str(value)
+
+
+def percent(progress: float) -> str:
+    """` (42%)`, or nothing when no stopping criterion gives a fraction."""
+    return f" ({progress:.0%})" if math.isfinite(progress) else ""

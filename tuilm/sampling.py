@@ -6,33 +6,12 @@ When the context window fills, the oldest tokens are dropped and the kept ones r
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from tuilm.errors import CheckpointError, ConfigError
-from tuilm.formatting import valid_text, visible
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    temperature: float = 0.8
-    top_k: int = 0  # 0: no limit
-    top_p: float = 0.95  # 1.0: no limit
-    max_new_tokens: int = 200
-
-    def validate(self) -> None:
-        if not 0 <= self.temperature <= 100:
-            raise ConfigError(f"temperature must be between 0 (greedy) and 100, got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError(f"top-k must be 0 (off) or positive, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
+from tuilm.errors import CheckpointError
+from tuilm.sampling_settings import SamplingSettings
 
 
 def next_token(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
@@ -123,45 +102,3 @@ def make_generator(seed: int | None, device) -> torch.Generator | None:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
-
-
-def sample_command(
-    model_path: Path,
-    prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    seed: int | None,
-    use_cache: bool,
-    device: str,
-    truncate: bool = False,
-    *,
-    allow_nonfinite: bool = False,
-) -> None:
-    from tuilm.checkpoint import load_checkpoint
-    from tuilm.train.device import pick_device
-
-    settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
-    settings.validate()
-    prompt, changed = valid_text(prompt)
-    if changed:
-        print("note: the prompt was not valid UTF-8; the bad bytes became U+FFFD", file=sys.stderr)
-    ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
-    tokenizer = ckpt.tokenizer
-    context = [tokenizer.eos_id, *tokenizer.encode(prompt)]
-    window = ckpt.model.cfg.seq_len
-    if len(context) > window:
-        fits = f"only its last {window - 1} fit the model's {window}-token context window"
-        if not truncate:
-            raise ConfigError(f"the prompt is {len(context) - 1} tokens and {fits}; shorten it, or pass --truncate")
-        print(f"note: the prompt is {len(context) - 1} tokens; {fits}", file=sys.stderr)
-    generator = make_generator(seed, next(ckpt.model.parameters()).device)
-    decoder = tokenizer.stream_decoder()
-    out = sys.stdout
-    show = visible if out.isatty() else str  # on a terminal, what the model writes cannot drive it
-    out.write(show(prompt))
-    for token in generate(ckpt.model, context, settings, generator=generator, use_cache=use_cache):
-        out.write(show(decoder.feed(token)))
-        out.flush()
-    out.write(show(decoder.flush()) + "\n")

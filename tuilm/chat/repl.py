@@ -6,9 +6,7 @@ module only reads lines, writes text and maps keys.
 
 from __future__ import annotations
 
-import io
 import os
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +21,8 @@ from tuilm.chat.commands import (
     run_command,
     settings_text,
 )
-from tuilm.chat.session import ChatState, check_format, respond
+from tuilm.chat.session import ChatState, respond
 from tuilm.formatting import visible
-from tuilm.sampling import SamplingSettings
 
 KEYS = "Enter sends · Esc Enter adds a line · F2 multi-line · Ctrl-C stops a reply · /help · Ctrl-D or /quit leaves"
 
@@ -53,37 +50,6 @@ class Screen:
 
     def notice(self, text: str) -> None:
         self.say(f"note: {text}", "notice")
-
-
-def chat_command(
-    model_path: Path,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    max_new_tokens: int,
-    seed: int | None,
-    prompt_format: str,
-    device: str,
-    *,
-    allow_nonfinite: bool = False,
-) -> int:
-    from tuilm.checkpoint import load_checkpoint
-    from tuilm.train.device import pick_device
-
-    settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
-    settings.validate()
-    check_format(prompt_format)
-    ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
-    state = ChatState.from_checkpoint(ckpt, settings, prompt_format, seed)
-    if sys.stdin.isatty() and sys.stdout.isatty():
-        return run_interactive(state, Screen(sys.stdout, sys.stdout, terminal=True), history_path())
-    screen = Screen(sys.stdout, sys.stderr)
-    if sys.stdin.isatty():  # typing into a chat whose output goes to a pipe or file: say why there is no prompt
-        screen.say("standard output is not a terminal: each line you type is a prompt; Ctrl-D ends")
-    # Lines that are not UTF-8 (a Latin-1 file, say) reach the model with U+FFFD in place of the bad bytes.
-    raw = getattr(sys.stdin, "buffer", None)
-    lines = io.TextIOWrapper(raw, encoding="utf-8", errors="replace") if raw is not None else sys.stdin
-    return run_lines(state, lines, screen)
 
 
 def banner(state: ChatState) -> str:

@@ -56,13 +56,27 @@ def prepare(
     *,
     progress: bool = True,
     on_status: Callable[[str], None] | None = None,
-    tokenizer: Tokenizer | None = None,  # corpora (issue 15): a given tokenizer (GPT-2's) instead of tuilm's BPE
+    tokenizer: Tokenizer | None = None,
 ) -> Dataset:
-    """`data` is a DataConfig. `progress` shows a download bar; `on_status` hears of tokenizer training."""
-    # -- corpora (issue 15): a corpus with its own train/val split, or one too large for memory, is streamed;
-    # a Hugging Face dataset (hf:...) is first written to a local text file per split
+    """`data` is a DataConfig. `progress` shows a download bar; `on_status` hears of tokenizer training;
+    `tokenizer` is a given one (GPT-2's) instead of tuilm's BPE trained on the corpus."""
+    corpus, tokenizer, train, val = _tokenized_split(data, progress, on_status, tokenizer)
+    rows = make_rows(
+        train,
+        data.policy,
+        seq_len,
+        stride=data.stride or None,
+        overflow_min=data.overflow_min,
+        batch_size=batch_size,
+    )
+    return Dataset(corpus, tokenizer, train, val, rows, eval_rows(val, seq_len))
+
+
+def _tokenized_split(data, progress, on_status, tokenizer):
+    """(corpus, tokenizer, train docs, val docs). A corpus with its own train/val split, or one too large for
+    memory, is streamed into memory-mapped tokens; a Hugging Face dataset is first written to local text."""
     from tuilm.data.hf import is_hf
-    from tuilm.data.large import is_streamed, prepare_streamed
+    from tuilm.data.large import is_streamed, streamed_split
 
     own_split = None
     if is_hf(data.source):
@@ -76,10 +90,7 @@ def prepare(
         else:
             own_split = local
     if own_split is not None or is_streamed(data.source):
-        return prepare_streamed(
-            data, seq_len, batch_size, progress=progress, on_status=on_status, tokenizer=tokenizer, corpus=own_split
-        )
-    # -- end corpora
+        return streamed_split(data, progress=progress, on_status=on_status, tokenizer=tokenizer, corpus=own_split)
     corpus = load_corpus(data.source, progress=progress)
     tokenizer = tokenizer or load_or_train(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
     train_idx, val_idx = split_corpus(corpus, data)
@@ -91,12 +102,4 @@ def prepare(
     val_texts = [docs[i] for i in val_idx]
     train = tokenize(tokenizer.encode_batch(train_texts), train_texts, tokenizer.eos_id)
     val = tokenize(tokenizer.encode_batch(val_texts), val_texts, tokenizer.eos_id)
-    rows = make_rows(
-        train,
-        data.policy,
-        seq_len,
-        stride=data.stride or None,
-        overflow_min=data.overflow_min,
-        batch_size=batch_size,
-    )
-    return Dataset(corpus, tokenizer, train, val, rows, eval_rows(val, seq_len))
+    return corpus, tokenizer, train, val

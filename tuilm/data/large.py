@@ -219,12 +219,9 @@ class _Docs:
         return 0
 
 
-def prepare_streamed(
-    data, seq_len: int, batch_size: int, *, progress: bool = True, on_status=None, tokenizer=None, corpus=None
-):
-    """tuilm.data.dataset.prepare for a streamed corpus: its own train/val split, memory-mapped tokens."""
-    from tuilm.data.dataset import Dataset
-    from tuilm.data.pipeline import eval_rows, make_rows
+def streamed_split(data, *, progress: bool = True, on_status=None, tokenizer=None, corpus=None):
+    """(corpus, tokenizer, train docs, val docs) for a streamed corpus, tuilm.data.dataset.prepare's other path:
+    the corpus's own train/val split, tokens memory-mapped from the cache."""
     from tuilm.data.tokenizer import TokenizerSettings
 
     if data.train_fraction < 1:
@@ -234,7 +231,4 @@ def prepare_streamed(
         tokenizer = load_or_train_streamed(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
     train = tokenize_streamed(corpus, "train", tokenizer, on_status=on_status)
     val = tokenize_streamed(corpus, "val", tokenizer, on_status=on_status)
-    rows = make_rows(
-        train, data.policy, seq_len, stride=data.stride or None, overflow_min=data.overflow_min, batch_size=batch_size
-    )
-    return Dataset(corpus, tokenizer, train, val, rows, eval_rows(val, seq_len))
+    return corpus, tokenizer, train, val

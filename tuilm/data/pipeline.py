@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tuilm.config import POLICIES, SPLITS
 from tuilm.errors import ConfigError, DataError
 
-POLICIES = ("pack", "pad", "pad-overflow", "bucket")
-SPLITS = ("random", "tail")
 IGNORE = -100  # target value the loss skips (PyTorch's cross-entropy default)
 BUCKET_GROUP = 64  # batches whose rows are sorted together: larger means less padding but less shuffling
 

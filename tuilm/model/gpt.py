@@ -8,6 +8,7 @@ so comparing them compares the idea, not two implementations.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,25 @@ class KVCache:
         self.padded = False
         self.mask.fill_(True)
 
+    def layer(self, i: int) -> LayerCache:
+        return LayerCache(self.k[i], self.v[i], self.length)
+
+
+@dataclass
+class LayerCache:
+    """One layer's view of a KVCache: its key and value buffers and how many tokens they already hold."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new tokens' keys and values after the cached ones; returns all of them."""
+        end = self.length + k.shape[2]
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # The transformer
@@ -112,22 +132,23 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        # With measure_entropy on, the forward computes the attention weights itself and keeps their mean
+        # entropy in `entropy` (GPT.attention_entropy turns it on for one pass).
+        self.measure_entropy = False
+        self.entropy: torch.Tensor | None = None
 
-    def forward(self, x, rope, mask, cache: KVCache | None, layer: int, entropy: list | None) -> torch.Tensor:
+    def forward(self, x, rope=None, mask=None, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # keys are stored already rotated, so cached tokens never need re-encoding
-            L = cache.length
-            cache.k[layer][:, :, L : L + T] = k
-            cache.v[layer][:, :, L : L + T] = v
-            k, v = cache.k[layer][:, :, : L + T], cache.v[layer][:, :, : L + T]
+            k, v = cache.extend(k, v)
         if mask is not None:
             mask = mask.to(q.dtype)  # no-op unless autocast changed q's dtype
-        if entropy is not None:  # slow path: the fused kernel does not return its weights
+        if self.measure_entropy:  # slow path: the fused kernel does not return its weights
             att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + mask, dim=-1)
-            entropy.append(torch.special.entr(att).sum(-1).mean())
+            self.entropy = torch.special.entr(att).sum(-1).mean()
             y = att @ v
         else:
             # mask None means plain causal attention with queries and keys aligned (or one query seeing all keys),
@@ -186,8 +207,8 @@ class Block(nn.Module):
         self.norm2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope, mask, cache, layer, entropy) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope, mask, cache, layer, entropy)
+    def forward(self, x, rope=None, mask=None, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, mask, cache)
         return x + self.mlp(self.norm2(x))
 
 
@@ -272,15 +293,19 @@ class GPT(nn.Module):
         add noise to the statistic.
         """
         was_training = self.training
+        attention = [block.attn for block in self.blocks]
         self.eval()
         try:
-            entropy: list[torch.Tensor] = []
-            self._hidden(idx, pos_ids, None, doc_ids, None, entropy)
+            for a in attention:
+                a.measure_entropy = True
+            self._hidden(idx, pos_ids, None, doc_ids, None)
+            return torch.stack([a.entropy for a in attention]).float()
         finally:
+            for a in attention:
+                a.measure_entropy, a.entropy = False, None
             self.train(was_training)
-        return torch.stack(entropy).float()
 
-    def _hidden(self, idx, pos_ids, key_padding_mask, doc_ids, cache, entropy=None) -> torch.Tensor:
+    def _hidden(self, idx, pos_ids, key_padding_mask, doc_ids, cache) -> torch.Tensor:
         cfg = self.cfg
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
@@ -327,7 +352,7 @@ class GPT(nn.Module):
         # Fast path: with nothing to mask beyond causality, is_causal lets SDPA skip building and reading a
         # (B, H, T, S) mask and pick its fused causal kernel, so only build a mask when something needs it.
         needs_mask = (
-            entropy is not None
+            self.blocks[0].attn.measure_entropy
             or cfg.pos == "alibi"
             or key_padding_mask is not None
             or doc_ids is not None
@@ -336,7 +361,7 @@ class GPT(nn.Module):
         mask = self._attn_mask(T, L, pos, key_padding_mask, doc_ids, cache, x.dtype) if needs_mask else None
 
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, cache, i, entropy)
+            x = block(x, rope, mask, cache.layer(i) if cache is not None else None)
         if cache is not None:
             cache.length = L + T
         return x

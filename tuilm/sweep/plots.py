@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from tuilm.sweep.results import OK, Row, show_value
+from tuilm.formatting import show_value
+from tuilm.sweep.results import OK, Row
 from tuilm.sweep.runinfo import RunSummary
 
 MAX_SERIES = 8  # lines in a val-loss-vs-key plot; more are averaged into one

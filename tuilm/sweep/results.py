@@ -13,34 +13,47 @@ from typing import Any
 
 from rich.table import Table
 
-from tuilm.formatting import human
-from tuilm.sweep.runinfo import RunSummary, fmt, fmt_rate, summarize_run
+from tuilm.formatting import fmt, fmt_rate, human, show_value
+from tuilm.sweep.runinfo import RunSummary, summarize_run
 from tuilm.sweep.spec import parse_budget
 
 # The one status whose numbers are averaged and plotted; the others are listed with their reason.
 OK = "completed"
 
 
+# The numbers a row shows from its run's summary (None while the run has none, or for an invalid one).
+SUMMARY_METRICS = (
+    "steps",
+    "best_val_loss",
+    "best_val_bpc",
+    "final_val_loss",
+    "final_val_bpc",
+    "tokens_per_s",
+    "peak_memory_mb",
+    "params",
+    "epochs",
+    "kept_fraction",
+    "padding_fraction",
+)
+
+
 @dataclass
 class Row:
+    """One planned run of a sweep: its grid values and outcome, and the numbers of its RunSummary."""
+
     name: str
     values: dict[str, Any]
     seed: int
     status: str
     reason: str = ""
-    steps: int | None = None
-    best_val_loss: float | None = None
-    best_val_bpc: float | None = None
-    final_val_loss: float | None = None
-    final_val_bpc: float | None = None
-    tokens_per_s: float | None = None
-    peak_memory_mb: float | None = None
     wall_s: float | None = None
-    params: int | None = None
-    epochs: float | None = None
-    kept_fraction: float | None = None
-    padding_fraction: float | None = None
     summary: RunSummary | None = field(default=None, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SUMMARY_METRICS:
+            summary = self.__dict__.get("summary")
+            return getattr(summary, name) if summary is not None else None
+        raise AttributeError(f"'Row' object has no attribute {name!r}")
 
     @property
     def best_val_ppl(self) -> float | None:
@@ -67,17 +80,18 @@ def collect_rows(sweep_dir: Path, record: dict[str, Any]) -> list[Row]:
         run_dir = Path(sweep_dir) / name
         summary = summarize_run(run_dir) if (run_dir / "metrics.jsonl").is_file() else None
         status = outcome.get("status") or (summary.status if summary else "pending")
-        row = Row(name, planned["values"], planned["seed"], status, outcome.get("reason", ""))
-        row.wall_s = outcome.get("wall_s")
-        if summary is not None and status != "invalid":
-            row.summary = summary
-            row.steps = summary.steps
-            row.best_val_loss, row.best_val_bpc = summary.best_val_loss, summary.best_val_bpc
-            row.final_val_loss, row.final_val_bpc = summary.final_val_loss, summary.final_val_bpc
-            row.tokens_per_s, row.peak_memory_mb = summary.tokens_per_s, summary.peak_memory_mb
-            row.params, row.epochs = summary.params, summary.epochs
-            row.kept_fraction, row.padding_fraction = summary.kept_fraction, summary.padding_fraction
-        rows.append(row)
+        shown = summary if status != "invalid" else None
+        rows.append(
+            Row(
+                name,
+                planned["values"],
+                planned["seed"],
+                status,
+                outcome.get("reason", ""),
+                outcome.get("wall_s"),
+                shown,
+            )
+        )
     return rows
 
 
@@ -160,14 +174,6 @@ def best_group(groups: list[Group]) -> Group | None:
     scored = [(g.stat("best_val_loss"), g) for g in groups]
     scored = [(s[0], g) for s, g in scored if s is not None]
     return min(scored, key=lambda t: t[0])[1] if scored else None
-
-
-def show_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return "auto" if value is None else str(value)
 
 
 def _fmt_one(value: float | None, show) -> str:

@@ -156,15 +156,3 @@ def short_labels(paths: list[Path]) -> list[str]:
 def make_console() -> Console:
     # Piped output has no width to fit; rich's 80 columns would squeeze the wide tables into ellipses.
     return Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-" if value is None else str(value)
-    if abs(value) >= 1e6:  # a diverged run's loss, or its perplexity
-        return f"{value:.3g}"
-    return f"{value:.{digits}f}"
-
-
-def fmt_rate(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:,.0f}"

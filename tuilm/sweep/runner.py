@@ -8,13 +8,8 @@ finished, resumes the one that was interrupted, and retries the ones that crashe
 from __future__ import annotations
 
 import gc
-import math
-import signal
-import threading
 import time
 import tomllib
-import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,24 +19,22 @@ from rich.console import Console
 from tuilm.atomic import atomic_write_text
 from tuilm.config import RunConfig
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
+from tuilm.formatting import fmt, percent, show_value
+from tuilm.session import Interrupt, attach_files, build_trainer, train_until_done, write_error_log
 from tuilm.sweep import plots
-from tuilm.sweep.results import Row, collect_rows, csv_text, groups_table, markdown, runs_table, show_value
-from tuilm.sweep.runinfo import METRICS, flatten, fmt, make_console, summarize_run
+from tuilm.sweep.results import Row, collect_rows, csv_text, groups_table, markdown, runs_table
+from tuilm.sweep.runinfo import METRICS, flatten, summarize_run
 from tuilm.sweep.spec import (
     IGNORED_IN_MATCH,
     PlannedRun,
     SweepSpec,
-    base_config,
-    default_name,
     load_spec_file,
-    make_spec,
-    plan_runs,
-    run_config,
     same_sweep,
     save_spec_file,
 )
 from tuilm.train import events as ev
-from tuilm.train.run import attach_files, build_trainer
+from tuilm.train.lines import eval_summary
+from tuilm.train.sinks import HeadlessProgress, bar_columns
 
 # Outcomes the same config would only repeat: a rerun keeps them. Anything else (stopped, oom, failed) is retried.
 FINAL = ("completed", "diverged")
@@ -57,32 +50,6 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "reason": self.reason, "wall_s": self.wall_s}
-
-
-def sweep_command(
-    recipe: str,
-    grid: list[str],
-    overrides: list[str],
-    budget: str | None,
-    seeds: int,
-    out: Path | None,
-    name: str | None,
-    device: str | None,
-) -> int:
-    spec = make_spec(recipe, grid, overrides, budget, seeds, device)
-    base = base_config(spec)
-    plan = plan_runs(spec, base)
-    sweep_dir = Path(out) if out else Path("runs") / (name or default_name(spec, base))
-    if sweep_dir.exists() and not sweep_dir.is_dir():
-        raise ConfigError(f"{sweep_dir} is a file; give --out a folder for the sweep")
-    configs: dict[str, RunConfig | ConfigError] = {}
-    for run in plan:
-        try:
-            configs[run.name] = run_config(base, run)
-        except ConfigError as e:
-            configs[run.name] = e
-    check_existing(sweep_dir, plan, configs)
-    return run_sweep(sweep_dir, spec, plan, configs, make_console())
 
 
 def check_existing(sweep_dir: Path, plan: list[PlannedRun], configs: dict[str, Any]) -> None:
@@ -144,7 +111,12 @@ def run_sweep(
         + (f" ({done} already done)" if done else "")
         + f", budget {budget}"
     )
-    interrupt = Interrupt(console)
+    interrupt = Interrupt(
+        lambda: console.print(
+            "\nstopping: the current run saves, then the sweep writes its results and ends "
+            "(rerun the same command to resume; Ctrl-C again to quit at once)"
+        )
+    )
     current = None
     try:
         with interrupt.installed():
@@ -231,20 +203,16 @@ def execute(
         progress = RunProgress(console)
         trainer.bus.subscribe(progress)
         metrics = attach_files(trainer)
-        interrupt.trainer = trainer
         try:
-            trainer.start()
-            while trainer.thread.is_alive():
-                trainer.join(0.2)
+            train_until_done(trainer, interrupt)
         finally:
-            interrupt.trainer = None
             progress.close()
             metrics.close()
         if trainer.error is not None:
             if progress.nonfinite:
                 # The loss went non-finite and something then broke on the NaN weights: that is divergence.
                 error = trainer.error
-                _write_error_log(run_dir, error)
+                write_error_log(run_dir, error)
                 console.print(f"  [red]diverged[/] at step {trainer.step}")
                 return Outcome("diverged", f"non-finite loss, then {type(error).__name__}: {error}", wall())
             return _crashed(trainer.error, run_dir, trainer.step, wall(), console)
@@ -297,18 +265,9 @@ def _crashed(error: BaseException, run_dir: Path, step: int, wall: float, consol
     if _is_oom(error):
         console.print(f"  [red]out of memory[/] at step {step}")
         return Outcome("oom", f"out of memory at step {step}: {first_line}"[:300], wall)
-    where = _write_error_log(run_dir, error)
+    where = write_error_log(run_dir, error)
     console.print(f"  [red]failed[/] at step {step}: {type(error).__name__}: {first_line}{where}")
     return Outcome("failed", f"{type(error).__name__}: {first_line}{where}"[:500], wall)
-
-
-def _write_error_log(run_dir: Path, error: BaseException) -> str:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "error.log", "".join(traceback.format_exception(error)))
-    except OSError:
-        return ""
-    return f" (traceback in {run_dir / 'error.log'})"
 
 
 def _release(trainer) -> None:
@@ -373,111 +332,46 @@ def rebuild_results(sweep_dir: Path, console: Console | None = None) -> list[Row
 # -- Ctrl-C and progress ---------------------------------------------------------------------------------------------
 
 
-class Interrupt:
-    """The first Ctrl-C stops the current run after its step (it saves), then the sweep writes its results and
-    ends; a rerun resumes. A second Ctrl-C leaves at once."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.requested = False
-        self.trainer = None
-
-    def __call__(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.console.print(
-            "\nstopping: the current run saves, then the sweep writes its results and ends "
-            "(rerun the same command to resume; Ctrl-C again to quit at once)"
-        )
-        if self.trainer is not None:
-            self.trainer.stop("interrupted")
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = signal.signal(signal.SIGINT, self)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-class RunProgress:
+class RunProgress(HeadlessProgress):
     """One run inside a sweep: a transient bar on a terminal (a line every few seconds elsewhere) and a line per
-    evaluation. Quieter than `tuilm train --headless`: no samples or checkpoint notes."""
+    evaluation. Quieter than `tuilm train --headless`: no samples or checkpoint notes, only bad alerts."""
 
-    def __init__(self, console: Console, interval: float = 10.0):
-        self.console = console
-        self.interval = interval
+    interval = 10.0
+    transient = True
+    refresh_per_second = 10
+
+    def __init__(self, console: Console, interval: float | None = None):
+        super().__init__(interval=interval)
+        self.console, self.plain = console, not console.is_terminal
         self.nonfinite = False
-        self._bar = None
-        self._task = None
-        self._last_line = time.monotonic()
+        self._last_line = time.monotonic()  # the first plain line comes an interval in, after the start lines
 
     def __call__(self, event: ev.Event) -> None:
-        if isinstance(event, ev.RunStarted):
-            self._start(event)
-        elif isinstance(event, ev.Step):
-            self._step(event)
-        elif isinstance(event, ev.Eval):
-            self._print(
-                f"  step {event.step}: val loss {event.val_loss:.4f}  bits/char {event.val_bpc:.4f}  "
-                f"train loss {event.train_loss:.4f}"
-            )
-        elif isinstance(event, ev.Alert):
-            self.nonfinite = self.nonfinite or event.code == "nonfinite"
-            if event.severity == "bad":
-                self._print(f"  [red]alert[/] step {event.step}: {event.message}", markup=True)
-        elif isinstance(event, ev.Finished | ev.Failed):
-            self.close()
-
-    def _start(self, e: ev.RunStarted) -> None:
-        self._print(f"  {e.params:,} parameters on {e.device} {e.dtype}")
-        if not self.console.is_terminal:
+        if isinstance(event, ev.Sample | ev.CheckpointSaved | ev.Log):
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("  step"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self._task = self._bar.add_task("run", total=e.max_steps, completed=e.resumed_step, stats="")
-        self._bar.start()
-
-    def _step(self, s: ev.Step) -> None:
-        stats = f"loss {s.loss:.3f}  {s.tokens_per_s:,.0f} tok/s"
-        if self._bar is not None:
-            total = None if not math.isfinite(s.progress) else max(s.step, round(s.step / max(s.progress, 1e-9)))
-            self._bar.update(self._task, completed=s.step, total=total, stats=stats)
+        if isinstance(event, ev.Finished):
+            self.close()  # the sweep prints the outcome
             return
-        now = time.monotonic()
-        if now - self._last_line >= self.interval:
-            self._last_line = now
-            done = f" ({s.progress:.0%})" if math.isfinite(s.progress) else ""
-            self._print(f"  step {s.step}{done}  {stats}")
+        super().__call__(event)
 
-    def _print(self, text: str, markup: bool = False) -> None:
-        target = self._bar.console if self._bar is not None else self.console
-        target.print(text, markup=markup, highlight=False)
+    def start_lines(self, e: ev.RunStarted) -> list[str]:
+        return [f"  {e.params:,} parameters on {e.device} {e.dtype}"]
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+    def eval_line(self, e: ev.Eval) -> str:
+        return f"  step {e.step}: {eval_summary(e, ppl=False)}  train loss {e.train_loss:.4f}"
+
+    def on_alert(self, e: ev.Alert) -> None:
+        self.nonfinite = self.nonfinite or e.code == "nonfinite"
+        if e.severity == "bad":
+            self._print(f"  [red]alert[/] step {e.step}: {e.message}", markup=True)
+
+    def stats(self, s: ev.Step) -> str:
+        return f"loss {s.loss:.3f}  {s.tokens_per_s:,.0f} tok/s"
+
+    def plain_line(self, s: ev.Step) -> str:
+        return f"  step {s.step}{percent(s.progress)}  {self.stats(s)}"
+
+    def columns(self) -> tuple:
+        from rich.progress import TextColumn, TimeRemainingColumn
+
+        return bar_columns("  step", TextColumn("eta"), TimeRemainingColumn())

@@ -39,10 +39,10 @@ class Budget:
     kind: str  # steps | tokens | time
     amount: int | str
 
-    def overrides(self) -> list[str]:
-        cleared = [f'{k}=""' if k == "train.time" else f"{k}=0" for k in CLEARED_BY_BUDGET]
+    def overrides(self) -> list[tuple[str, Any]]:
+        cleared = [(k, "" if k == "train.time" else 0) for k in CLEARED_BY_BUDGET]
         setting = {"steps": "train.max_steps", "tokens": "train.max_tokens", "time": "train.time"}[self.kind]
-        return [*cleared, f"{setting}={json.dumps(self.amount)}"]
+        return [*cleared, (setting, self.amount)]
 
     def describe(self) -> str:
         return f"{self.amount:,} {self.kind}" if self.kind != "time" else f"{self.amount} of training time"
@@ -57,9 +57,10 @@ class PlannedRun:
     seed_index: int
     seed_swept: bool = False  # train.seed is a grid key, so --seeds does not touch it
 
-    def overrides(self) -> list[str]:
-        extra = [] if self.seed_swept else [f"train.seed={self.seed}"]
-        return [f"{key}={raw}" for key, raw in self.raws.items()] + extra
+    def overrides(self) -> list[tuple[str, Any]]:
+        # The values as the grid parsed them: typed pairs, not strings to parse again.
+        extra = [] if self.seed_swept else [("train.seed", self.seed)]
+        return [*self.values.items(), *extra]
 
 
 @dataclass(frozen=True)
@@ -180,12 +181,12 @@ def parse_budget(text: str) -> Budget:
 
 def base_config(spec: SweepSpec) -> RunConfig:
     """The recipe with the budget, then the fixed --set overrides and --device, applied: what every run shares."""
-    from tuilm.train.run import resolve_config
+    from tuilm.session import resolve_config
 
     config = resolve_config(spec.recipe)
     if spec.parsed_budget is not None:
         config = apply_overrides(config, spec.parsed_budget.overrides())
-    extra = list(spec.overrides) + ([f"train.device={json.dumps(spec.device)}"] if spec.device else [])
+    extra = [*spec.overrides, *([("train.device", spec.device)] if spec.device else [])]
     config = apply_overrides(config, extra)
     if not has_stop(config) and not any(k in STOP_KEYS for k in spec.keys):
         raise ConfigError(

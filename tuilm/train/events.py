@@ -101,6 +101,14 @@ class Health(Event):
         entropy = self.attn_entropy[i] if i < len(self.attn_entropy) else math.nan
         return dead, entropy
 
+    def block_cells(self, i: int, number: str, percent: str, with_max: bool = False) -> list[str]:
+        """Block i's row as text: name, output std (and max |a|), MLP hidden std, dead fraction, attention
+        entropy; `number` and `percent` are format specs (the report is wider than the dashboard's table)."""
+        dead, entropy = self.block_stats(i)
+        stats = [self.act_std[i], *([self.act_max[i]] if with_max else []), self.mlp_std[i]]
+        dead_text = "-" if dead is None else format(dead, percent)
+        return [self.blocks[i], *(format(x, number) for x in stats), dead_text, f"{entropy:.2f}"]
+
 
 @dataclass(frozen=True)
 class Alert(Event):

@@ -38,6 +38,16 @@ def group_name(param_name: str) -> str:
     return parts[0]  # norm_f, head
 
 
+def nonfinite_action(policy: str, skips: int, max_skips: int) -> tuple[str, bool]:
+    """What a non-finite step leads to under health.nonfinite `policy` after `skips` of them in a row: the words
+    for the alert, and whether training stops."""
+    if policy == "stop":
+        return "training stopped", True
+    if skips >= max_skips:
+        return f"{skips} steps in a row were skipped, training stopped", True
+    return "step skipped", False
+
+
 class HealthMonitor:
     def __init__(self, model, optimizer, cfg, emit: Callable[[ev.Event], None], warmup_steps: int = 0):
         """`cfg` is a HealthConfig; `emit` publishes Health and Alert events."""
@@ -267,7 +277,7 @@ class HealthMonitor:
                     layer,
                     g,
                 )
-            if h.step > self.warmup_steps and g >= c.vanish_floor and not c.update_low <= r <= c.update_high:
+            if h.step > self.warmup_steps and g >= c.vanish_floor and not c.update_in_band(r):
                 side = "small: the layer barely moves" if r < c.update_low else "large: the layer is being overwritten"
                 self._alert(
                     h.step, "update_ratio", "warn", f"{layer} update/weight ratio 10^{r:.1f} is too {side}", layer, r

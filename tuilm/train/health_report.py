@@ -10,9 +10,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from tuilm.errors import TuilmError
+from tuilm.config import HealthConfig
 from tuilm.train import events as ev
-from tuilm.train.sinks import read_events
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -29,12 +28,11 @@ def sparkline(values: list[float], width: int = 24, log: bool = True) -> str:
     return "".join(BARS[round((v - lo) / span * (len(BARS) - 1))] if math.isfinite(v) else " " for v in scaled)
 
 
-def ratio_style(r: float, low: float = -5.0, high: float = -1.0) -> str:
-    if not math.isfinite(r):
-        return "red"
-    if low <= r <= high:
-        return "green" if -4 <= r <= -2 else "yellow"
-    return "red"
+STYLES = {"healthy": "green", "warn": "yellow", "bad": "red"}
+
+
+def ratio_style(r: float, limits: HealthConfig = HealthConfig()) -> str:
+    return STYLES[limits.judge_update(r)]
 
 
 def summarize(events: list[ev.Event]) -> dict:
@@ -82,16 +80,8 @@ def render(run: Path, summary: dict, console: Console) -> None:
         blocks = Table(title=f"activations at step {last.step}", title_justify="left")
         for column in ("block", "output std", "max |a|", "MLP hidden std", "dead fraction", "attention entropy"):
             blocks.add_column(column, justify="left" if column == "block" else "right")
-        for i, block in enumerate(last.blocks):
-            dead, entropy = last.block_stats(i)
-            blocks.add_row(
-                block,
-                f"{last.act_std[i]:.3g}",
-                f"{last.act_max[i]:.3g}",
-                f"{last.mlp_std[i]:.3g}",
-                "-" if dead is None else f"{dead:.1%}",
-                f"{entropy:.2f}",
-            )
+        for i in range(len(last.blocks)):
+            blocks.add_row(*last.block_cells(i, ".3g", ".1%", with_max=True))
         parts.append(blocks)
     else:
         parts.append(Text("no per-layer measurements yet (health.interval steps apart)", style="dim"))
@@ -107,11 +97,3 @@ def render(run: Path, summary: dict, console: Console) -> None:
     else:
         parts.append(Text("no alerts raised", style="green"))
     console.print(Group(*parts))
-
-
-def health_command(run: Path) -> None:
-    run = Path(run)
-    path = run / "metrics.jsonl" if run.is_dir() else run
-    if not path.is_file():
-        raise TuilmError(f"{run}: no metrics.jsonl here; point at a run directory written by `tuilm train`")
-    render(run, summarize(read_events(path)), Console())

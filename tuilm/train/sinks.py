@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from tuilm.formatting import fmt_duration, percent
 from tuilm.train import events as ev
+from tuilm.train.lines import eval_summary, finished_line
 
 
 class MetricsFile:
@@ -50,22 +52,51 @@ def read_events(path: Path) -> list[ev.Event]:
         for line in f:
             if not line.endswith("\n"):
                 break
-            try:
-                event = ev.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError):
-                continue
+            event = parse_event(line)
             if event is not None:
                 events.append(event)
     return events
 
 
-def fmt_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+def parse_event(line: str | bytes) -> ev.Event | None:
+    """One metrics.jsonl line as an event; None for a line from a newer or broken writer (the rest still counts)."""
+    try:
+        return ev.from_dict(json.loads(line))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        return None
+
+
+class MetricsTail:
+    """Reads the events appended to a metrics.jsonl since the last call.
+
+    The writer appends whole lines, but a reader can still catch one half-written: bytes after the last newline
+    wait for the next call. A file that shrank was replaced (a new run in the same directory): reading starts over.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0
+        self._partial = b""
+
+    def read(self, max_bytes: int = 4 << 20) -> tuple[list[ev.Event], bool]:
+        """(new events, whether the file was replaced and the caller should forget what it had)."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return [], False
+        restarted = size < self.offset
+        if restarted:
+            self.offset, self._partial = 0, b""
+        if size == self.offset:
+            return [], restarted
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read(max_bytes)
+        self.offset += len(chunk)
+        data = self._partial + chunk
+        complete, _, self._partial = data.rpartition(b"\n")
+        events = (parse_event(line) for line in complete.splitlines())
+        return [e for e in events if e is not None], restarted
 
 
 def eta_seconds(step: ev.Step) -> float:
@@ -74,28 +105,26 @@ def eta_seconds(step: ev.Step) -> float:
     return step.elapsed * (1 - step.progress) / step.progress
 
 
-def finished_line(e: ev.Finished) -> str:
-    best = f"; best val loss {e.best_val_loss:.4f} (bits/char {e.best_val_bpc:.4f})" if e.best_val_loss else ""
-    why = f" ({e.reason})" if e.reason != e.status else ""
-    return (
-        f"{e.status}{why} at step {e.step} after {fmt_duration(e.elapsed)} of training, "
-        f"{e.tokens_per_s:,.0f} tok/s{best}"
-    )
-
-
 class HeadlessProgress:
     """A Rich progress bar on a terminal; plain log lines every few seconds when output is not a terminal
     (a live display there would print nothing until the end). Evals, checkpoints, alerts and samples are
-    printed as lines in both cases."""
+    printed as lines in both cases.
 
-    def __init__(self, stream: TextIO | None = None, interval: float = 5.0, force_plain: bool | None = None):
+    The sweep's quieter per-run reporter (tuilm.sweep.runner.RunProgress) is this class with other lines: what
+    it says is in the small methods below, how it gets to the terminal is shared."""
+
+    interval = 5.0  # seconds between plain lines
+    transient = False  # the bar stays on the terminal when the run ends
+    refresh_per_second = 4
+
+    def __init__(self, stream: TextIO | None = None, interval: float | None = None, force_plain: bool | None = None):
         from rich.console import Console
 
         self.stream = stream or sys.stdout
         tty = self.stream.isatty() if force_plain is None else not force_plain
         self.console = Console(file=self.stream, highlight=False, force_terminal=tty or None, soft_wrap=True)
         self.plain = not tty
-        self.interval = interval
+        self.interval = self.interval if interval is None else interval
         self._last_line = 0.0
         self._progress = None
         self._task = None
@@ -109,16 +138,9 @@ class HeadlessProgress:
             self._step(event)
         elif isinstance(event, ev.Eval):
             self._val = event.val_loss
-            best = " (best)" if event.is_best else ""
-            self._print(
-                f"step {event.step}: val loss {event.val_loss:.4f}  ppl {event.val_ppl:.2f}  "
-                f"bits/char {event.val_bpc:.4f}{best}  train loss {event.train_loss:.4f}"
-            )
+            self._print(self.eval_line(event))
         elif isinstance(event, ev.Alert):
-            self._print(
-                f"[{'red' if event.severity == 'bad' else 'yellow'}]alert[/] step {event.step}: {event.message}",
-                markup=True,
-            )
+            self.on_alert(event)
         elif isinstance(event, ev.Sample):
             text = event.text.strip().replace("\n", " / ")
             self._print(f"sample at step {event.step}: {text[:200]}")
@@ -127,66 +149,92 @@ class HeadlessProgress:
         elif isinstance(event, ev.Log):
             self._print(event.message)
         elif isinstance(event, ev.Finished | ev.Failed):
-            self._end(event)
+            self.close()
+            if isinstance(event, ev.Finished):  # a failure is the command's to report
+                self._print(finished_line(event))
+
+    # -- what it says ----------------------------------------------------------------------------------------------
+
+    def start_lines(self, e: ev.RunStarted) -> list[str]:
+        resumed = f", resumed at step {e.resumed_step}" if e.resumed_step else ""
+        return [
+            f"run {e.name}: {e.recipe} on {e.data.get('source')} | {e.params:,} parameters "
+            f"({e.params_no_embeddings:,} without embeddings) | {e.device} {e.dtype}{resumed}",
+            f"run directory: {e.run_dir}",
+        ]
+
+    def eval_line(self, e: ev.Eval) -> str:
+        best = " (best)" if e.is_best else ""
+        return f"step {e.step}: {eval_summary(e)}{best}  train loss {e.train_loss:.4f}"
+
+    def on_alert(self, e: ev.Alert) -> None:
+        self._print(f"[{'red' if e.severity == 'bad' else 'yellow'}]alert[/] step {e.step}: {e.message}", markup=True)
+
+    def stats(self, s: ev.Step) -> str:
+        val = f"  val {self._val:.3f}" if self._val is not None else ""
+        return f"loss {s.loss:.3f}{val}  {s.tokens_per_s:,.0f} tok/s"
+
+    def plain_line(self, s: ev.Step) -> str:
+        return (
+            f"step {s.step}{percent(s.progress)}  {self.stats(s)}  lr {s.lr:.2e}  grad {s.grad_norm:.3f}  "
+            f"elapsed {fmt_duration(s.elapsed)}  eta {fmt_duration(eta_seconds(s))}"
+        )
+
+    def columns(self) -> tuple:
+        from rich.progress import TextColumn
+
+        return bar_columns("[bold]step", TextColumn("eta {task.fields[eta]}"))
+
+    # -- how it gets there -------------------------------------------------------------------------------------
 
     def _start(self, e: ev.RunStarted) -> None:
-        resumed = f", resumed at step {e.resumed_step}" if e.resumed_step else ""
-        self._print(
-            f"run {e.name}: {e.recipe} on {e.data.get('source')} | {e.params:,} parameters "
-            f"({e.params_no_embeddings:,} without embeddings) | {e.device} {e.dtype}{resumed}"
-        )
-        self._print(f"run directory: {e.run_dir}")
+        for line in self.start_lines(e):
+            self._print(line)
         if self.plain:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress
 
         self._progress = Progress(
-            TextColumn("[bold]step"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta {task.fields[eta]}"),
-            console=self.console,
-            refresh_per_second=4,
+            *self.columns(), console=self.console, transient=self.transient, refresh_per_second=self.refresh_per_second
         )
         self._task = self._progress.add_task("train", total=e.max_steps, completed=e.resumed_step, stats="", eta="?")
         self._progress.start()
-
-    def _stats(self, s: ev.Step) -> str:
-        val = f"  val {self._val:.3f}" if self._val is not None else ""
-        return f"loss {s.loss:.3f}{val}  {s.tokens_per_s:,.0f} tok/s"
 
     def _step(self, s: ev.Step) -> None:
         self._last_step = s
         if self._progress is not None:
             total = None if not math.isfinite(s.progress) else max(s.step, round(s.step / max(s.progress, 1e-9)))
             self._progress.update(
-                self._task, completed=s.step, total=total, stats=self._stats(s), eta=fmt_duration(eta_seconds(s))
+                self._task, completed=s.step, total=total, stats=self.stats(s), eta=fmt_duration(eta_seconds(s))
             )
             return
         now = time.monotonic()
         if now - self._last_line >= self.interval:
             self._last_line = now
-            progress = f" ({s.progress:.0%})" if math.isfinite(s.progress) else ""
-            self._print(
-                f"step {s.step}{progress}  {self._stats(s)}  lr {s.lr:.2e}  grad {s.grad_norm:.3f}  "
-                f"elapsed {fmt_duration(s.elapsed)}  eta {fmt_duration(eta_seconds(s))}"
-            )
+            self._print(self.plain_line(s))
 
-    def _end(self, e: ev.Finished | ev.Failed) -> None:
+    def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        if isinstance(e, ev.Failed):
-            return  # the command reports the error
-        self._print(finished_line(e))
 
     def _print(self, text: str, markup: bool = False) -> None:
-        if self._progress is not None:
-            self._progress.console.print(text, markup=markup, highlight=False)
-        else:
-            self.console.print(text, markup=markup, highlight=False)
+        target = self._progress.console if self._progress is not None else self.console
+        target.print(text, markup=markup, highlight=False)
+
+
+def bar_columns(label: str, *eta) -> tuple:
+    """A progress bar's columns: label, step of steps, the bar, the stats field, elapsed time, then `eta`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    return (
+        TextColumn(label),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        *eta,
+    )
 
 
 class WandbLogger:

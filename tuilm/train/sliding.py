@@ -9,9 +9,7 @@ no context and is not scored; like the guide, the stream does not start with an 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -95,45 +93,3 @@ def evaluation_text(data: str) -> tuple[str, str]:
 
     corpus = load_corpus(data)
     return "\n\n".join(corpus.documents), corpus.name
-
-
-def sliding_eval_command(model_path: Path | None, init: str | None, data: str | None, stride: int, device: str):
-    from rich.console import Console
-    from rich.table import Table
-
-    from tuilm.train.device import pick_device
-
-    dev = pick_device(device)
-    if init:
-        from tuilm.model.pretrained import load_pretrained
-
-        model, tokenizer = load_pretrained(init, device=dev)
-        name = init
-    elif model_path is not None:
-        from tuilm.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(model_path, dev)
-        model, tokenizer, name = ckpt.model, ckpt.tokenizer, ckpt.name
-    else:
-        raise ConfigError("say what to evaluate: --model-path CHECKPOINT or --init gpt2 (or a model directory)")
-    if not data:
-        raise ConfigError("--stride and --init need --data (a named corpus such as wikitext2, or a file)")
-    stride = stride or model.cfg.seq_len
-    text, what = evaluation_text(data)
-    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
-    nats, tokens, windows = sliding_window_nats(model, ids, stride, dev)
-    loss = nats / max(1, tokens)
-    result = SlidingResult(loss, math.exp(min(loss, 700)), nats / (len(text) * math.log(2)), tokens, len(text), windows)
-    table = Table(title=f"{name} on {what}, context {model.cfg.seq_len}, stride {stride}", title_justify="left")
-    for col in ("loss", "perplexity", "bits/char", "tokens", "characters", "windows"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        f"{result.loss:.4f}",
-        f"{result.ppl:.2f}",
-        f"{result.bpc:.4f}",
-        f"{result.tokens:,}",
-        f"{result.characters:,}",
-        f"{result.windows:,}",
-    )
-    Console().print(table)
-    return result

@@ -8,12 +8,10 @@ lists. The UI drains what is new a few times a second; nothing here knows about 
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -195,43 +193,3 @@ class RunStore:
         with self.lock:
             self._reset()
             self.generation += 1
-
-
-class MetricsTail:
-    """Reads the events appended to a metrics.jsonl since the last call.
-
-    The writer appends whole lines, but a reader can still catch one half-written: bytes after the last newline
-    wait for the next call. A file that shrank was replaced (a new run in the same directory): reading starts over.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.offset = 0
-        self._partial = b""
-
-    def read(self, max_bytes: int = 4 << 20) -> tuple[list[ev.Event], bool]:
-        """(new events, whether the file was replaced and the caller should forget what it had)."""
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return [], False
-        restarted = size < self.offset
-        if restarted:
-            self.offset, self._partial = 0, b""
-        if size == self.offset:
-            return [], restarted
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read(max_bytes)
-        self.offset += len(chunk)
-        data = self._partial + chunk
-        complete, _, self._partial = data.rpartition(b"\n")
-        events = []
-        for line in complete.splitlines():
-            try:
-                event = ev.from_dict(json.loads(line))
-            except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
-                continue  # a line from a newer or broken writer; the rest of the file still counts
-            if event is not None:
-                events.append(event)
-        return events, restarted

@@ -21,9 +21,10 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static
 from textual_plotext import PlotextPlot
 
-from tuilm.formatting import human
+from tuilm.config import HealthConfig
+from tuilm.formatting import fmt_duration, human
 from tuilm.train import events as ev
-from tuilm.train.sinks import eta_seconds, fmt_duration
+from tuilm.train.sinks import eta_seconds
 
 STATES = {
     "starting": ("○", "dim"),
@@ -218,35 +219,6 @@ class GradNorm(Vertical):
         self.query_one("#grad-spark", Sparkline).data = norms.tolist()
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The health monitor's thresholds (HealthConfig), to colour values as its alerts would judge them."""
-
-    vanish_floor: float = 1e-8
-    vanish_ratio: float = 1e-4
-    explode_limit: float = 1e4
-    update_low: float = -5.0
-    update_high: float = -1.0
-
-    @classmethod
-    def from_config(cls, config: dict) -> Limits:
-        h = config.get("health", {})
-        names = ("vanish_floor", "vanish_ratio", "explode_limit", "update_low", "update_high")
-        return cls(**{k: float(h[k]) for k in names if k in h})
-
-    def grad(self, g: float, median: float) -> str:
-        if not math.isfinite(g) or g < self.vanish_floor or g < self.vanish_ratio * median or g > self.explode_limit:
-            return "bad"
-        if g < 100 * self.vanish_floor or g < 100 * self.vanish_ratio * median:
-            return "warn"
-        return "healthy"
-
-    def ratio(self, r: float) -> str:
-        if not math.isfinite(r) or not self.update_low <= r <= self.update_high:
-            return "bad"
-        return "warn" if not self.update_low + 1 <= r <= self.update_high - 1 else "healthy"
-
-
 class LayerBars(Widget):
     """Per layer group: gradient norm (log scale across layers) and log10 update/weight ratio, each coloured by
     the health monitor's own thresholds. Layers with a recent alert are marked."""
@@ -254,7 +226,7 @@ class LayerBars(Widget):
     COMPONENT_CLASSES = {"layer-bars--healthy", "layer-bars--warn", "layer-bars--bad", "layer-bars--alerted"}
 
     health: reactive[ev.Health | None] = reactive(None)
-    limits: reactive[Limits] = reactive(Limits)
+    limits: reactive[HealthConfig] = reactive(HealthConfig)
     alerted: reactive[frozenset[str]] = reactive(frozenset())
 
     def watch_health(self, old: ev.Health | None, new: ev.Health | None) -> None:
@@ -286,11 +258,11 @@ class LayerBars(Widget):
             text.append(f"{name:<{name_w}}", style=marked if _alerted(name, self.alerted) else "")
             level = math.log10(g) if math.isfinite(g) and g > 0 else lo
             grad_fill = 1.0 if not math.isfinite(g) else (level - lo) / max(hi - lo, 1e-9)
-            text.append(_bar(grad_fill, bar_w), style=styles[self.limits.grad(g, median)])
+            text.append(_bar(grad_fill, bar_w), style=styles[self.limits.judge_grad(g, median)])
             if numbers:
                 text.append(f" {sci(g):>8}")
             ratio_fill = (r + 6) / 6 if math.isfinite(r) else 1.0  # 10^-6 (frozen) .. 10^0 (rewritten each step)
-            text.append(f"  {_bar(ratio_fill, bar_w)}", style=styles[self.limits.ratio(r)])
+            text.append(f"  {_bar(ratio_fill, bar_w)}", style=styles[self.limits.judge_update(r)])
             text.append(f" {r:>6.2f}")
         return text
 
@@ -381,18 +353,7 @@ class ActivationTable(DataTable):
         self.add_columns("block", "out std", "mlp std", "dead", "attn entropy")
 
     def show(self, h: ev.Health) -> None:
-        rows = []
-        for i, block in enumerate(h.blocks):
-            dead, entropy = h.block_stats(i)
-            rows.append(
-                (
-                    block,
-                    f"{h.act_std[i]:.3f}",
-                    f"{h.mlp_std[i]:.3f}",
-                    "-" if dead is None else f"{dead:.0%}",
-                    f"{entropy:.2f}",
-                )
-            )
+        rows = [tuple(h.block_cells(i, ".3f", ".0%")) for i in range(len(h.blocks))]
         if [str(key.value) for key in self.rows] != h.blocks:
             # Only a new set of blocks changes the table's height: otherwise cells change in place (no reflow).
             self.clear()

@@ -7,15 +7,14 @@ from pathlib import Path
 from rich.table import Table
 
 from tuilm.errors import TuilmError
+from tuilm.formatting import fmt, fmt_rate, show_value
 from tuilm.sweep import plots
-from tuilm.sweep.results import STYLES, ppl, show_value
+from tuilm.sweep.results import STYLES, ppl
 from tuilm.sweep.runinfo import (
     METRICS,
     RunSummary,
     differing_keys,
     find_runs,
-    fmt,
-    fmt_rate,
     make_console,
     read_config,
     short_labels,

@@ -1,0 +1,27 @@
+"""`tuilm data stats`: what a corpus holds and what each sequence policy does with it."""
+
+from __future__ import annotations
+
+import typer
+
+
+def status(message: str) -> None:
+    """Progress of a slow step (download, tokenizer training), on stderr so stdout holds only the answer."""
+    typer.echo(message + "…", err=True)
+
+
+def stats_command(data: str, vocab_size: int, seq_len: int, batch_size: int) -> None:
+    from rich.console import Console
+
+    from tuilm.data.stats import corpus_stats, render
+
+    stats = corpus_stats(data, vocab_size, seq_len, batch_size, on_status=status)
+    render(stats, Console())
+
+
+def list_command() -> None:
+    from rich.console import Console
+
+    from tuilm.data.corpora import render_list
+
+    render_list(Console())

@@ -1,0 +1,130 @@
+"""`tuilm eval`: a checkpoint's loss, perplexity and bits per character on its own val split or on a text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def eval_command(model_path: Path, data: str | None, device: str, *, allow_nonfinite: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuilm.checkpoint import load_checkpoint
+    from tuilm.device import pick_device
+    from tuilm.train.evaluate import evaluate
+
+    ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
+    dataset, what = own_val_split(ckpt) if data is None else other_text(ckpt, data)
+    result = evaluate(ckpt.model, dataset, next(ckpt.model.parameters()).device)
+    table = Table(title=f"{ckpt.name} on {what}", title_justify="left")
+    for name in ("val loss", "perplexity", "bits/char", "tokens", "characters"):
+        table.add_column(name, justify="right")
+    table.add_row(
+        f"{result.loss:.4f}",
+        f"{result.ppl:.2f}",
+        f"{result.bpc:.4f}",
+        f"{result.tokens:,}",
+        f"{result.characters:,}",
+    )
+    Console().print(table)
+
+
+def own_val_split(ckpt):
+    """The run's own val split, rebuilt from its saved data settings, after checking the text is unchanged."""
+    from tuilm.config import from_dict
+    from tuilm.data.dataset import prepare, split_corpus
+    from tuilm.data.hf import is_hf
+    from tuilm.data.large import is_streamed
+    from tuilm.data.sources import load_corpus
+    from tuilm.errors import DataError
+
+    config = from_dict(ckpt.run_config or {}, ckpt.run_config.get("recipe", "custom"))
+    source = config.data.source
+    if is_hf(source) or is_streamed(source):  # rebuilt exactly as training built it
+        dataset = prepare(config.data, ckpt.model.cfg.seq_len, tokenizer=ckpt.tokenizer)
+        corpus, n_docs, name = dataset.corpus, dataset.val.n_docs, source
+    else:
+        corpus = load_corpus(source)
+        _, val_idx = split_corpus(corpus, config.data)
+        dataset, n_docs, name = None, len(val_idx), corpus.name
+    if corpus.fingerprint != ckpt.meta.get("data_fingerprint"):
+        raise DataError(
+            f"{source} has changed since this model was trained (different content); evaluate on a file with --data"
+        )
+    if dataset is None:
+        dataset = _scored(ckpt, corpus, [corpus.documents[i] for i in val_idx])
+    return dataset, f"{name} (val split, {n_docs:,} documents)"
+
+
+def other_text(ckpt, data: str):
+    """All of a text; for a named corpus with its own split, its test split (its val split if it has no test)."""
+    from tuilm.data.corpora import SPLIT_CORPORA, open_corpus
+    from tuilm.data.large import iter_documents
+    from tuilm.data.sources import load_corpus
+
+    if data in SPLIT_CORPORA:
+        corpus = open_corpus(data)
+        split = "test" if "test" in corpus.splits else "val"
+        texts = list(iter_documents(corpus.splits[split], corpus.extra.get("separator", "")))
+        return _scored(ckpt, corpus, texts), f"{data} ({split} split, {len(texts):,} documents)"
+    corpus = load_corpus(data)
+    return _scored(ckpt, corpus, corpus.documents), f"{corpus.name} ({len(corpus.documents):,} documents)"
+
+
+def _scored(ckpt, corpus, texts: list[str]):
+    from tuilm.data.dataset import Dataset
+    from tuilm.data.pipeline import eval_rows, make_rows, tokenize
+
+    tokenizer, seq_len = ckpt.tokenizer, ckpt.model.cfg.seq_len
+    docs = tokenize(tokenizer.encode_batch(texts), texts, tokenizer.eos_id)
+    return Dataset(corpus, tokenizer, docs, docs, make_rows(docs, "pad", seq_len), eval_rows(docs, seq_len))
+
+
+def sliding_eval_command(
+    model_path: Path | None, init: str | None, data: str | None, stride: int, device: str, *, allow_nonfinite=False
+):
+    """Sliding-window perplexity (Hugging Face's method) of a checkpoint or of pre-trained GPT-2 (--init)."""
+    import math
+
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuilm.device import pick_device
+    from tuilm.errors import ConfigError
+    from tuilm.train.sliding import SlidingResult, evaluation_text, sliding_window_nats
+
+    dev = pick_device(device)
+    if init:
+        from tuilm.model.pretrained import load_pretrained
+
+        model, tokenizer = load_pretrained(init, device=dev)
+        name = init
+    elif model_path is not None:
+        from tuilm.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(model_path, dev, allow_nonfinite=allow_nonfinite)
+        model, tokenizer, name = ckpt.model, ckpt.tokenizer, ckpt.name
+    else:
+        raise ConfigError("say what to evaluate: --model-path CHECKPOINT or --init gpt2 (or a model directory)")
+    if not data:
+        raise ConfigError("--stride and --init need --data (a named corpus such as wikitext2, or a file)")
+    stride = stride or model.cfg.seq_len
+    text, what = evaluation_text(data)
+    ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+    nats, tokens, windows = sliding_window_nats(model, ids, stride, dev)
+    loss = nats / max(1, tokens)
+    result = SlidingResult(loss, math.exp(min(loss, 700)), nats / (len(text) * math.log(2)), tokens, len(text), windows)
+    table = Table(title=f"{name} on {what}, context {model.cfg.seq_len}, stride {stride}", title_justify="left")
+    for col in ("loss", "perplexity", "bits/char", "tokens", "characters", "windows"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{result.loss:.4f}",
+        f"{result.ppl:.2f}",
+        f"{result.bpc:.4f}",
+        f"{result.tokens:,}",
+        f"{result.characters:,}",
+        f"{result.windows:,}",
+    )
+    Console().print(table)
+    return result

@@ -1,0 +1,162 @@
+"""`tuilm train` and `tuilm recipes`: from options to a running trainer with a front end, and its exit status."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuilm.config import Override, RunConfig, apply_overrides, from_dict, load_toml
+from tuilm.errors import ConfigError
+from tuilm.resources import recipe_names, recipe_path
+from tuilm.session import Interrupt, attach_files, build_trainer, report_outcome, resolve_config, train_until_done
+
+
+@dataclass
+class TrainOptions:
+    source: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    headless: bool = False
+    resume: Path | None = None
+    out: Path | None = None
+    name: str | None = None
+    device: str | None = None
+    time: str | None = None
+    steps: int | None = None
+    compile: bool = False
+    wandb: bool = False
+    wandb_project: str = "tuilm"
+    wandb_name: str | None = None
+    init: str | None = None  # --init gpt2 | gpt2-medium | ... | a Hugging Face model directory
+
+
+def cli_overrides(options: TrainOptions) -> list[Override]:
+    """--set overrides as typed, then the options that are settings too, as typed pairs (never re-parsed)."""
+    extra: list[Override] = []
+    if options.device:
+        extra.append(("train.device", options.device))
+    if options.time:
+        extra.append(("train.time", options.time))
+    if options.steps is not None:
+        extra.append(("train.max_steps", options.steps))
+    if options.compile:
+        extra.append(("train.compile", True))
+    if options.init:
+        extra.append(("train.init", options.init))
+    return [*options.overrides, *extra]
+
+
+def run_dir_for(config: RunConfig, options: TrainOptions) -> Path:
+    if options.out:
+        return Path(options.out)
+    if options.name:
+        return Path("runs") / options.name
+    source = config.data.source.removeprefix("hf:").split("@")[0].replace(":", "-")  # hf:name:config@split
+    stem = config.recipe if config.recipe != "custom" else Path(source).stem or "run"
+    return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_command(options: TrainOptions) -> int:
+    from tuilm.checkpoint import read_metadata
+
+    if options.resume:
+        run_dir = Path(options.resume)
+        if not (run_dir / "last.safetensors").is_file():
+            raise ConfigError(f"{run_dir}: nothing to resume (no last.safetensors in it)")
+        meta = read_metadata(run_dir / "last.safetensors")
+        saved = json.loads(meta["train_config"])
+        config = from_dict(saved, saved.get("recipe", "custom"))
+        config = apply_overrides(config, cli_overrides(options))
+    else:
+        if not options.source:
+            raise ConfigError("say what to train: a recipe (tuilm recipes), a .toml file or a data path")
+        config = apply_overrides(resolve_config(options.source), cli_overrides(options))
+        run_dir = run_dir_for(config, options)
+        if (run_dir / "last.safetensors").exists():
+            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick --name")
+    dashboard = not options.headless and sys.stdout.isatty() and sys.stdin.isatty()
+    trainer = build_trainer(config, run_dir, resume=bool(options.resume), quiet=dashboard)
+    metrics = attach_files(trainer)
+    if options.wandb:
+        from tuilm.train.sinks import WandbLogger
+
+        trainer.bus.subscribe(WandbLogger(options.wandb_project, options.wandb_name, run_dir, console=not dashboard))
+    try:
+        if dashboard:
+            return run_dashboard(trainer)
+        return run_headless(trainer)
+    finally:
+        metrics.close()
+
+
+def run_headless(trainer, progress=None) -> int:
+    """Train in a background thread with a progress bar (or log lines); Ctrl-C as `Interrupt` says."""
+    from tuilm.train.sinks import HeadlessProgress
+
+    trainer.bus.subscribe(progress or HeadlessProgress())
+    interrupt = Interrupt(
+        lambda: print("\nstopping after this step and saving (Ctrl-C again to quit at once)", file=sys.stderr),
+        lambda: print("\nstopping now without saving", file=sys.stderr),
+    )
+    try:
+        with interrupt.installed():
+            train_until_done(trainer, interrupt)
+    except KeyboardInterrupt:
+        return 130
+    return report_outcome(trainer)
+
+
+def run_dashboard(trainer) -> int:
+    """Train with the dashboard; the exit status is report_outcome's (0, or 1 when training failed)."""
+    from tuilm.commands.chat import open_chat
+    from tuilm.tui.app import Dashboard, OpenChat
+    from tuilm.tui.startup import freeze_startup_objects
+
+    # Torch keeps its default thread count (every core). On 2 cores benchmarks/dashboard_overhead.py measured one
+    # thread, which would leave a core to the UI, at 69% of two threads' tokens/s, while the paced UI costs two
+    # threads nothing the VM's noise resolves, and keys are still handled within a millisecond.
+    app = Dashboard(trainer)
+    freeze_startup_objects()
+    try:
+        choice = app.run()
+    finally:
+        if trainer.thread is not None and trainer.thread.is_alive() and app.return_code != 130:
+            trainer.stop("stopped")
+            trainer.join()
+    if app.return_code == 130:
+        return 130
+    code = report_outcome(trainer)
+    if app.return_code and not code:
+        code = app.return_code  # the UI itself failed (Textual has printed why)
+    if isinstance(choice, OpenChat) and code == 0:
+        return open_chat(choice.path)
+    if trainer.result is not None:
+        # The dashboard is gone with the alternate screen: leave the outcome, and where to go next, behind.
+        from tuilm.train.lines import finished_line
+
+        print(finished_line(trainer.result))
+        if trainer.result.last_checkpoint:
+            print(f"run directory: {trainer.run_dir}  (chat: tuilm chat --model-path {trainer.run_dir})")
+    return code
+
+
+def list_recipes() -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="recipes: tuilm train NAME", title_justify="left", show_lines=True)
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("what it trains")
+    for name in recipe_names():
+        config = load_toml(recipe_path(name), name)
+        m, t = config.model, config.train
+        stops = [f"{t.max_steps:,} steps" if t.max_steps else "", t.time, f"{t.epochs:g} epochs" if t.epochs else ""]
+        shape = (
+            f"{config.data.source}, BPE {config.data.vocab_size:,}, {m.n_layers} layers x {m.d_model}, "
+            f"{m.n_heads} heads, seq {m.seq_len}; stops at {', '.join(x for x in stops if x) or 'Ctrl-C'}"
+        )
+        table.add_row(name, Text.assemble(config.description, "\n", (shape, "dim")))
+    Console().print(table)

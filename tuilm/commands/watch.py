@@ -1,0 +1,26 @@
+"""`tuilm watch RUN`: the dashboard, read-only, over a run written by another process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuilm.errors import TuilmError
+
+
+def watch_command(run: Path) -> int:
+    from tuilm.commands.chat import open_chat
+    from tuilm.tui.app import Dashboard, OpenChat
+    from tuilm.tui.startup import freeze_startup_objects
+
+    run = Path(run)
+    if not run.is_dir():
+        raise TuilmError(f"{run}: no such run directory")
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise TuilmError(f"{run}: no metrics.jsonl in it (a run writes one as soon as training starts)")
+    app = Dashboard(follow=metrics)
+    freeze_startup_objects()
+    choice = app.run()
+    if isinstance(choice, OpenChat):
+        return open_chat(choice.path)
+    return app.return_code or 0

@@ -1,0 +1,31 @@
+"""How to sample: temperature, top-k, top-p and length, with their defaults in one place.
+
+Torch-free, so that the CLI can show these defaults in --help without loading torch; tuilm.sampling uses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuilm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 0.8
+    top_k: int = 0  # 0: no limit
+    top_p: float = 0.95  # 1.0: no limit
+    max_new_tokens: int = 200
+
+    def validate(self) -> None:
+        if not 0 <= self.temperature <= 100:
+            raise ConfigError(f"temperature must be between 0 (greedy) and 100, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top-k must be 0 (off) or positive, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
+
+
+DEFAULTS = SamplingSettings()  # what `tuilm sample`, `tuilm chat` and the chat after training start with

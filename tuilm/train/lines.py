@@ -1,0 +1,28 @@
+"""Events as lines of text, shared by every front end (progress bar, dashboard, sweep) so they read alike."""
+
+from __future__ import annotations
+
+from tuilm.formatting import fmt_duration
+from tuilm.train import events as ev
+
+
+def eval_summary(e: ev.Eval, ppl: bool = True) -> str:
+    """`val loss 1.2345  ppl 3.44  bits/char 1.2345` (without the perplexity where space is short)."""
+    perplexity = f"  ppl {e.val_ppl:.2f}" if ppl else ""
+    return f"val loss {e.val_loss:.4f}{perplexity}  bits/char {e.val_bpc:.4f}"
+
+
+def finished_line(e: ev.Finished) -> str:
+    best = f"; best val loss {e.best_val_loss:.4f} (bits/char {e.best_val_bpc:.4f})" if e.best_val_loss else ""
+    why = f" ({e.reason})" if e.reason != e.status else ""
+    return (
+        f"{e.status}{why} at step {e.step} after {fmt_duration(e.elapsed)} of training, "
+        f"{e.tokens_per_s:,.0f} tok/s{best}"
+    )
+
+
+def best_summary(e: ev.Finished) -> str:
+    return f"best val loss {e.best_val_loss:.4f}" if e.best_val_loss is not None else "no evaluation"
+
+
+VERBS = {"completed": "✔ finished", "stopped": "■ stopped", "diverged": "✘ diverged"}

@@ -1,0 +1,100 @@
+"""Where a run stands against its stopping criteria, and which batches it trains on next."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tuilm.config import TrainConfig
+from tuilm.data.dataset import Dataset
+from tuilm.data.pipeline import Batch, collate, epoch_batches
+from tuilm.train.state import TrainState
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """max_steps, max_tokens, epochs and the time budget: whichever comes first ends the run."""
+
+    max_steps: int
+    max_tokens: int
+    epochs: float
+    time_budget: float  # seconds; 0 for none
+    steps_per_epoch: int
+
+    @classmethod
+    def of(cls, t: TrainConfig, steps_per_epoch: int) -> StopRules:
+        return cls(t.max_steps or 0, t.max_tokens or 0, t.epochs or 0, t.time_budget, steps_per_epoch)
+
+    def epochs_done(self, s: TrainState) -> float:
+        return s.epoch + s.batch_in_epoch / max(1, self.steps_per_epoch)
+
+    def reason(self, s: TrainState) -> str | None:
+        if self.max_steps and s.step >= self.max_steps:
+            return "max_steps"
+        if self.max_tokens and s.tokens >= self.max_tokens:
+            return "max_tokens"
+        if self.epochs and self.epochs_done(s) >= self.epochs:
+            return "epochs"
+        if self.time_budget and s.elapsed >= self.time_budget:
+            return "time"
+        return None
+
+    def progress(self, s: TrainState) -> float:
+        """0..1 towards the first stopping criterion to be reached; nan when none is set."""
+        fractions = [
+            s.step / self.max_steps if self.max_steps else None,
+            s.tokens / self.max_tokens if self.max_tokens else None,
+            self.epochs_done(s) / self.epochs if self.epochs else None,
+            s.elapsed / self.time_budget if self.time_budget else None,
+        ]
+        known = [f for f in fractions if f is not None]
+        return max(known) if known else math.nan
+
+    def step_limit(self) -> int | None:
+        """The step count the run will end at, when steps or epochs decide it (for a progress bar's total)."""
+        candidates = [self.max_steps or None, math.ceil(self.epochs * self.steps_per_epoch) if self.epochs else None]
+        known = [c for c in candidates if c]
+        return min(known) if known else None
+
+
+class BatchSource:
+    """The training rows of each step, shuffled per epoch by (seed, epoch) so that a resume continues exactly."""
+
+    def __init__(self, dataset: Dataset, rows_per_step: int, micro: int, seed: int, doc_mask: bool):
+        self.rows = dataset.train_rows
+        self.eos_id = dataset.tokenizer.eos_id
+        self.rows_per_step, self.micro, self.seed = rows_per_step, micro, seed
+        self.doc_mask = doc_mask and self.rows.policy == "pack"
+        self.steps_per_epoch = len(epoch_batches(self.rows, rows_per_step, seed, 0))
+        self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
+
+    def next_index(self, s: TrainState) -> np.ndarray:
+        """The row indices of the next step; advances the state's epoch position."""
+        if self._epoch_cache is None or self._epoch_cache[0] != s.epoch:
+            self._epoch_cache = (s.epoch, epoch_batches(self.rows, self.rows_per_step, self.seed, s.epoch))
+        batches = self._epoch_cache[1]
+        index = batches[s.batch_in_epoch]
+        s.batch_in_epoch += 1
+        if s.batch_in_epoch >= len(batches):
+            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        return index
+
+    def collate(self, index: np.ndarray) -> Batch:
+        return collate(self.rows, index, eos_id=self.eos_id, doc_mask=self.doc_mask, trim=self.rows.policy == "bucket")
+
+    def next_step(self, s: TrainState) -> list[Batch]:
+        """The next step's micro-batches."""
+        index = self.next_index(s)
+        return [self.collate(index[i : i + self.micro]) for i in range(0, len(index), self.micro)]
+
+
+def to_device(batch: Batch, device: torch.device):
+    """(inputs, targets, pos_ids, doc_ids) as tensors on `device`; None stays None."""
+
+    def put(a):
+        return None if a is None else torch.from_numpy(a).to(device, non_blocking=True)
+
+    return put(batch.inputs), put(batch.targets), put(batch.pos_ids), put(batch.doc_ids)

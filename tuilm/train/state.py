@@ -1,0 +1,110 @@
+"""The training state and the run directory's checkpoint files.
+
+`TrainState` is every counter a resume must restore (the weights and optimizer aside), named once: saving writes
+its `to_dict()` and resuming reads `from_dict()`, so the two can never list different keys. `RunFiles` is the
+checkpoint I/O of one run directory: last/best weights, and the train_state file that goes with last.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tuilm.checkpoint import (
+    load_train_state,
+    load_weights,
+    read_metadata,
+    read_weights,
+    save_checkpoint,
+    save_train_state,
+)
+from tuilm.errors import CheckpointError
+
+LAST, BEST, STATE = "last.safetensors", "best.safetensors", "train_state.safetensors"
+INFINITE = ("best_val_loss", "best_val_bpc")  # inf until the first evaluation; JSON has no inf, so None
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0  # target tokens trained on
+    epoch: int = 0
+    batch_in_epoch: int = 0  # position in the epoch's shuffled batches
+    elapsed: float = 0.0  # seconds spent in training steps: evaluation, saving and pauses do not count
+    best_val_loss: float = math.inf
+    best_val_bpc: float = math.inf
+    evals_since_best: int = 0
+    train_losses: list[float] = field(default_factory=list)  # since the last evaluation
+
+    def record_eval(self, val_loss: float, val_bpc: float) -> bool:
+        """Count an evaluation towards early stopping; True when it is the best so far."""
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_val_bpc, self.evals_since_best = val_loss, val_bpc, 0
+            return True
+        self.evals_since_best += 1
+        return False
+
+    def take_train_loss(self) -> float:
+        """The mean training loss since the last evaluation (nan when none), starting the next mean afresh."""
+        losses, self.train_losses = self.train_losses, []
+        return float(np.mean(losses)) if losses else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in INFINITE:
+            data[key] = finite_or_none(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        values = {f.name: data[f.name] for f in fields(cls)}
+        for key in INFINITE:
+            values[key] = math.inf if values[key] is None else values[key]
+        values["train_losses"] = list(values["train_losses"])
+        return cls(**values)
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class RunFiles:
+    """Checkpoints of one run directory. The resume point is the pair last.safetensors + train_state.safetensors,
+    always written together, state first: a resume checks that both are of the same step."""
+
+    def __init__(self, run_dir: Path, tokenizer, run_config: dict):
+        self.run_dir = Path(run_dir)
+        self.tokenizer, self.run_config = tokenizer, run_config  # the same in every checkpoint of the run
+        self.last, self.best, self.state = (self.run_dir / name for name in (LAST, BEST, STATE))
+
+    def save_model(self, path: Path, model, meta: dict) -> None:
+        save_checkpoint(path, model, self.tokenizer, self.run_config, **meta)
+
+    def save_resume_point(self, model, optimizer, meta: dict, extra: dict, device) -> None:
+        rng = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        save_train_state(self.state, optimizer, extra, rng)
+        self.save_model(self.last, model, meta)
+
+    def load_resume_point(self, model, optimizer, device) -> dict[str, Any]:
+        """Weights into `model`, state into `optimizer`, the RNG restored; returns the saved extra dict (the
+        TrainState's keys and whatever else the trainer saved beside them)."""
+        meta = read_metadata(self.last)
+        load_weights(model, read_weights(self.last), self.last)
+        extra, rng = load_train_state(self.state, optimizer)
+        saved_step = int(meta.get("step", "-1"))
+        if extra["step"] != saved_step:
+            raise CheckpointError(
+                f"{self.run_dir}: last.safetensors (step {saved_step}) and train_state.safetensors "
+                f"(step {extra['step']}) disagree; the run was interrupted while saving"
+            )
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
+        return extra

@@ -1,0 +1,102 @@
+"""The slow panels (charts, sparkline, per-layer health): when to redraw them, and the redraw itself.
+
+Every millisecond the UI spends drawing holds the GIL, or a core, that the trainer does not get; so a redraw
+waits until what the last one cost the UI thread (its CPU time until the next pull, the frame included) is at
+most PANEL_SHARE of one core, and none comes sooner than PANEL_MIN_INTERVAL.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from tuilm.train import events as ev
+from tuilm.tui.store import RunStore, downsample, windowed_rate
+from tuilm.tui.widgets import ActivationTable, GradHeatmap, GradNorm, LayerBars, LineChart, Series
+
+# A redraw that cost 30 ms waits three seconds.
+PANEL_SHARE = 0.01
+PANEL_MIN_INTERVAL = 0.5
+GRAD_WINDOW = 400  # steps in the gradient-norm sparkline
+SPEED_WINDOW = 25  # steps over which tokens/s is measured for its chart
+CYAN, ORANGE, MAGENTA, GREEN, YELLOW = (0, 190, 255), (255, 150, 0), (230, 60, 200), (120, 210, 40), (240, 200, 0)
+
+
+class PanelPacer:
+    """Whether the slow panels are due: something changed, and the last redraw's cost is paid off."""
+
+    def __init__(self, settle: float):
+        self.settle = settle  # seconds after a redraw before its cost is read (the frame has been rendered)
+        self.dirty = False
+        self._at = -math.inf  # monotonic time of the last redraw
+        self._cpu: float | None = None  # the UI thread's CPU time then, until the cost is known
+        self.cost = 0.0  # CPU seconds the last redraw took
+
+    def pulled(self, now: float) -> None:
+        if self._cpu is not None and now - self._at >= self.settle:
+            self.cost = time.thread_time() - self._cpu
+            self._cpu = None
+
+    def due(self, force: bool = False) -> bool:
+        if not self.dirty:
+            return False
+        now = time.monotonic()
+        if not force and now - self._at < max(PANEL_MIN_INTERVAL, self.cost / PANEL_SHARE):
+            return False
+        self._at, self._cpu = now, time.thread_time()
+        self.dirty = False
+        return True
+
+
+class Panels:
+    """The slow panels' widgets, redrawn from the store."""
+
+    def __init__(self, app):
+        self.charts = {chart.id: chart for chart in app.query(LineChart)}
+        self.grad = app.query_one(GradNorm)
+        self.layers, self.acts, self.heatmap = (
+            app.query_one(LayerBars),
+            app.query_one(ActivationTable),
+            app.query_one(GradHeatmap),
+        )
+        self.health: ev.Health | None = None  # the latest measurement, not yet drawn
+        self.evals_drawn = -1
+
+    def clear(self) -> None:
+        self.layers.health = None
+        self.heatmap.show([])
+        self.acts.clear()
+        self.evals_drawn = -1
+
+    def draw(self, store: RunStore) -> None:
+        if self.health is not None:
+            self.layers.health = self.health
+            self.acts.show(self.health)
+            self.heatmap.show(store.health_history())
+            self.health = None
+        run = store.run
+        clip = float(run.config.get("train", {}).get("grad_clip", 0) or 0) if run else 0.0
+        _, norms, clipped = store.step_series("grad_norm", "clipped", last=GRAD_WINDOW)
+        self.grad.show(norms, clipped, clip)
+        charts = self.charts
+        width = max(c.size.width for c in charts.values())  # none before the first layout
+        points = 2 * width if width else 200  # two dots per cell
+        step, loss, lr, tokens, elapsed = store.step_series("loss", "lr", "tokens", "elapsed")
+        val = store.eval_series()
+        charts["loss"].show(
+            [
+                Series("train", *downsample(step, loss, points), CYAN),
+                Series("val", val["step"], val["val_loss"], ORANGE),
+            ]
+        )
+        if len(val["step"]) != self.evals_drawn:  # the dearest chart (two axes) changes only at evaluations
+            self.evals_drawn = len(val["step"])
+            charts["val"].show(
+                [
+                    Series("bits/char", val["step"], val["val_bpc"], ORANGE),
+                    Series("ppl", val["step"], val["val_ppl"], MAGENTA, yside="right"),
+                ]
+            )
+        speed = windowed_rate(tokens, elapsed, SPEED_WINDOW)
+        charts["speed"].show([Series(None, *downsample(step, speed, points), GREEN)])
+        charts["lr"].show([Series(None, *downsample(step, lr, points), YELLOW)])
