@@ -1,9 +1,11 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one. And the one
+check every reader of a user's file makes first: that it is a regular file."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -58,3 +60,14 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_regular(path: Path, error: type[Exception], give: str) -> None:
+    """Raise `error` unless `path` is a regular file: a FIFO would block the first read forever and a device never
+    ends. `give` names what the user should pass instead ("a checkpoint file")."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: not a regular file (a FIFO, device or socket); give {give}")

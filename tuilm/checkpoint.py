@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -31,7 +30,7 @@ import torch
 import xxhash
 from safetensors.torch import load, save
 
-from tuilm import __version__
+from tuilm import __version__, atomic
 from tuilm.atomic import atomic_write_bytes
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
 
@@ -112,13 +111,7 @@ def resolve_model_path(path: Path) -> Path:
 
 
 def check_regular(path: Path) -> None:
-    """A FIFO would block the first read forever and a device never ends: only regular files are read."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-    if not stat.S_ISREG(mode):
-        raise CheckpointError(f"{path}: not a regular file (a FIFO, device or socket); give a checkpoint file")
+    atomic.check_regular(path, CheckpointError, "a checkpoint file")
 
 
 def sniff(path: Path) -> str:

@@ -188,22 +188,14 @@ def _write_tokens(corpus: SplitCorpus, split: str, tokenizer, base: Path, batch_
 
 def load_or_train_streamed(corpus: SplitCorpus, settings, *, on_train=None):
     """As tuilm.data.tokenizer.load_or_train, training on (at most TOKENIZER_TRAIN_BYTES of) the train split."""
-    from tuilm.data.tokenizer import save_tokenizer, shipped_dirs, train_tokenizer, vocab_filename
+    from tuilm.data.tokenizer import load_or_train
 
-    settings.validate()
-    key = settings.cache_key(f"{corpus.fingerprint}|train|{TOKENIZER_TRAIN_BYTES}")
-    cache = cache_dir() / "tokenizers"
-    for folder in [*shipped_dirs("vocab"), cache]:
-        for path in folder.glob(f"*-{key}.json"):
-            from tuilm.data.tokenizer import Tokenizer
+    def documents():
+        return _Docs(iter_documents(corpus.splits["train"], corpus.extra.get("separator", ""), TOKENIZER_TRAIN_BYTES))
 
-            return Tokenizer.from_file(path)
-    if on_train:
-        on_train(f"training a {settings.vocab_size:,}-token BPE tokenizer on {corpus.name} (cached afterwards)")
-    docs = iter_documents(corpus.splits["train"], corpus.extra.get("separator", ""), TOKENIZER_TRAIN_BYTES)
-    tokenizer = train_tokenizer(_Docs(docs), settings)
-    save_tokenizer(tokenizer, cache / vocab_filename(corpus.name, settings, key))
-    return tokenizer
+    return load_or_train(
+        corpus, settings, on_train=on_train, part=f"|train|{TOKENIZER_TRAIN_BYTES}", documents=documents
+    )
 
 
 class _Docs:

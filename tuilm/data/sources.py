@@ -11,11 +11,11 @@ import io
 import json
 import os
 import re
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuilm import atomic
 from tuilm.data.download import download, sha256_file
 from tuilm.errors import DataError
 
@@ -149,13 +149,7 @@ def decode_utf8(data: bytes, path: Path) -> str:
 
 
 def check_regular(path: Path) -> None:
-    """Only regular files are read: a FIFO would block the first read forever and a device never ends."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if not stat.S_ISREG(mode):
-        raise DataError(f"{path}: not a regular file (a FIFO, device or socket); give a text or JSONL file")
+    atomic.check_regular(path, DataError, "a text or JSONL file")
 
 
 def _read_text_file(path: Path, *, allow_empty: bool = False) -> tuple[list[str], str]:

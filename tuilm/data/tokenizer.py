@@ -167,20 +167,22 @@ def vocab_filename(corpus_name: str, settings: TokenizerSettings, key: str) -> s
     return f"{stem}-bpe{settings.vocab_size}-{key}.json"
 
 
-def load_or_train(corpus, settings: TokenizerSettings, *, on_train=None) -> Tokenizer:
+def load_or_train(corpus, settings: TokenizerSettings, *, on_train=None, part: str = "", documents=None) -> Tokenizer:
     """The tokenizer for (corpus content, settings): shipped in vocab/, cached, or trained now and cached.
 
     `on_train` is called with a message before a (slow) training starts, so front ends can say what is happening.
+    A streamed corpus trains on `documents()` (an iterable) instead of `corpus.documents`, and names that `part`
+    of the corpus in the cache key.
     """
     settings.validate()
-    key = settings.cache_key(corpus.fingerprint)
+    key = settings.cache_key(corpus.fingerprint + part)
     cache = cache_dir() / "tokenizers"
     for folder in [*shipped_dirs("vocab"), cache]:
         for path in folder.glob(f"*-{key}.json"):
             return Tokenizer.from_file(path)
     if on_train:
         on_train(f"training a {settings.vocab_size:,}-token BPE tokenizer on {corpus.name} (cached afterwards)")
-    tokenizer = train_tokenizer(corpus.documents, settings)
+    tokenizer = train_tokenizer(documents() if documents else corpus.documents, settings)
     save_tokenizer(tokenizer, cache / vocab_filename(corpus.name, settings, key))
     return tokenizer
 
