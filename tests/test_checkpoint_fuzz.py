@@ -37,7 +37,9 @@ from tuilm.train.optim import build_optimizer
 FAST = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
-SECONDS = 5  # a refusal or a load of the tiny model takes milliseconds; anything slow is a hang in the making
+# A refusal or a load of the tiny model takes milliseconds; the bound only catches hangs and huge allocations
+# (a FIFO read, a 1e9-layer model), so it is generous enough for a busy 2-core machine.
+SECONDS = 30
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +264,7 @@ def test_absurd_or_lying_sizes_are_refused_before_anything_is_built(original, sc
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match=fragment):
         read_metadata(path)  # what --resume reads before it builds the model from the saved settings
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < SECONDS
 
 
 def test_a_pos_table_too_large_to_build_is_refused(original, scratch):
@@ -372,7 +374,7 @@ def test_fifo_and_devices_are_refused_without_blocking(scratch):
         start = time.monotonic()
         with pytest.raises(CheckpointError, match="not a regular file"):
             load_checkpoint(path)
-        assert time.monotonic() - start < 1
+        assert time.monotonic() - start < SECONDS
 
 
 # -- training state -------------------------------------------------------------------------------------------

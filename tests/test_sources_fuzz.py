@@ -43,7 +43,7 @@ def outcome(path: Path) -> str:
             d.encode("utf-8")  # every document is text a tokenizer can take (no lone surrogates)
         assert len(corpus.fingerprint) == 64
         result = "loaded"
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 30  # catches a hang (a FIFO, an endless line), not slowness
     return result
 
 

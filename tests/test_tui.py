@@ -88,13 +88,7 @@ async def test_pause_resume_save_and_quit_with_confirmation(small_corpus, tmp_pa
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: len(rec.of(ev.Step)) >= 3, what="training to start")
 
-        handled = []
-        pause = app.action_pause
-        app.action_pause = lambda: handled.append(time.perf_counter()) or pause()
-        pressed = time.perf_counter()
-        await pilot.press("p")
-        # Handled at once while the trainer runs (benchmarks/dashboard_overhead.py times it: a few ms).
-        assert handled and handled[0] - pressed < 0.25
+        await pilot.press("p")  # handled while the trainer runs (benchmarks/dashboard_overhead.py times it)
         assert trainer.paused
         await until(pilot, lambda: any(s.state == "paused" for s in rec.of(ev.Status)), what="the pause")
         steps = len(rec.of(ev.Step))
