@@ -46,8 +46,9 @@ class MetricsFile:
                 self._file.close()
 
 
-def read_events(path: Path) -> list[ev.Event]:
-    """Events of a metrics.jsonl; a last line still being written is skipped."""
+def read_events(path: Path, *, replaced: bool = False) -> list[ev.Event]:
+    """Events of a metrics.jsonl; a last line still being written is skipped. Steps a resume repeated appear once,
+    the newest (newest_wins), unless `replaced` asks for every line as written."""
     events = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -56,7 +57,44 @@ def read_events(path: Path) -> list[ev.Event]:
             event = parse_event(line)
             if event is not None:
                 events.append(event)
-    return events
+    return events if replaced else newest_wins(events)
+
+
+def newest_wins(events: list[ev.Event]) -> list[ev.Event]:
+    """Events with what a resume replaced taken out: a run resumed from a checkpoint at step R repeats the steps
+    after R that the earlier session had already logged, and the newer ones count. Each RunStarted with
+    `resumed_step` R drops the step, eval, health, alert and sample events of earlier sessions past R."""
+    resumes = [(i, e.resumed_step) for i, e in enumerate(events) if isinstance(e, ev.RunStarted) and e.resumed_step]
+    if not resumes:
+        return events
+    drop = set()
+    for at, resumed in resumes:
+        for i in range(at):
+            e = events[i]
+            if isinstance(e, REPLAYED) and e.step > resumed:
+                drop.add(i)
+    return [e for i, e in enumerate(events) if i not in drop]
+
+
+REPLAYED = (ev.Step, ev.Eval, ev.Health, ev.Alert, ev.Sample)
+# Without a lock file, minutes of silence in metrics.jsonl (every step appends a line) mean the process died.
+RUNNING_WINDOW_S = 300.0
+
+
+def liveness(run_dir: Path) -> str:
+    """A run without an end event: `running` while a live process holds its lock (tuilm.runlock), `dead` when
+    none does (killed with -9, out of memory, the machine lost). A directory without a lock file, written by a
+    tuilm that took none, counts as running while its metrics.jsonl changed in the last RUNNING_WINDOW_S."""
+    from tuilm.runlock import LOCK_NAME, holder
+
+    run_dir = Path(run_dir)
+    if holder(run_dir) is not None:
+        return "running"
+    if (run_dir / LOCK_NAME).exists():
+        return "dead"
+    metrics = run_dir / "metrics.jsonl"
+    recent = metrics.is_file() and time.time() - metrics.stat().st_mtime < RUNNING_WINDOW_S
+    return "running" if recent else "dead"
 
 
 def parse_event(line: str | bytes) -> ev.Event | None:
