@@ -126,6 +126,26 @@ def recipes(as_json: Json = False) -> None:
     list_recipes(as_json)
 
 
+@app.command("lr-find")
+def lr_find(
+    recipe: Annotated[str, typer.Argument(help="Recipe name, .toml file or data path, as for `tuilm train`.")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a setting, as for train.")
+    ] = None,
+    start: Annotated[float, typer.Option("--start", help="First learning rate.")] = 1e-6,
+    end: Annotated[
+        float, typer.Option("--end", help="Last learning rate (the test stops earlier on divergence).")
+    ] = 1.0,
+    steps: Annotated[int, typer.Option("--steps", help="Steps from --start to --end.")] = 200,
+    png: Annotated[Path | None, typer.Option("--png", help="Also write the plot here (needs tuilm[plot]).")] = None,
+    rule: Annotated[str, typer.Option("--rule", help="min/10 (a tenth of the minimum's lr) or steepest.")] = "min/10",
+) -> None:
+    """The learning-rate range test: loss against an exponentially growing lr, and a suggested lr."""
+    from tuilm.commands.lrfind import lrfind_command
+
+    lrfind_command(recipe, list(overrides or []), start=start, end=end, steps=steps, png=png, rule=rule)
+
+
 @app.command()
 def sample(
     model_path: ModelPath,
