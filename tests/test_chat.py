@@ -3,6 +3,7 @@
 import asyncio
 import io
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -466,3 +467,45 @@ def test_bad_checkpoints_exit_2_with_one_line(bad_checkpoints, case, fragment):
     assert code == 2 and stdout == ""
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert stderr.startswith("error: ") and fragment in stderr
+
+
+# -- chat that teaches: reply stats, /probs, /top, /load ----------------------------------------------------------
+
+
+def test_each_reply_is_followed_by_its_tokens_rate_and_time_to_first_token(state):
+    err = Recorder()
+    code, out = drive(state, "word1\r/quit\r", err=err)
+    assert code == 0
+    [stats] = [line for line in err.text.splitlines() if " tok/s · first token " in line]
+    n = int(stats.split()[0])
+    assert 1 <= n <= 6 and stats.endswith(" ms")
+    assert " tok/s" not in out.text  # the reply stream holds only the reply
+
+
+def test_probs_marks_each_reply_token_with_its_probability(state):
+    err = Recorder()
+    drive(state, "/probs\rword1\r/probs\rword2\r/quit\r", err=err)
+    assert "probabilities on" in err.text and "probabilities off" in err.text
+    marked = [line for line in err.text.splitlines() if line.startswith("probabilities: ")]
+    assert len(marked) == 1  # only the reply while it was on
+    percents = [int(p) for p in re.findall(r"\[(\d+)%\]", marked[0])]
+    assert 1 <= len(percents) <= 6 and all(0 <= p <= 100 for p in percents)
+
+
+def test_top_lists_the_likeliest_next_tokens_summing_to_at_most_one(state):
+    err = Recorder()
+    drive(state, "word1\r/top 5\r/top zero\r/quit\r", err=err)
+    lines = err.text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("the 5 likeliest next tokens"))
+    rows = lines[start + 1 : start + 6]
+    probs = [float(row.split("%")[0]) / 100 for row in rows]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert "/top needs a whole number" in err.text
+
+
+def test_load_switches_checkpoint_and_starts_over(state, run_dir, tmp_path):
+    err = Recorder()
+    drive(state, f"word1\r/load {run_dir / 'last.safetensors'}\r/load {tmp_path / 'none'}\r/quit\r", err=err)
+    assert state.source.endswith("last.safetensors") and state.context == [state.tokenizer.eos_id]
+    assert "loaded " in err.text and "the conversation starts over" in err.text
+    assert any(line.startswith("/load: ") for line in err.text.splitlines())  # a bad path: one line, still chatting

@@ -124,3 +124,45 @@ def test_finished_line_names_the_reason_only_when_it_adds_something():
     assert finished_line(end("stopped", "stopped")).startswith("stopped at step 60 after 42s of training")
     assert finished_line(end("stopped", "interrupted")).startswith("stopped (interrupted) at step 60")
     assert "best val loss 6.8700 (bits/char 2.7200)" in finished_line(end("completed", "time"))
+
+
+# -- the progress bar follows the limit that ends the run first ------------------------------------------------------
+
+
+def _step(step=76, tokens=76 * 512, epoch=0.4, elapsed=70.0, progress=0.0):
+    from tuilm.train import events as ev
+
+    return ev.Step(step, epoch, tokens, 3.0, 1e-3, 1e4, 0.01, 0.5, False, elapsed, progress)
+
+
+def test_the_leading_limit_is_the_one_nearest_its_end():
+    from tuilm.train.sinks import leading_limit, limit_text
+
+    config = {"train": {"max_steps": 100_000, "time": "2m"}}
+    limit = leading_limit(config, _step(elapsed=60.0))
+    assert limit.name == "time" and limit.fraction == 0.5
+    assert limit_text(_step(elapsed=60.0), limit) == "76 · time 1m00s/2m00s"
+    assert "100,000" not in limit_text(_step(elapsed=60.0), limit)
+    steps = leading_limit({"train": {"max_steps": 100, "time": "2h"}}, _step())
+    assert steps.name == "steps" and limit_text(_step(), steps) == "76/100"
+    tokens = leading_limit({"train": {"max_steps": 1000, "max_tokens": 40_000}}, _step())
+    assert tokens.name == "tokens" and tokens.fraction == 76 * 512 / 40_000
+    epochs = leading_limit({"train": {"max_steps": 1000, "epochs": 1}}, _step(epoch=0.4))
+    assert epochs.name == "epochs" and "epoch 0.40/1" in limit_text(_step(), epochs)
+    assert leading_limit({"train": {}}, _step()) is None and limit_text(_step(), None) == "76"
+
+
+def test_the_headless_bar_fills_towards_the_time_budget_not_max_steps():
+    import io
+
+    from tuilm.train import events as ev
+    from tuilm.train.sinks import HeadlessProgress
+
+    bar = HeadlessProgress(stream=io.StringIO(), force_plain=False)
+    config = {"train": {"max_steps": 100_000, "time": "2m"}}
+    bar(ev.RunStarted("r", "r", "tiny", config, 10, 5, "cpu", "fp32", {}, 100_000))
+    bar(_step(elapsed=90.0, progress=0.75))
+    task = bar._progress.tasks[0]
+    assert (task.completed, task.total) == (750, 1000)
+    assert task.fields["limit"] == "76 · time 1m30s/2m00s"
+    bar.close()

@@ -350,7 +350,7 @@ def test_runs_lists_every_run_with_its_status(grid_sweep, tmp_path):
     assert result.output.count("completed") == 4
     assert "best val loss" in result.output and "bits/char" in result.output
 
-    # Runs with no end event yet: running while metrics.jsonl changes, interrupted once it has been quiet a while.
+    # Runs with no end event (and no lock file): running while metrics.jsonl changes, dead once it has been quiet.
     for name, end, age in (("live", None, 0), ("dead", None, 3600), ("crashed", ev.Failed(2, "ValueError: x"), 0)):
         metrics = MetricsFile(tmp_path / "more" / name / "metrics.jsonl")
         metrics(ev.RunStarted(str(tmp_path), name, "tiny", {}, 10, 5, "cpu", "fp32", {}, 10))
@@ -362,7 +362,7 @@ def test_runs_lists_every_run_with_its_status(grid_sweep, tmp_path):
         os.utime(metrics.path, (old, old))
     result = CliRunner().invoke(app, ["runs", str(tmp_path / "more")])
     lines = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│")}
-    assert "running" in lines["live"] and "interrupted" in lines["dead"] and "failed" in lines["crashed"]
+    assert "running" in lines["live"] and "dead" in lines["dead"] and "failed" in lines["crashed"]
 
 
 def test_compare_shows_differing_settings_numbers_and_curves(grid_sweep):

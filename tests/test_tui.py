@@ -25,7 +25,7 @@ from tuilm.train.sinks import MetricsTail, read_events
 from tuilm.tui.app import Dashboard
 from tuilm.tui.source import FOLLOW_INTERVAL
 from tuilm.tui.store import Ring, RunStore, downsample, windowed_rate
-from tuilm.tui.widgets import ConfirmQuit, GradHeatmap, RunHeader
+from tuilm.tui.widgets import ConfirmQuit, GradHeatmap, GradNorm, RunHeader
 
 pytestmark = pytest.mark.anyio  # the async tests run on asyncio through anyio's pytest plugin
 
@@ -242,7 +242,7 @@ async def test_heatmap_fills_its_panel_and_labels_the_steps():
         layers = heatmap.history[-1].layers
         name_w = max(map(len, layers)) + 1
         cells = lines[0][name_w:]
-        assert set(cells) == {"█"} and len(cells) > heatmap.size.width - name_w - 2  # two columns, drawn wide
+        assert set(cells) <= set("░▒▓█") and len(cells) > heatmap.size.width - name_w - 2  # two columns, drawn wide
         axis = lines[len(layers)].strip()
         assert axis.startswith("step 5 ") and axis.endswith(" 10")
     app = Dashboard(store=replayed(upto=12))
@@ -371,6 +371,85 @@ def test_metrics_tail_waits_for_whole_lines_and_notices_a_new_file(tmp_path):
     assert restarted and [e.kind for e in events] == ["run_started"]
 
 
+# -- gradients and alerts in view from the first page ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 48)])
+async def test_the_first_page_shows_the_gradient_norm_and_the_worst_layer(size):
+    app = Dashboard(store=replayed(upto=120))
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        grad = app.query_one(GradNorm)
+        assert app.query_one("#page-train").display and grad.region.height >= 5  # on the page shown first
+        assert grad.region.bottom <= size[1] and grad.region.right <= size[0]
+        label = str(app.query_one("#grad-label").render())
+        assert label.startswith("now ") and " max " in label and "steps clipped" in label
+        worst = str(app.query_one("#grad-worst").render())
+        assert worst.startswith("worst layer ") and "log10 Δw/w" in worst
+        assert app.query_one("#grad-spark").region.height >= 1
+
+
+async def test_the_header_counts_the_alerts_and_shows_the_newest():
+    store = replayed(upto=120)
+    alerts = [e for e in read_events(RECORDED) if isinstance(e, ev.Alert) and e.step <= 120]
+    app = Dashboard(store=store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        header = app.query_one(RunHeader)
+        line = header.render().renderables[2]
+        assert line.plain.startswith(f"▲ alerts {len(alerts)}") and f"step {alerts[-1].step}" in line.plain
+        assert any("red" in str(span.style) for span in line.spans)
+        await pilot.press("3")  # from any page
+        assert header.region.height == 3 and "▲ alerts" in header.render().renderables[2].plain
+
+
+async def test_the_header_bar_follows_the_time_budget_over_max_steps():
+    store = RunStore()
+    config = {"train": {"max_steps": 100_000, "time": "2m"}}
+    store(ev.RunStarted("r", "r", "tiny", config, 10, 5, "cpu", "fp32", {}, 100_000))
+    store(ev.Step(76, 0.1, 7600, 3.0, 1e-3, 1e4, 0.01, 0.5, False, 60.0, 0.5))
+    app = Dashboard(store=store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        progress = app.query_one(RunHeader).render().renderables[1].plain
+        assert progress.startswith("step 76 · time 1m00s/2m00s") and "50%" in progress
+        assert "100,000" not in progress
+
+
+async def test_clicks_on_tabs_and_panels_change_page():
+    app = Dashboard(store=replayed(upto=120))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.click("#health")  # the tab
+        await pilot.pause()
+        assert app.query_one("#page-health").display and not app.query_one("#page-train").display
+        await pilot.click("#events")
+        await pilot.pause()
+        assert app.query_one("#page-events").display
+        await pilot.click("#train")
+        await pilot.pause()
+        await pilot.click("#grad-label")  # the gradient panel opens the per-layer page
+        await pilot.pause()
+        assert app.query_one("#page-health").display
+        await pilot.click("#header")  # the header's alert line opens the events page
+        await pilot.pause()
+        assert app.query_one("#page-events").display
+
+
+async def test_the_heatmap_reads_without_colour(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = Dashboard(store=replayed(upto=120))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        heatmap = app.query_one(GradHeatmap)
+        lines = heatmap.render().plain.splitlines()
+        layers = heatmap.history[-1].layers
+        cells = "".join(line[max(map(len, layers)) + 1 :] for line in lines[: len(layers)])
+        assert len(set(cells) & set("░▒▓█")) >= 3  # shades, not colour alone, tell the levels apart
+        legend = lines[-1]
+        assert all(glyph in legend for glyph in "░▒▓█") and "e-" in legend and "×" in legend
+
+
 # -- snapshots of a recorded run --------------------------------------------------------------------------------------
 
 
@@ -384,3 +463,12 @@ def test_snapshot_80x24_health_page(snap_compare):
 
 def test_snapshot_160x48_finished(snap_compare):
     assert snap_compare(Dashboard(store=replayed()), terminal_size=(160, 48))
+
+
+def test_snapshot_120x40_gradients_on_the_first_page(snap_compare):
+    assert snap_compare(Dashboard(store=replayed(upto=120)), terminal_size=(120, 40))
+
+
+def test_snapshot_80x24_health_page_no_color(snap_compare, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert snap_compare(Dashboard(store=replayed(upto=120)), terminal_size=(80, 24), press=["2"])

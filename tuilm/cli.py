@@ -34,6 +34,7 @@ TopK = Annotated[int, typer.Option("--top-k", help="Sample among the K most like
 TopP = Annotated[float, typer.Option("--top-p", help="Sample among the most likely tokens holding P of the mass.")]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible samples.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout instead of tables (README).")]
 AllowNonfinite = Annotated[
     bool, typer.Option("--allow-nonfinite", help="Load weights holding NaN/Inf anyway (a diverged run's post-mortem).")
 ]
@@ -118,11 +119,31 @@ def train(
 
 
 @app.command()
-def recipes() -> None:
+def recipes(as_json: Json = False) -> None:
     """List the named recipes shipped in baseline/."""
     from tuilm.commands.train import list_recipes
 
-    list_recipes()
+    list_recipes(as_json)
+
+
+@app.command("lr-find")
+def lr_find(
+    recipe: Annotated[str, typer.Argument(help="Recipe name, .toml file or data path, as for `tuilm train`.")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a setting, as for train.")
+    ] = None,
+    start: Annotated[float, typer.Option("--start", help="First learning rate.")] = 1e-6,
+    end: Annotated[
+        float, typer.Option("--end", help="Last learning rate (the test stops earlier on divergence).")
+    ] = 1.0,
+    steps: Annotated[int, typer.Option("--steps", help="Steps from --start to --end.")] = 200,
+    png: Annotated[Path | None, typer.Option("--png", help="Also write the plot here (needs tuilm[plot]).")] = None,
+    rule: Annotated[str, typer.Option("--rule", help="min/10 (a tenth of the minimum's lr) or steepest.")] = "min/10",
+) -> None:
+    """The learning-rate range test: loss against an exponentially growing lr, and a suggested lr."""
+    from tuilm.commands.lrfind import lrfind_command
+
+    lrfind_command(recipe, list(overrides or []), start=start, end=end, steps=steps, png=png, rule=rule)
 
 
 @app.command()
@@ -180,17 +201,18 @@ def eval_(
     stride: Annotated[
         int, typer.Option("--stride", help="Sliding windows every STRIDE tokens (HF's perplexity method); 0: off.")
     ] = 0,
+    as_json: Json = False,
 ) -> None:
     """Print validation loss, perplexity and bits per character."""
     from tuilm.commands.eval import eval_command, sliding_eval_command
 
     if init or stride:  # sliding-window perplexity, e.g. of pre-trained GPT-2
-        sliding_eval_command(model_path, init, data, stride, device, allow_nonfinite=allow_nonfinite)
+        sliding_eval_command(model_path, init, data, stride, device, allow_nonfinite=allow_nonfinite, as_json=as_json)
         return
 
     if model_path is None:
         raise ConfigError("say which model: --model-path CHECKPOINT (or --init gpt2)")
-    eval_command(model_path, data, device, allow_nonfinite=allow_nonfinite)
+    eval_command(model_path, data, device, allow_nonfinite=allow_nonfinite, as_json=as_json)
 
 
 @app.command()
@@ -230,11 +252,13 @@ def chat(
 
 
 @app.command()
-def health(run: Annotated[Path, typer.Argument(help="A run directory (with metrics.jsonl).")]) -> None:
+def health(
+    run: Annotated[Path, typer.Argument(help="A run directory (with metrics.jsonl).")], as_json: Json = False
+) -> None:
     """Summarise a run's gradient health: per-layer table with sparklines, and every alert raised."""
     from tuilm.commands.health import health_command
 
-    health_command(run)
+    health_command(run, as_json)
 
 
 @app.command()
@@ -269,21 +293,25 @@ def sweep(
 
 
 @app.command()
-def runs(folder: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs")) -> None:
-    """List runs: name, recipe, steps, best val loss, bits/char and status."""
+def runs(
+    folder: Annotated[Path, typer.Argument(help="Folder of runs (searched recursively).")] = Path("runs"),
+    as_json: Json = False,
+) -> None:
+    """List runs: name, recipe, steps, best val loss, bits/char and status (running, dead, completed, ...)."""
     from tuilm.commands.runs import runs_command
 
-    runs_command(folder)
+    runs_command(folder, as_json)
 
 
 @app.command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    as_json: Json = False,
 ) -> None:
     """Show config differences side by side and overlay the runs' learning curves."""
     from tuilm.commands.runs import compare_command
 
-    compare_command(run_dirs)
+    compare_command(run_dirs, as_json)
 
 
 @data_app.command("stats")
@@ -292,11 +320,12 @@ def data_stats(
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="BPE vocabulary size.")] = 10_000,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Sequence length the policies are compared at.")] = 128,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for bucket's padding figure.")] = 32,
+    as_json: Json = False,
 ) -> None:
     """Documents, characters, tokens, the length distribution, and what each sequence policy keeps."""
     from tuilm.commands.data import stats_command
 
-    stats_command(data, vocab_size, seq_len, batch_size)
+    stats_command(data, vocab_size, seq_len, batch_size, as_json)
 
 
 @data_app.command("list")

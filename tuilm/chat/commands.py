@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tuilm.atomic import atomic_write_text, temp_file
-from tuilm.chat.session import FORMATS, ChatState
+from tuilm.chat.session import FORMATS, ChatState, next_token_probs
 from tuilm.errors import ConfigError
 from tuilm.formatting import human
 
@@ -160,6 +160,47 @@ def _multiline(state: ChatState, arg: str) -> Outcome:
     return Outcome(multiline_hint(state))
 
 
+def _probs(state: ChatState, arg: str) -> Outcome:
+    state.show_probs = not state.show_probs
+    if state.show_probs:
+        return Outcome("probabilities on: after each reply its tokens, marked by how likely the model found them")
+    return Outcome("probabilities off")
+
+
+def _top(state: ChatState, arg: str) -> Outcome:
+    n = _number(int, arg, "/top", "/top 10") if arg else 10
+    if not 1 <= n <= 100:
+        raise ConfigError("/top takes a number from 1 to 100, e.g. /top 10")
+    probs = next_token_probs(state, state.context)
+    values, indices = probs.topk(min(n, probs.numel()))
+    lines = [f"the {len(indices)} likeliest next tokens (temperature 1):"]
+    for p, i in zip(values.tolist(), indices.tolist(), strict=True):
+        lines.append(f"  {p:7.2%}  {token_label(state, i)}")
+    return Outcome("\n".join(lines))
+
+
+def token_label(state: ChatState, token: int) -> str:
+    if token == state.tokenizer.eos_id:
+        return "<|eos|>"
+    return repr(state.tokenizer.decode([token]))
+
+
+def _load(state: ChatState, arg: str) -> Outcome:
+    if not arg:
+        raise ConfigError("/load needs a checkpoint or run directory, e.g. /load runs/my-run")
+    from tuilm.checkpoint import load_checkpoint
+    from tuilm.errors import TuilmError
+
+    try:
+        ckpt = load_checkpoint(Path(arg).expanduser(), state.device)
+    except TuilmError as e:
+        raise ConfigError(f"/load: {e}") from None
+    state.model, state.tokenizer, state.source, state.meta = ckpt.model, ckpt.tokenizer, str(ckpt.path), ckpt.meta
+    state.reset()
+    state.note(f"loaded {ckpt.path}")
+    return Outcome(f"loaded {ckpt.path}; the conversation starts over\n{info_text(state)}")
+
+
 def _help(state: ChatState, arg: str) -> Outcome:
     return Outcome(help_text())
 
@@ -182,6 +223,9 @@ COMMANDS = {
         Command("info", "", "the model, the settings and how full the context is", _info),
         Command("save", "FILE", "write the transcript to FILE", _save),
         Command("multiline", "", "toggle multi-line input (also F2)", _multiline),
+        Command("probs", "", "toggle showing each reply's tokens by their probability", _probs),
+        Command("top", "N", "the N likeliest next tokens with their probabilities", _top),
+        Command("load", "PATH", "switch to another checkpoint (the conversation starts over)", _load),
         Command("quit", "", "leave (also Ctrl-D)", _quit),
     ]
 }  # fmt: skip

@@ -7,6 +7,7 @@ to it verbatim and lets the model continue. `chat` makes every turn a document a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class ChatState:
     transcript: list[tuple[str, str]] = field(default_factory=list)  # (you | model | note, text)
     multiline: bool = False
     generator: torch.Generator | None = None
+    show_probs: bool = False  # /probs: after each reply, its tokens marked by their probability
 
     def __post_init__(self) -> None:
         check_format(self.prompt_format)
@@ -83,6 +85,13 @@ class Reply:
     interrupted: bool = False
     ended: bool = False  # the model closed its turn with eos (chat format)
     notices: list[str] = field(default_factory=list)  # to show after the reply, not inside its text
+    seconds: float = 0.0  # from the request to the last token
+    first_token_s: float | None = None  # time to the first token (prompt processing included)
+    context: list[int] = field(default_factory=list)  # what the reply was sampled from
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return len(self.ids) / self.seconds if self.ids and self.seconds > 0 else None
 
 
 def build_context(state: ChatState, prompt: str) -> tuple[list[int], list[str]]:
@@ -131,6 +140,7 @@ def respond(
 
     Whatever was sampled before an interruption stays in the conversation, since the user has seen it.
     """
+    started = time.perf_counter()
     context, notices = build_context(state, prompt)
     for text in notices:
         notice(text)
@@ -140,7 +150,7 @@ def respond(
     decoder = state.tokenizer.stream_decoder()
     ids: list[int] = []
     chunks: list[str] = []
-    reply = Reply("", ids)
+    reply = Reply("", ids, context=list(context))
 
     def show(text: str) -> None:
         if text:
@@ -151,6 +161,8 @@ def respond(
     try:
         with closing(generate(state.model, context, state.settings, generator=state.generator, stop_ids=stop)) as it:
             for token in it:
+                if not ids:
+                    reply.first_token_s = time.perf_counter() - started
                 ids.append(token)
                 if chat and token == eos:
                     reply.ended = True
@@ -161,6 +173,7 @@ def respond(
         reply.interrupted = True
         chunks.append(decoder.flush())  # kept in the transcript, not written: the user asked for quiet
     reply.text = "".join(chunks)
+    reply.seconds = time.perf_counter() - started
 
     context = context + ids
     if chat and context[-1] != eos:
@@ -173,3 +186,24 @@ def respond(
     if reply.interrupted:
         state.note("interrupted")
     return reply
+
+
+@torch.no_grad()
+def next_token_probs(state: ChatState, context: list[int]) -> torch.Tensor:
+    """The model's distribution over the next token after `context` (its last window), at temperature 1."""
+    ids = torch.tensor([context[-state.window :]], device=state.device)
+    return torch.softmax(state.model(ids)[0, -1].float(), dim=-1)
+
+
+@torch.no_grad()
+def reply_probs(state: ChatState, context: list[int], ids: list[int]) -> list[float]:
+    """The probability the model gave each token of a reply sampled after `context` (temperature 1, no top-k or
+    top-p: what the model itself thinks), in one forward pass over the last window."""
+    if not ids:
+        return []
+    full = (context + ids)[-(state.window + 1) :]
+    x = torch.tensor([full[:-1]], device=state.device)
+    probs = torch.softmax(state.model(x)[0].float(), dim=-1)
+    targets = torch.tensor(full[1:], device=state.device)
+    picked = probs[torch.arange(len(targets), device=state.device), targets].tolist()
+    return picked[-len(ids) :]

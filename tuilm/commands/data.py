@@ -10,12 +10,19 @@ def status(message: str) -> None:
     typer.echo(message + "…", err=True)
 
 
-def stats_command(data: str, vocab_size: int, seq_len: int, batch_size: int) -> None:
+def stats_command(data: str, vocab_size: int, seq_len: int, batch_size: int, as_json: bool = False) -> None:
     from rich.console import Console
 
     from tuilm.data.stats import corpus_stats, render
 
     stats = corpus_stats(data, vocab_size, seq_len, batch_size, on_status=status)
+    if as_json:
+        from tuilm.commands.jsonout import print_json
+
+        lengths = stats.pop("lengths")
+        policies = [{**vars(r), "kept_fraction": r.kept_fraction} for r in stats.pop("policies")]
+        print_json("data_stats", {**stats, "policies": policies, "mean_length": float(lengths.mean())})
+        return
     render(stats, Console())
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def eval_command(model_path: Path, data: str | None, device: str, *, allow_nonfinite: bool = False) -> None:
+def eval_command(
+    model_path: Path, data: str | None, device: str, *, allow_nonfinite: bool = False, as_json: bool = False
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -16,6 +18,11 @@ def eval_command(model_path: Path, data: str | None, device: str, *, allow_nonfi
     ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
     dataset, what = own_val_split(ckpt) if data is None else other_text(ckpt, data)
     result = evaluate(ckpt.model, dataset, next(ckpt.model.parameters()).device)
+    if as_json:
+        from tuilm.commands.jsonout import print_json
+
+        print_json("eval", _numbers(ckpt.name, str(model_path), what, result))
+        return
     table = Table(title=f"{ckpt.name} on {what}", title_justify="left")
     for name in ("val loss", "perplexity", "bits/char", "tokens", "characters"):
         table.add_column(name, justify="right")
@@ -27,6 +34,20 @@ def eval_command(model_path: Path, data: str | None, device: str, *, allow_nonfi
         f"{result.characters:,}",
     )
     Console().print(table)
+
+
+def _numbers(name: str, path: str, what: str, result, **more) -> dict:
+    return {
+        "model": name,
+        "path": path,
+        "data": what,
+        "val_loss": result.loss,
+        "perplexity": result.ppl,
+        "bits_per_char": result.bpc,
+        "tokens": result.tokens,
+        "characters": result.characters,
+        **more,
+    }
 
 
 def own_val_split(ckpt):
@@ -81,7 +102,14 @@ def _scored(ckpt, corpus, texts: list[str]):
 
 
 def sliding_eval_command(
-    model_path: Path | None, init: str | None, data: str | None, stride: int, device: str, *, allow_nonfinite=False
+    model_path: Path | None,
+    init: str | None,
+    data: str | None,
+    stride: int,
+    device: str,
+    *,
+    allow_nonfinite=False,
+    as_json: bool = False,
 ):
     """Sliding-window perplexity (Hugging Face's method) of a checkpoint or of pre-trained GPT-2 (--init)."""
     import math
@@ -115,6 +143,12 @@ def sliding_eval_command(
     nats, tokens, windows = sliding_window_nats(model, ids, stride, dev)
     loss = nats / max(1, tokens)
     result = SlidingResult(loss, math.exp(min(loss, 700)), nats / (len(text) * math.log(2)), tokens, len(text), windows)
+    if as_json:
+        from tuilm.commands.jsonout import print_json
+
+        extra = {"context": model.cfg.seq_len, "stride": stride, "windows": windows}
+        print_json("eval", _numbers(name, str(model_path or init), what, result, **extra))
+        return result
     table = Table(title=f"{name} on {what}, context {model.cfg.seq_len}, stride {stride}", title_justify="left")
     for col in ("loss", "perplexity", "bits/char", "tokens", "characters", "windows"):
         table.add_column(col, justify="right")

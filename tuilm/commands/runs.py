@@ -22,10 +22,30 @@ from tuilm.sweep.runinfo import (
 )
 from tuilm.sweep.spec import SPEC_FILE
 
-STATUS_STYLES = {**STYLES, "running": "cyan", "stopped": "yellow", "interrupted": "yellow"}
+STATUS_STYLES = {**STYLES, "running": "cyan", "stopped": "yellow", "dead": "bold red"}
 
 
-def runs_command(folder: Path) -> None:
+def run_record(summary: RunSummary, label: str) -> dict:
+    """One run in `--json` output (README: Output for scripts)."""
+    return {
+        "run": label,
+        "path": str(summary.path),
+        "name": summary.name,
+        "recipe": summary.recipe,
+        "status": summary.status,
+        "steps": summary.steps,
+        "best_val_loss": summary.best_val_loss,
+        "best_val_bpc": summary.best_val_bpc,
+        "final_val_loss": summary.final_val_loss,
+        "final_val_bpc": summary.final_val_bpc,
+        "tokens_per_s": summary.tokens_per_s,
+        "peak_memory_mb": summary.peak_memory_mb,
+        "params": summary.params,
+        "error": summary.error or None,
+    }
+
+
+def runs_command(folder: Path, as_json: bool = False) -> None:
     folder = Path(folder)
     if not folder.exists():
         raise TuilmError(f"{folder}: no such folder (runs are written to runs/ by default)")
@@ -33,6 +53,15 @@ def runs_command(folder: Path) -> None:
         raise TuilmError(f"{folder}: not a folder; give the folder that holds the runs")
     console = make_console()
     run_dirs = find_runs(folder)
+    if as_json:
+        from tuilm.commands.jsonout import print_json
+
+        names = [_name(folder, d) for d in run_dirs]
+        print_json(
+            "runs",
+            {"folder": str(folder), "runs": [run_record(_summary(d), n) for d, n in zip(run_dirs, names, strict=True)]},
+        )
+        return
     if not run_dirs:
         console.print(f"no runs under {folder} (a run is a folder with a metrics.jsonl; start one with tuilm train)")
         return
@@ -44,7 +73,7 @@ def runs_command(folder: Path) -> None:
     table.add_column("bits/char", justify="right")
     table.add_column("status")
     for run_dir in run_dirs:
-        name = run_dir.relative_to(folder).as_posix() if run_dir != folder else folder.resolve().name
+        name = _name(folder, run_dir)
         summary = _summary(run_dir)
         table.add_row(
             name,
@@ -57,7 +86,11 @@ def runs_command(folder: Path) -> None:
     console.print(table)
 
 
-def compare_command(run_dirs: list[Path]) -> None:
+def _name(folder: Path, run_dir: Path) -> str:
+    return run_dir.relative_to(folder).as_posix() if run_dir != folder else folder.resolve().name
+
+
+def compare_command(run_dirs: list[Path], as_json: bool = False) -> None:
     run_dirs = [Path(d) for d in run_dirs]
     if len(run_dirs) < 2:
         raise TuilmError("compare needs at least two run folders, e.g. tuilm compare runs/a runs/b")
@@ -72,6 +105,22 @@ def compare_command(run_dirs: list[Path]) -> None:
     labels = short_labels(run_dirs)
     configs = [read_config(d) for d in run_dirs]
     keys = differing_keys(configs, ignore=("description",))
+    if as_json:
+        from tuilm.commands.jsonout import print_json
+
+        summaries = [_summary(d) for d in run_dirs]
+        finite = [
+            (s.best_val_loss, label) for s, label in zip(summaries, labels, strict=True) if s.best_val_loss is not None
+        ]
+        print_json(
+            "compare",
+            {
+                "runs": [run_record(s, label) for s, label in zip(summaries, labels, strict=True)],
+                "differing_settings": {key: [c.get(key) for c in configs] for key in keys},
+                "best": min(finite)[1] if finite else None,
+            },
+        )
+        return
     if keys:
         table = Table(title="settings that differ", title_justify="left")
         table.add_column("setting", style="bold")

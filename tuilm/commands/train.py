@@ -142,10 +142,25 @@ def run_dashboard(trainer) -> int:
     return code
 
 
-def list_recipes() -> None:
+def list_recipes(as_json: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    if as_json:
+        import dataclasses
+
+        from tuilm.commands.jsonout import print_json
+
+        recipes = []
+        for name in recipe_names():
+            config = load_toml(recipe_path(name), name)
+            settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("recipe", "description")}
+            recipes.append(
+                {"name": name, "description": config.description, "path": str(recipe_path(name)), "settings": settings}
+            )
+        print_json("recipes", {"recipes": recipes})
+        return
 
     table = Table(title="recipes: tuilm train NAME", title_justify="left", show_lines=True)
     table.add_column("name", style="bold", no_wrap=True)

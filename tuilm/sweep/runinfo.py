@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +13,9 @@ from rich.console import Console
 
 from tuilm.errors import TuilmError
 from tuilm.train import events as ev
-from tuilm.train.sinks import read_events
+from tuilm.train.sinks import liveness, read_events
 
 METRICS = "metrics.jsonl"
-# A run with no Finished/Failed event counts as running while its metrics.jsonl keeps changing; every step
-# appends a line, so minutes of silence mean the process died (or sits paused in a dashboard).
-RUNNING_WINDOW_S = 300.0
 
 
 @dataclass
@@ -27,7 +23,7 @@ class RunSummary:
     path: Path
     name: str
     recipe: str
-    status: str  # completed | stopped | diverged | failed | running | interrupted | empty
+    status: str  # completed | stopped | diverged | failed | running | dead | empty
     steps: int = 0
     best_val_loss: float | None = None
     best_val_bpc: float | None = None
@@ -96,8 +92,7 @@ def summarize_run(run_dir: Path, events: list[ev.Event] | None = None) -> RunSum
         summary.status = "diverged" if summary.nonfinite else "failed"
         summary.error = end.error
     else:
-        recent = time.time() - path.stat().st_mtime < RUNNING_WINDOW_S if path.is_file() else False
-        summary.status = "running" if recent else "interrupted"
+        summary.status = liveness(run_dir)  # running (a live process holds the run's lock) or dead
     if summary.tokens_per_s is None:
         rates = [e.tokens_per_s for e in session if isinstance(e, ev.Step)]
         summary.tokens_per_s = sum(rates) / len(rates) if rates else None

@@ -44,10 +44,19 @@ def summarize(events: list[ev.Event]) -> dict:
     return {"health": health, "alerts": alerts, "started": started, "end": end, "steps": steps}
 
 
+def run_state(summary: dict) -> str:
+    """The end event's status (completed, stopped, diverged), failed, or without an end the run's liveness
+    (running or dead, tuilm.train.sinks.liveness) that the caller put in summary["live"]."""
+    end = summary["end"]
+    if end is None:
+        return summary.get("live", "running")
+    return end.status if isinstance(end, ev.Finished) else "failed"
+
+
 def render(run: Path, summary: dict, console: Console) -> None:
-    started, end, health, steps = summary["started"], summary["end"], summary["health"], summary["steps"]
+    started, health, steps = summary["started"], summary["health"], summary["steps"]
     name = started.name if started else run.name
-    state = "running" if end is None else (end.status if isinstance(end, ev.Finished) else "failed")
+    state = run_state(summary)
     last_step = steps[-1].step if steps else 0
     title = Text.assemble((name, "bold"), f"  {state} at step {last_step}")
     parts: list = [title]

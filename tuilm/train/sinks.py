@@ -8,10 +8,11 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from tuilm.formatting import fmt_duration, percent
+from tuilm.formatting import fmt_duration, human, percent
 from tuilm.train import events as ev
 from tuilm.train.lines import eval_summary, finished_line
 
@@ -45,8 +46,9 @@ class MetricsFile:
                 self._file.close()
 
 
-def read_events(path: Path) -> list[ev.Event]:
-    """Events of a metrics.jsonl; a last line still being written is skipped."""
+def read_events(path: Path, *, replaced: bool = False) -> list[ev.Event]:
+    """Events of a metrics.jsonl; a last line still being written is skipped. Steps a resume repeated appear once,
+    the newest (newest_wins), unless `replaced` asks for every line as written."""
     events = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -55,7 +57,44 @@ def read_events(path: Path) -> list[ev.Event]:
             event = parse_event(line)
             if event is not None:
                 events.append(event)
-    return events
+    return events if replaced else newest_wins(events)
+
+
+def newest_wins(events: list[ev.Event]) -> list[ev.Event]:
+    """Events with what a resume replaced taken out: a run resumed from a checkpoint at step R repeats the steps
+    after R that the earlier session had already logged, and the newer ones count. Each RunStarted with
+    `resumed_step` R drops the step, eval, health, alert and sample events of earlier sessions past R."""
+    resumes = [(i, e.resumed_step) for i, e in enumerate(events) if isinstance(e, ev.RunStarted) and e.resumed_step]
+    if not resumes:
+        return events
+    drop = set()
+    for at, resumed in resumes:
+        for i in range(at):
+            e = events[i]
+            if isinstance(e, REPLAYED) and e.step > resumed:
+                drop.add(i)
+    return [e for i, e in enumerate(events) if i not in drop]
+
+
+REPLAYED = (ev.Step, ev.Eval, ev.Health, ev.Alert, ev.Sample)
+# Without a lock file, minutes of silence in metrics.jsonl (every step appends a line) mean the process died.
+RUNNING_WINDOW_S = 300.0
+
+
+def liveness(run_dir: Path) -> str:
+    """A run without an end event: `running` while a live process holds its lock (tuilm.runlock), `dead` when
+    none does (killed with -9, out of memory, the machine lost). A directory without a lock file, written by a
+    tuilm that took none, counts as running while its metrics.jsonl changed in the last RUNNING_WINDOW_S."""
+    from tuilm.runlock import LOCK_NAME, holder
+
+    run_dir = Path(run_dir)
+    if holder(run_dir) is not None:
+        return "running"
+    if (run_dir / LOCK_NAME).exists():
+        return "dead"
+    metrics = run_dir / "metrics.jsonl"
+    recent = metrics.is_file() and time.time() - metrics.stat().st_mtime < RUNNING_WINDOW_S
+    return "running" if recent else "dead"
 
 
 def parse_event(line: str | bytes) -> ev.Event | None:
@@ -99,6 +138,42 @@ class MetricsTail:
         return [e for e in events if e is not None], restarted
 
 
+@dataclass(frozen=True)
+class Limit:
+    """The stopping limit a run is nearest to, so the one that will end it first."""
+
+    name: str  # steps | tokens | epochs | time
+    fraction: float  # 0..1
+    text: str  # "76/100,000", "tokens 1.2M/5M", "epoch 1.20/3", "time 1m10s/2m00s"
+
+
+def leading_limit(config: dict | None, s: ev.Step) -> Limit | None:
+    """Of the run's stopping limits (train.max_steps, max_tokens, epochs, time), the one nearest to its end:
+    a progress bar follows it, rather than a step count another limit will cut short. None when none is set."""
+    from tuilm.config import parse_duration
+
+    t = (config or {}).get("train", {})
+    limits = []
+    if t.get("max_steps"):
+        limits.append(Limit("steps", s.step / t["max_steps"], f"{s.step:,}/{int(t['max_steps']):,}"))
+    if t.get("max_tokens"):
+        limits.append(Limit("tokens", s.tokens / t["max_tokens"], f"tokens {human(s.tokens)}/{human(t['max_tokens'])}"))
+    if t.get("epochs"):
+        limits.append(Limit("epochs", s.epoch / t["epochs"], f"epoch {s.epoch:.2f}/{t['epochs']:g}"))
+    if t.get("time"):
+        budget = parse_duration(str(t["time"]))
+        if budget > 0:
+            limits.append(Limit("time", s.elapsed / budget, f"time {fmt_duration(s.elapsed)}/{fmt_duration(budget)}"))
+    return max(limits, key=lambda limit: limit.fraction, default=None)
+
+
+def limit_text(s: ev.Step, limit: Limit | None) -> str:
+    """`76/100,000` when steps end the run, `76 · time 1m10s/2m00s` when another limit does, `76` without one."""
+    if limit is None:
+        return f"{s.step:,}"
+    return limit.text if limit.name == "steps" else f"{s.step:,} · {limit.text}"
+
+
 def eta_seconds(step: ev.Step) -> float:
     if not step.progress or not math.isfinite(step.progress) or step.progress <= 0:
         return math.nan
@@ -129,6 +204,7 @@ class HeadlessProgress:
         self._progress = None
         self._task = None
         self._last_step: ev.Step | None = None
+        self._config: dict | None = None
         self._val: float | None = None
 
     def __call__(self, event: ev.Event) -> None:
@@ -197,15 +273,22 @@ class HeadlessProgress:
         self._progress = Progress(
             *self.columns(), console=self.console, transient=self.transient, refresh_per_second=self.refresh_per_second
         )
-        self._task = self._progress.add_task("train", total=e.max_steps, completed=e.resumed_step, stats="", eta="?")
+        self._config = e.config
+        self._task = self._progress.add_task("train", total=None, completed=0, stats="", eta="?", limit="")
         self._progress.start()
 
     def _step(self, s: ev.Step) -> None:
         self._last_step = s
         if self._progress is not None:
-            total = None if not math.isfinite(s.progress) else max(s.step, round(s.step / max(s.progress, 1e-9)))
+            # The bar counts thousandths of the limit nearest to its end (steps, tokens, epochs or time).
+            limit = leading_limit(self._config, s)
             self._progress.update(
-                self._task, completed=s.step, total=total, stats=self.stats(s), eta=fmt_duration(eta_seconds(s))
+                self._task,
+                completed=round(min(1.0, limit.fraction) * 1000) if limit else s.step,
+                total=1000 if limit else None,
+                limit=limit_text(s, limit),
+                stats=self.stats(s),
+                eta=fmt_duration(eta_seconds(s)),
             )
             return
         now = time.monotonic()
@@ -224,12 +307,13 @@ class HeadlessProgress:
 
 
 def bar_columns(label: str, *eta) -> tuple:
-    """A progress bar's columns: label, step of steps, the bar, the stats field, elapsed time, then `eta`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    """A progress bar's columns: label, the step and the limit nearest to its end (the task's `limit` field), the
+    bar, the stats field, elapsed time, then `eta`."""
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     return (
         TextColumn(label),
-        MofNCompleteColumn(),
+        TextColumn("{task.fields[limit]}"),
         BarColumn(),
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),

@@ -23,7 +23,7 @@ PAGE_OF = {
     "val": "train",
     "speed": "train",
     "lr": "train",
-    "grad": "health",
+    "grad": "train",
     "layers": "health",
     "heatmap": "health",
     "acts": "health",

@@ -1,9 +1,8 @@
 """The live training dashboard (`tuilm train` in a terminal) and `tuilm watch` (the same, read-only, following a
 metrics.jsonl written by another process).
 
-Threads: the trainer runs in its own thread and hands every event to a `RunStore` (a lock and an append, never a
-wait on the UI). The UI drains the store on a timer, four times a second; the rare events worth showing at
-once (eval, alert, end of training) also post one message to wake it. Each pull updates the header and appends to
+Threads: the trainer runs in its own thread and hands every event to a `RunStore` (a lock and an append). The UI
+drains it on a timer, four times a second; rare events (eval, alert, end) also post one message to wake it. Each pull updates the header and appends to
 the panes; the panels that cost real time to draw (charts, sparkline, per-layer health) are redrawn at a pace set
 by what the charts cost (tuilm.tui.panels), because every millisecond the UI spends holding the GIL, or a core,
 is one the trainer does not get. Where the events come from (a trainer, a file, a recording) is the `source`'s
@@ -21,7 +20,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import RichLog, Static, Tabs
+from textual.widgets import Static, Tabs
 
 from tuilm.config import HealthConfig
 from tuilm.train import events as ev
@@ -32,11 +31,11 @@ from tuilm.tui.lines import Panes, event_lines, failed_lines, finished_note, out
 from tuilm.tui.panels import PanelPacer, Panels
 from tuilm.tui.source import Followed, Live, Recorded
 from tuilm.tui.store import RunStore
-from tuilm.tui.widgets import ConfirmQuit, HelpScreen, LayerBars, LineChart, RunHeader
+from tuilm.tui.widgets import ConfirmQuit, GradNorm, HelpScreen, LayerBars, LineChart, RunHeader
 
-# Seconds between UI updates: four a second, however fast steps come. At ten a second (and PANEL_SHARE 1.5%) the
-# UI thread took 3.8% of a core, at four 2.1%; with torch on every core each millisecond the UI holds a core or
-# the GIL stalls a training step: see benchmarks/dashboard_overhead.py. Keys are handled at once regardless.
+# Seconds between UI updates, however fast steps come. At ten a second (PANEL_SHARE 1.5%) the UI thread took 3.8%
+# of a core, at four 2.1%; each millisecond it holds a core or the GIL stalls a training step (see
+# benchmarks/dashboard_overhead.py). Keys are handled at once regardless.
 PULL_INTERVAL = 0.25
 
 
@@ -115,6 +114,10 @@ class Dashboard(App[OpenChat | None]):
         for name in PAGES:
             self.query_one(f"#page-{name}").set_class(name == message.tab.id, "-active")
 
+    def on_click(self, event) -> None:  # a panel with more on another page (alerts, gradients) opens it
+        if page := layout.CLICK_PAGES.get(getattr(event.widget, "id", None) or ""):
+            self.action_page(page)
+
     # -- from the store to the widgets -------------------------------------------------------------------------
 
     def _wake(self, event: ev.Event) -> None:
@@ -179,7 +182,7 @@ class Dashboard(App[OpenChat | None]):
             self._panes.write(pane, line)
         if isinstance(event, ev.RunStarted):
             self._header.run = event
-            self.query_one(LayerBars).limits = HealthConfig.of_run(event.config)
+            self.query_one(LayerBars).limits = self.query_one(GradNorm).limits = HealthConfig.of_run(event.config)
         elif isinstance(event, ev.Status):
             if event.state in ("paused", "running") and event.state != self._last_status:
                 if event.state == "paused" or self._last_status == "paused":
@@ -189,6 +192,7 @@ class Dashboard(App[OpenChat | None]):
             self._pacer.dirty = True
         elif isinstance(event, ev.Alert):
             self._alerts.add(event)
+            self._header.alert(event)
             self._expire_alerts(event.step)
         elif isinstance(event, ev.Finished | ev.Failed):
             self._show_end(event)
@@ -216,11 +220,8 @@ class Dashboard(App[OpenChat | None]):
 
     def _restart(self) -> None:
         """The watched file started over (a new run in the same directory): clear the panes."""
-        for log in self.query(RichLog):
-            log.clear()
+        layout.clear(self)
         self._panels.clear()
-        self.query_one("#outcome").set_class(False, "-shown")
-        self._header.end = None
         self._alerts.clear()
         self._expire_alerts(0)
         self.ended = False
@@ -248,9 +249,7 @@ class Dashboard(App[OpenChat | None]):
         self._note(Text(f"{what} requested", style="dim"))
 
     def action_log_scale(self) -> None:
-        chart = self.query_one("#loss", LineChart)
-        chart.log_scale = not chart.log_scale
-        chart.border_title = TITLES["loss"] + (", log scale" if chart.log_scale else "")
+        self.query_one("#loss", LineChart).toggle_log_scale(TITLES["loss"])
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

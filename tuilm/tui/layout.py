@@ -16,7 +16,7 @@ TITLES = {
     "val": "bpc ◂ val ▸ ppl",
     "speed": "tokens/s",
     "lr": "learning rate",
-    "grad": "gradient norm",
+    "grad": "gradient norm, worst layer",
     "layers-box": "layers",
     "heatmap-box": "grad norm per layer over time",
     "acts": "activations",
@@ -24,6 +24,8 @@ TITLES = {
     "samples": "samples",
     "log": "log",
 }
+# Clicking these opens the page with more of the same (tabs are clickable too).
+CLICK_PAGES = {"header": "events", "grad-label": "health", "grad-worst": "health", "grad-spark": "health"}
 
 
 def widgets(read_only: bool) -> ComposeResult:
@@ -32,13 +34,14 @@ def widgets(read_only: bool) -> ComposeResult:
         yield Tabs(*(Tab(label, id=page) for page, label in PAGES.items()), id="tabs")
         with Horizontal(id="pages"):
             with Vertical(id="page-train", classes="page -active"):
+                # The gradient norm is on the first page at every size: watching it is what tuilm is opened for.
+                yield GradNorm(id="grad", classes="panel")
                 yield LineChart(id="loss", classes="panel", empty="loss: waiting for the first step")
                 with Horizontal(id="small-charts"):
                     yield LineChart(id="val", classes="panel", empty="waiting for the first evaluation")
                     yield LineChart(id="speed", classes="panel")
                     yield LineChart(id="lr", classes="panel")
             with Vertical(id="page-health", classes="page"):
-                yield GradNorm(id="grad", classes="panel")
                 with Horizontal(id="layer-row"):
                     with Vertical(id="layers-box", classes="panel"):
                         yield LayerBars(id="layers")
@@ -76,3 +79,13 @@ def show_highlight(app, now: Highlight, shown: Highlight) -> None:
             tab.set_class(now.pages.get(page) == "warn", "-alert-warn")
     if now.layers != shown.layers:
         app.query_one(LayerBars).alerted = now.layers
+
+
+def clear(app) -> None:
+    """A new run in the same directory: empty the panes, the outcome bar and the header's end and alerts."""
+    for log in app.query(RichLog):
+        log.clear()
+    app.query_one("#outcome").set_class(False, "-shown")
+    header = app.query_one(RunHeader)
+    header.end = None
+    header.alert(None)

@@ -73,6 +73,7 @@ class Panels:
             self.layers.health = self.health
             self.acts.show(self.health)
             self.heatmap.show(store.health_history())
+            self.grad.show_worst(self.health)
             self.health = None
         run = store.run
         clip = float(run.config.get("train", {}).get("grad_clip", 0) or 0) if run else 0.0

@@ -40,6 +40,13 @@ class Ring:
     def __len__(self) -> int:
         return min(self.count, self.capacity)
 
+    def drop_after(self, name: str, value: float) -> None:
+        """Forget the newest rows whose `name` column exceeds `value` (those still held)."""
+        column = self.data[self.names.index(name)]
+        while len(self) and column[(self.count - 1) % self.capacity] > value:
+            self.count -= 1
+            self.data[:, self.count % self.capacity] = np.nan
+
     def columns(self, *names: str, last: int | None = None) -> list[np.ndarray]:
         """Copies of the named columns in time order (the `last` rows only, if given)."""
         n = len(self)
@@ -133,6 +140,8 @@ class RunStore:
                 return
             if isinstance(event, ev.RunStarted):
                 self.run = event
+                if event.resumed_step:  # the steps after the checkpoint come again: the newest win
+                    self._forget_after(event.resumed_step)
             elif isinstance(event, ev.Status):
                 self.status = event.state
             elif isinstance(event, ev.Health):
@@ -153,6 +162,16 @@ class RunStore:
             self._feed.append(event)
         if self.on_rare is not None and isinstance(event, RARE):
             self.on_rare(event)
+
+    def _forget_after(self, step: int) -> None:
+        self.steps.drop_after("step", step)
+        kept = [h for h in self.health if h.step <= step]
+        self.health.clear()
+        self.health.extend(kept)
+        self.evals = [e for e in self.evals if e.step <= step]
+        self.alerts = [a for a in self.alerts if a.step <= step]
+        if self.last_step is not None and self.last_step.step > step:
+            self.last_step = None
 
     def drain(self) -> Drained:
         with self.lock:

@@ -24,7 +24,7 @@ from textual_plotext import PlotextPlot
 from tuilm.config import HealthConfig
 from tuilm.formatting import fmt_duration, human
 from tuilm.train import events as ev
-from tuilm.train.sinks import eta_seconds
+from tuilm.train.sinks import eta_seconds, leading_limit, limit_text
 
 STATES = {
     "starting": ("○", "dim"),
@@ -46,15 +46,35 @@ def sci(x: float | None) -> str:
 
 
 class RunHeader(Widget):
-    """Two lines: what is training (run, recipe, data, model, device) and how far it is."""
+    """Three lines: what is training (run, recipe, data, model, device), how far it is, and the alerts so far
+    with the newest one, so that an alert is in view from every page."""
 
     run: reactive[ev.RunStarted | None] = reactive(None)
     step: reactive[ev.Step | None] = reactive(None)
     state: reactive[str] = reactive("starting")
     end: reactive[ev.Finished | ev.Failed | None] = reactive(None)
+    alerts: reactive[int] = reactive(0)
+    newest: reactive[ev.Alert | None] = reactive(None)
 
     def render(self) -> Group:
-        return Group(self._identity(), self._progress())
+        return Group(self._identity(), self._progress(), self._alert_line())
+
+    def alert(self, event: ev.Alert | None) -> None:
+        """One more alert (None: none any more, a new run)."""
+        self.alerts, self.newest = (self.alerts + 1, event) if event else (0, None)
+
+    def _alert_line(self) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if not self.alerts:
+            text.append("alerts 0", style="dim")
+            return text
+        # The count says it in words and a mark too: colour is never the only channel.
+        text.append(f"▲ alerts {self.alerts}", style="bold red")
+        a = self.newest
+        if a is not None:
+            text.append("  newest: ", style="dim")
+            text.append(f"step {a.step} {a.severity}: {a.message}")
+        return text
 
     def _identity(self) -> Text:
         r = self.run
@@ -88,10 +108,11 @@ class RunHeader(Widget):
         status = Text.assemble((f"{symbol} {self.state}", style))
         if s is None:
             return status
-        total = r.max_steps if r else None
-        fraction = s.step / total if total else s.progress
+        # The limit that ends the run first (steps, tokens, epochs or time) sets the count and the bar.
+        limit = leading_limit(r.config if r else None, s)
+        fraction = limit.fraction if limit else s.progress
         known = fraction is not None and math.isfinite(fraction)
-        count = f"step {s.step:,}" + (f"/{total:,}" if total else "")
+        count = f"step {limit_text(s, limit)}"
         elapsed = self.end.elapsed if isinstance(self.end, ev.Finished) else s.elapsed
         eta = fmt_duration(eta_seconds(s)) if self.end is None else "done" if isinstance(self.end, ev.Finished) else "-"
         tail = f"  epoch {s.epoch:.2f}  elapsed {fmt_duration(elapsed)}  eta {eta}   "
@@ -135,6 +156,10 @@ class LineChart(PlotextPlot):
 
     def watch_log_scale(self) -> None:
         self.refresh()
+
+    def toggle_log_scale(self, title: str) -> None:
+        self.log_scale = not self.log_scale
+        self.border_title = title + (", log scale" if self.log_scale else "")
 
     def render(self):
         width, height = self.size
@@ -197,11 +222,28 @@ def short(x: float) -> str:
 
 
 class GradNorm(Vertical):
-    """The global gradient norm of recent steps against the clipping threshold."""
+    """The global gradient norm of recent steps against the clipping threshold, and the layer whose update/weight
+    ratio is furthest from the healthy band."""
+
+    limits: reactive[HealthConfig] = reactive(HealthConfig)
 
     def compose(self) -> ComposeResult:
-        yield Static(id="grad-label")
+        yield Static(Text("gradient norm: waiting for the first step", style="dim"), id="grad-label")
+        yield Static(Text("worst layer: waiting for the first health measurement", style="dim"), id="grad-worst")
         yield Sparkline([], id="grad-spark")
+
+    def show_worst(self, h: ev.Health) -> None:
+        worst = worst_update_layer(h, self.limits)
+        if worst is None:
+            return
+        name, ratio = worst
+        verdict = self.limits.judge_update(ratio)
+        style = {"healthy": "green", "warn": "yellow", "bad": "bold red"}[verdict]
+        label = Text.assemble(("worst layer ", "dim"), (name, "bold"), ("  log10 Δw/w ", "dim"))
+        label.append(f"{ratio:.2f}", style=style)
+        label.append(f" {verdict}", style=style)  # the word as well as the colour
+        label.append(f"  (band {self.limits.update_low:g}..{self.limits.update_high:g}, step {h.step})", style="dim")
+        self.query_one("#grad-worst", Static).update(label, layout=False)
 
     def show(self, norms: np.ndarray, clipped: np.ndarray, clip: float) -> None:
         norms = norms[np.isfinite(norms)]
@@ -217,6 +259,19 @@ class GradNorm(Vertical):
             label.append("  no clipping", style="dim")
         self.query_one("#grad-label", Static).update(label, layout=False)
         self.query_one("#grad-spark", Sparkline).data = norms.tolist()
+
+
+def worst_update_layer(h: ev.Health, limits: HealthConfig) -> tuple[str, float] | None:
+    """(layer, log10 update/weight ratio) of the layer furthest from the middle of the healthy band; a non-finite
+    ratio is the worst of all."""
+    if not h.layers:
+        return None
+    middle = (limits.update_low + limits.update_high) / 2
+
+    def distance(item: tuple[str, float]) -> float:
+        return abs(item[1] - middle) if math.isfinite(item[1]) else math.inf
+
+    return max(zip(h.layers, h.update_ratio, strict=True), key=distance)
 
 
 class LayerBars(Widget):
@@ -283,6 +338,23 @@ HEAT = Gradient((0.0, "#1d1f4f"), (0.35, "#26828e"), (0.7, "#b5de2b"), (1.0, "#f
 # Styles made once: parsing a colour per cell made a redraw of a 30x8 map cost 30 ms.
 NONFINITE = Style(color="red", bold=True)
 HEAT_LEVELS = [Style(color=HEAT.get_color(i / 31).rich_color) for i in range(32)]
+HEAT_GLYPHS = "░▒▓█"  # quarters of the log scale, lowest first
+
+
+def heat_legend(lo: float, hi: float, width: int) -> Text:
+    """The heatmap's key: each shade (in its colour) with the gradient norm its quarter of the log scale starts at,
+    then the top of the scale and `×` for non-finite; right-aligned under the map where it fits."""
+
+    def e(x: float) -> str:
+        return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+    legend = Text(style="dim")
+    for k, glyph in enumerate(HEAT_GLYPHS):
+        legend.append(glyph, style=HEAT_LEVELS[k * 8 + 4])
+        legend.append(f"{e(10 ** (lo + (hi - lo) * k / 4))} ", style="dim")
+    legend.append(f"..{e(10**hi)} ×nan", style="dim")
+    legend.pad_left(max(0, width - len(legend)))
+    return legend
 
 
 class GradHeatmap(Widget):
@@ -323,7 +395,8 @@ class GradHeatmap(Widget):
             text.append(f"{name:<{name_w}}")
             for level in levels[i]:
                 if np.isfinite(level):
-                    text.append("█", style=HEAT_LEVELS[int(level)])
+                    # A shade per quarter of the scale as well as the colour: the map reads without colour too.
+                    text.append(HEAT_GLYPHS[int(level) // 8], style=HEAT_LEVELS[int(level)])
                 else:
                     text.append("×", style=NONFINITE)
             text.append("\n")
@@ -336,11 +409,7 @@ class GradHeatmap(Widget):
         else:
             axis = f"steps {first[5:]}-{last}"
         text.append(" " * name_w + axis + "\n", style="dim")
-        legend = Text(" " * name_w + f"{10**lo:.0e} ", style="dim")
-        for k in range(0, 32, 4):
-            legend.append("█", style=HEAT_LEVELS[k])
-        legend.append(f" {10**hi:.0e}", style="dim")
-        text.append_text(legend)
+        text.append_text(heat_legend(lo, hi, min(self.size.width, name_w + span)))
         return text
 
 
@@ -397,7 +466,9 @@ HELP = """\
   [b]layers[/b]   grad norm per layer group, and log10 update/weight
            (near -3 is healthy): green fine, yellow drifting,
            red where the health monitor raises alerts
-  [b]heatmap[/b]  grad norm per layer over time, log colour scale
+  [b]heatmap[/b]  grad norm per layer over time, log scale: shades
+           ░▒▓█ (and colours) low to high, the key below it
+  [b]mouse[/b]    tabs; the gradient panel opens page 2, the header 3
   [b]alerts[/b]   the panel an alert concerns is outlined for 100 steps
 
 Any key closes this help."""
