@@ -23,6 +23,7 @@ from tuilm.data.pipeline import IGNORE, Batch
 from tuilm.device import pick_device, pick_precision
 from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
+from tuilm.train import distributed
 from tuilm.train import events as ev
 from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
@@ -54,20 +55,23 @@ class Trainer(Controls):
         t = config.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = pick_device(t.device)
+        self.dist = distributed.current()  # world 1 unless launched by torchrun
+        self.device = distributed.rank_device(pick_device(t.device), self.dist)
         self.precision = pick_precision(self.device, t.dtype)
         self.config = replace(config, model=replace(config.model, vocab_size=dataset.tokenizer.vocab_size))
         self.tcfg = t
         self.files = RunFiles(self.run_dir, dataset.tokenizer, self.config.to_dict())
         self.rows_per_step = config.rows_per_step
+        self.dist.check_batch(self.rows_per_step)
         micro = min(t.micro_batch_size or self.rows_per_step, self.rows_per_step)
-        self.batches = BatchSource(dataset, self.rows_per_step, micro, t.seed, config.data.doc_mask)
+        self.batches = BatchSource(dataset, self.rows_per_step, micro, t.seed, config.data.doc_mask, self.dist.shard)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.rules = StopRules.of(t, self.steps_per_epoch)
 
         torch.manual_seed(t.seed)
         self.model = GPT(self.config.model).to(self.device)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.ddp = distributed.wrap(self.model, self.device, self.dist)  # the model itself in one process
+        self.forward = torch.compile(self.ddp) if t.compile else self.ddp
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
         self.health = HealthMonitor(self.model, self.optimizer, config.health, self._emit, t.warmup_steps)
@@ -75,6 +79,7 @@ class Trainer(Controls):
         self.state = TrainState()  # saved with every checkpoint, restored on resume
         self.last_eval: ev.Eval | None = None
         self._skips = 0  # non-finite steps in a row
+        self._stop_wanted = ""  # under DDP a stop is only a request until every rank has agreed on it
         self.session_start = (0, 0.0)  # (tokens, elapsed) when run() started, for this session's tokens/s
         self.result: ev.Finished | None = None
         self.error: BaseException | None = None
@@ -132,40 +137,48 @@ class Trainer(Controls):
     def _train_step(self) -> None:
         t0 = time.perf_counter()
         s = self.state
-        micro = self.batches.next_step(s)
-        n_targets = sum(b.n_targets for b in micro)
-        health_step = self.health.due(s.step + 1)
-        loss_value, grad_norm = self._forward_backward(micro, n_targets, health_step)
+        micro = self.batches.next_step(s)  # this rank's shard of the step
+        n_targets = self.dist.sum_int(sum(b.n_targets for b in micro), self.device)
+        health_step = self.dist.main and self.health.due(s.step + 1)
+        loss_sum, grad_norm = self._forward_backward(micro, n_targets, health_step)
         lr = lr_at(s.step, self.progress, self.tcfg)
-        skipped = self._optimizer_step(lr, loss_value, grad_norm, health_step)
+        skipped = self._optimizer_step(lr, float(loss_sum) / max(1, n_targets), grad_norm, health_step)
         s.step += 1
         s.tokens += n_targets
         if health_step and not skipped:
             self.health.measure(s.step, micro[0], partial(to_device, device=self.device))
         step_time = time.perf_counter() - t0
-        s.elapsed += step_time
+        loss_sum, stop, s.elapsed = self.dist.agree(loss_sum, bool(self._stop_wanted), s.elapsed + step_time)
+        if stop:
+            self._agreed_stop()
+        loss_value = float(loss_sum) / max(1, n_targets)
         if math.isfinite(loss_value) and math.isfinite(grad_norm):
             s.train_losses.append(loss_value)
             self.health.check_step(s.step, loss_value, grad_norm)
         self._emit(step_event(self, n_targets, loss_value, lr, step_time, grad_norm, skipped))
 
-    def _forward_backward(self, micro: list[Batch], n_targets: int, health_step: bool) -> tuple[float, float]:
-        """Gradients of the step's mean loss, unscaled and clipped; returns (loss, gradient norm before clipping).
+    def _forward_backward(self, micro: list[Batch], n_targets: int, health_step: bool) -> tuple[torch.Tensor, float]:
+        """Gradients of the step's mean loss, unscaled and clipped; returns (this rank's summed loss, on the device;
+        gradient norm before clipping).
 
-        The loss is the sum over every target token of the step divided by their count, whatever the padding or
-        accumulation: each micro-batch adds its summed loss / the step's total, so the gradient is exactly the
-        full batch's.
+        The loss is the sum over every target token of the step divided by their count (all ranks' together),
+        whatever the padding or accumulation: each micro-batch adds its summed loss / the step's total, so the
+        gradient is exactly the full batch's (times the world size, which DDP's mean over ranks divides out).
         """
         loss_sum = torch.zeros((), device=self.device)
-        model = self.model if health_step else self.forward  # hooks need the eager module
+        model = self.ddp if health_step else self.forward  # hooks need the eager module
+        weight = self.dist.world / n_targets
         with self.health.activation_hooks(health_step):
-            for batch in micro:
+            for i, batch in enumerate(micro):
                 x, y, pos, doc = self._last_batch = to_device(batch, self.device)
-                with self.precision.autocast(self.device):
-                    logits = model(x, pos_ids=pos, doc_ids=doc)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
-                scaled = loss / n_targets
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                with distributed.no_sync(self.ddp, last=i == len(micro) - 1):
+                    with self.precision.autocast(self.device):
+                        logits = model(x, pos_ids=pos, doc_ids=doc)
+                    loss = F.cross_entropy(
+                        logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum"
+                    )
+                    scaled = loss * weight
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 loss_sum += loss.detach()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -178,7 +191,7 @@ class Trainer(Controls):
         grad_norm = float(norm)
         if self.tcfg.grad_clip and math.isfinite(grad_norm):
             torch.nn.utils.clip_grads_with_norm_(params, self.tcfg.grad_clip, norm, foreach=True)
-        return float(loss_sum) / max(1, n_targets), grad_norm
+        return loss_sum, grad_norm
 
     def _optimizer_step(self, lr: float, loss_value: float, grad_norm: float, health_step: bool) -> bool:
         """Apply the gradients at learning rate `lr`, or skip a non-finite step; returns True when skipped."""
@@ -220,7 +233,7 @@ class Trainer(Controls):
     def _evaluate(self) -> ev.Eval:
         self._emit(ev.Status(self.step, "evaluating"))
         t0 = time.perf_counter()
-        result = evaluate(self.model, self.dataset, self.device, self.precision)
+        result = evaluate(self.model, self.dataset, self.device, self.precision, dist=self.dist)
         is_best = self.state.record_eval(result.loss, result.bpc)
         train_loss = self.state.take_train_loss()
         self.last_eval = event = ev.Eval(
@@ -237,7 +250,7 @@ class Trainer(Controls):
         self.health.on_eval(self.step, result.loss, train_loss)
         if is_best:
             self._save_model(self.files.best, "best")
-        if self.tcfg.sample_tokens and math.isfinite(result.loss):  # a diverged model has nothing to say
+        if self.tcfg.sample_tokens and math.isfinite(result.loss) and self.dist.main:  # diverged: nothing to say
             self._sample(self.tcfg.sample_prompt)
         self._emit(ev.Status(self.step, "paused" if self.paused else "running"))
         return event
@@ -253,6 +266,8 @@ class Trainer(Controls):
         return text
 
     def _save_model(self, path: Path, reason: str) -> None:
+        if not self.dist.main:  # rank 0 alone writes the run directory
+            return
         self.files.save_model(path, self.model, checkpoint_meta(self))
         self._emit(ev.CheckpointSaved(self.step, str(path), reason))
 
@@ -261,7 +276,8 @@ class Trainer(Controls):
         self._emit(ev.Status(self.step, "saving"))
         extra = {**self.state.to_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
         extra["health"] = self.health.state_dict()
-        self.files.save_resume_point(self.model, self.optimizer, checkpoint_meta(self), extra, self.device)
+        if self.dist.main:  # rank 0 alone writes the run directory
+            self.files.save_resume_point(self.model, self.optimizer, checkpoint_meta(self), extra, self.device)
         self._emit(ev.CheckpointSaved(self.step, str(self.files.last), reason))
         self._emit(ev.Status(self.step, "paused" if self.paused else "running"))
         return self.files.last
@@ -294,3 +310,14 @@ class Trainer(Controls):
 
     def _emit(self, event: ev.Event) -> None:
         self.bus.emit(event)
+
+    # -- stops under DDP: every rank ends at the same step ---------------------------------------------------------
+
+    def stop(self, reason: str = "stopped") -> None:
+        if not self.dist.active:
+            return super().stop(reason)
+        self._stop_wanted = self._stop_wanted or reason  # sent with the step's all-reduce; see _agreed_stop
+        self._running.set()
+
+    def _agreed_stop(self) -> None:
+        super().stop(self._stop_wanted or "interrupted")
