@@ -3,11 +3,12 @@
 Shape: 1 layer, d_model 16, 2 heads, seq 16, batch 4 (vocab 258, bytes).
 - `reference`: a nanoGPT-style loop (benchmarks/nanogpt.py: forward, loss, backward, clip 1.0, AdamW, one
   loss.item() a step as nanoGPT's train.py does at log_interval 1).
-- `tuilm`: tuilm's Trainer with everything on (data pipeline, events, metrics subscriber, health monitor at its
-  default cadence), on tiny Shakespeare or a synthetic corpus.
+- `tuilm`: tuilm's Trainer with everything on (data pipeline, events, metrics.jsonl, health monitor at its
+  default cadence), on tiny Shakespeare or a synthetic corpus, at the default train.log_interval = 1.
+- `tuilm_lean`: the same with train.log_interval = 10 (--log-interval): nothing read back between logged steps.
 Both run back to back in this process. Prints one JSON object with the ratio of steps/s (tuilm / reference).
 
-Usage: python benchmarks/step_overhead.py [--steps 400] [--threads 1]
+Usage: python benchmarks/step_overhead.py [--steps 400] [--threads 1] [--log-interval 10]
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def reference(steps: int) -> dict:
     return {"steps_per_s": round(steps / seconds, 1), "step_ms_mean": round(1000 * seconds / steps, 3)}
 
 
-def tuilm_trainer(steps: int) -> dict:
+def tuilm_trainer(steps: int, log_interval: int) -> dict:
     from tuilm.config import apply_overrides, from_dict
     from tuilm.session import attach_files, build_trainer
     from tuilm.train import events as ev
@@ -77,6 +78,7 @@ def tuilm_trainer(steps: int) -> dict:
         "checkpoint_interval=1000000",
         "sample_tokens=0",
         "warmup_steps=5",
+        f"log_interval={log_interval}",
     ]
     config = apply_overrides(from_dict({"data": {"source": source}}, "bench"), overrides)
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,6 +101,7 @@ def tuilm_trainer(steps: int) -> dict:
         "steps_per_s": round(measured / seconds, 1),
         "step_ms_mean": round(1000 * seconds / measured, 3),
         "health_interval": trainer.config.health.interval,
+        "log_interval": log_interval,
         "data": "tiny_shakespeare" if source == "tiny_shakespeare" else "synthetic",
     }
 
@@ -107,10 +110,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--log-interval", type=int, default=10, help="train.log_interval of the lean run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ref = reference(args.steps)
-    ours = tuilm_trainer(args.steps)
+    ours = tuilm_trainer(args.steps, 1)
+    lean = tuilm_trainer(args.steps, args.log_interval)
     print(
         json.dumps(
             {
@@ -121,7 +126,9 @@ def main() -> None:
                 "machine": platform.processor() or platform.machine(),
                 "reference_nanogpt_style": ref,
                 "tuilm": ours,
+                "tuilm_lean": lean,
                 "ratio_tuilm_to_reference": round(ours["steps_per_s"] / ref["steps_per_s"], 3),
+                "ratio_tuilm_lean_to_reference": round(lean["steps_per_s"] / ref["steps_per_s"], 3),
             },
             indent=2,
         )

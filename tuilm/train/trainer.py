@@ -28,6 +28,7 @@ from tuilm.train import events as ev
 from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
 from tuilm.train.health import HealthMonitor, nonfinite_action
+from tuilm.train.lean import Pending, lean_possible, step_on_device
 from tuilm.train.optim import build_optimizer, lr_at
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
 from tuilm.train.schedule import BatchSource, StopRules, to_device
@@ -75,6 +76,9 @@ class Trainer(Controls):
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
         self.health = HealthMonitor(self.model, self.optimizer, config.health, self._emit, t.warmup_steps)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.lean = lean_possible(self.optimizer, self.scaler, self.dist, t.log_interval)  # see train/lean.py
+        self.pending = Pending()
 
         self.state = TrainState()  # saved with every checkpoint, restored on resume
         self.last_eval: ev.Eval | None = None
@@ -140,6 +144,8 @@ class Trainer(Controls):
         micro = self.batches.next_step(s)  # this rank's shard of the step
         n_targets = self.dist.sum_int(sum(b.n_targets for b in micro), self.device)
         health_step = self.dist.main and self.health.due(s.step + 1)
+        if self.lean and not (health_step or self._logged(s.step + 1)):
+            return self._lean_step(micro, n_targets, t0)
         loss_sum, grad_norm = self._forward_backward(micro, n_targets, health_step)
         lr = lr_at(s.step, self.progress, self.tcfg)
         skipped = self._optimizer_step(lr, float(loss_sum) / max(1, n_targets), grad_norm, health_step)
@@ -151,19 +157,49 @@ class Trainer(Controls):
         loss_sum, stop, s.elapsed = self.dist.agree(loss_sum, bool(self._stop_wanted), s.elapsed + step_time)
         if stop:
             self._agreed_stop()
-        loss_value = float(loss_sum) / max(1, n_targets)
+        p_loss, p_tokens, p_steps, p_seconds, p_bad = self.pending.take()  # the unlogged steps before this one
+        if p_bad:
+            self._emit(ev.Log(s.step, f"{p_bad} non-finite step(s) before step {s.step} skipped", "warning"))
+            if self.config.health.nonfinite == "stop":
+                self.stop("nonfinite")
+        tokens, seconds = n_targets + p_tokens, step_time + p_seconds
+        loss_value = (float(loss_sum) + p_loss) / max(1, tokens)
         if math.isfinite(loss_value) and math.isfinite(grad_norm):
             s.train_losses.append(loss_value)
             self.health.check_step(s.step, loss_value, grad_norm)
-        self._emit(step_event(self, n_targets, loss_value, lr, step_time, grad_norm, skipped))
+        event = step_event(self, tokens, loss_value, lr, seconds, grad_norm, skipped or p_bad > 0)
+        self._emit(replace(event, step_time=seconds / (1 + p_steps)) if p_steps else event)
 
-    def _forward_backward(self, micro: list[Batch], n_targets: int, health_step: bool) -> tuple[torch.Tensor, float]:
+    def _logged(self, step: int) -> bool:
+        t = self.tcfg
+        return (
+            step % t.log_interval == 0
+            or step % t.eval_interval == 0
+            or step % t.checkpoint_interval == 0
+            or (step == self.rules.max_steps)
+        )
+
+    def _lean_step(self, micro: list[Batch], n_targets: int, t0: float) -> None:
+        """A step between logged steps: nothing is read back from the device (train/lean.py)."""
+        s = self.state
+        loss_sum, norm = self._forward_backward(micro, n_targets, False, lean=True)
+        self._set_lr(lr_at(s.step, self.progress, self.tcfg))
+        bad = step_on_device(self.optimizer, loss_sum, norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        s.step += 1
+        s.tokens += n_targets
+        step_time = time.perf_counter() - t0
+        s.elapsed += step_time
+        self.pending.add(loss_sum, bad, n_targets, step_time)
+
+    def _forward_backward(self, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
         """Gradients of the step's mean loss, unscaled and clipped; returns (this rank's summed loss, on the device;
         gradient norm before clipping).
 
         The loss is the sum over every target token of the step divided by their count (all ranks' together),
         whatever the padding or accumulation: each micro-batch adds its summed loss / the step's total, so the
         gradient is exactly the full batch's (times the world size, which DDP's mean over ranks divides out).
+        `lean`: the norm stays a device tensor and clipping happens whatever it is (a non-finite step is skipped).
         """
         loss_sum = torch.zeros((), device=self.device)
         model = self.ddp if health_step else self.forward  # hooks need the eager module
@@ -184,10 +220,14 @@ class Trainer(Controls):
             self.scaler.unscale_(self.optimizer)
         if health_step:
             self.health.record_grads()
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.params if p.grad is not None]
         # Norm first, clip after the finiteness check: clipping by a NaN norm would turn every gradient into
         # NaN and hide which parameter was the source.
         norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if lean:
+            if self.tcfg.grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(params, self.tcfg.grad_clip, norm, foreach=True)
+            return loss_sum, norm
         grad_norm = float(norm)
         if self.tcfg.grad_clip and math.isfinite(grad_norm):
             torch.nn.utils.clip_grads_with_norm_(params, self.tcfg.grad_clip, norm, foreach=True)
@@ -195,8 +235,7 @@ class Trainer(Controls):
 
     def _optimizer_step(self, lr: float, loss_value: float, grad_norm: float, health_step: bool) -> bool:
         """Apply the gradients at learning rate `lr`, or skip a non-finite step; returns True when skipped."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # muon: its Muon group runs at muon_lr / lr times lr
+        self._set_lr(lr)
         skipped = False
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) and self.scaler is None:
             skipped = self._non_finite(loss_value, grad_norm)
@@ -211,6 +250,10 @@ class Trainer(Controls):
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return skipped
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # muon: its Muon group runs at muon_lr / lr times lr
 
     def _non_finite(self, loss_value: float, grad_norm: float) -> bool:
         """A NaN/Inf loss or gradient: alert, then skip the step, or stop (health.nonfinite = stop).
@@ -230,7 +273,16 @@ class Trainer(Controls):
 
     # -- evaluation, samples, checkpoints ------------------------------------------------------------------------
 
+    def _flush(self) -> None:
+        """The Step event of unlogged lean steps, when the run stops (or is asked for something) between two."""
+        loss, tokens, steps, seconds, bad = self.pending.take()
+        if steps:
+            lr = lr_at(self.step - 1, self.progress, self.tcfg)
+            event = step_event(self, tokens, loss / max(1, tokens), lr, seconds, math.nan, bad > 0)
+            self._emit(replace(event, step_time=seconds / steps))
+
     def _evaluate(self) -> ev.Eval:
+        self._flush()
         self._emit(ev.Status(self.step, "evaluating"))
         t0 = time.perf_counter()
         result = evaluate(self.model, self.dataset, self.device, self.precision, dist=self.dist)
@@ -273,6 +325,7 @@ class Trainer(Controls):
 
     def _save(self, reason: str) -> Path:
         """last.safetensors and train_state.safetensors, the pair a resume needs."""
+        self._flush()
         self._emit(ev.Status(self.step, "saving"))
         extra = {**self.state.to_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
         extra["health"] = self.health.state_dict()
@@ -300,6 +353,7 @@ class Trainer(Controls):
                 self._sample(kwargs.get("prompt") or self.tcfg.sample_prompt)
 
     def _finish(self, reason: str) -> ev.Finished:
+        self._flush()
         self._emit(ev.Status(self.step, "stopping"))
         if self.step > 0 and (self.last_eval is None or self.last_eval.step != self.step):
             self._evaluate()
