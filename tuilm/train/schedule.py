@@ -91,6 +91,11 @@ class BatchSource:
         index = self.next_index(s)
         if self.shard is not None:
             index = self.shard(index)
+        self.last_index = index
+        return self.split(index)
+
+    def split(self, index: np.ndarray) -> list[Batch]:
+        """A step's rows in micro-batches of `micro` rows (again, smaller, after an out-of-memory error)."""
         return [self.collate(index[i : i + self.micro]) for i in range(0, len(index), self.micro)]
 
 

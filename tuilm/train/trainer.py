@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tuilm.config import RunConfig
 from tuilm.data.dataset import Dataset
 from tuilm.data.pipeline import IGNORE, Batch
-from tuilm.device import pick_device, pick_precision
+from tuilm.device import free_memory, pick_device, pick_precision
 from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
 from tuilm.train import distributed
@@ -146,7 +146,7 @@ class Trainer(Controls):
         health_step = self.dist.main and self.health.due(s.step + 1)
         if self.lean and not (health_step or self._logged(s.step + 1)):
             return self._lean_step(micro, n_targets, t0)
-        loss_sum, grad_norm = self._forward_backward(micro, n_targets, health_step)
+        loss_sum, grad_norm = self._healing_backward(micro, n_targets, health_step)
         lr = lr_at(s.step, self.progress, self.tcfg)
         skipped = self._optimizer_step(lr, float(loss_sum) / max(1, n_targets), grad_norm, health_step)
         s.step += 1
@@ -182,7 +182,7 @@ class Trainer(Controls):
     def _lean_step(self, micro: list[Batch], n_targets: int, t0: float) -> None:
         """A step between logged steps: nothing is read back from the device (train/lean.py)."""
         s = self.state
-        loss_sum, norm = self._forward_backward(micro, n_targets, False, lean=True)
+        loss_sum, norm = self._healing_backward(micro, n_targets, False, lean=True)
         self._set_lr(lr_at(s.step, self.progress, self.tcfg))
         bad = step_on_device(self.optimizer, loss_sum, norm)
         self.optimizer.zero_grad(set_to_none=True)
@@ -191,6 +191,23 @@ class Trainer(Controls):
         step_time = time.perf_counter() - t0
         s.elapsed += step_time
         self.pending.add(loss_sum, bad, n_targets, step_time)
+
+    def _healing_backward(self, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
+        """_forward_backward; on an out-of-memory error, free, halve the micro-batch and redo the step (its rows,
+        hence its exact gradient, stay the same). One process only: under DDP the error ends the job."""
+        while True:
+            try:
+                return self._forward_backward(micro, n_targets, health_step, lean)
+            except torch.OutOfMemoryError:
+                old = self.batches.micro
+                if self.dist.active or old <= 1:
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                free_memory(self.device)
+                self.batches.micro = old // 2
+                micro = self.batches.split(self.batches.last_index)
+                message = f"out of memory at micro-batch {old} rows: now {old // 2}, step {self.step + 1} redone"
+                self._emit(ev.Log(self.step + 1, message, "warning"))
 
     def _forward_backward(self, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
         """Gradients of the step's mean loss, unscaled and clipped; returns (this rank's summed loss, on the device;
