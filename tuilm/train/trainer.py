@@ -59,6 +59,8 @@ class Trainer(Controls):
         self.dist = distributed.current()  # world 1 unless launched by torchrun
         self.device = distributed.rank_device(pick_device(t.device), self.dist)
         self.precision = pick_precision(self.device, t.dtype)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever autocast leaves in fp32
         self.config = replace(config, model=replace(config.model, vocab_size=dataset.tokenizer.vocab_size))
         self.tcfg = t
         self.files = RunFiles(self.run_dir, dataset.tokenizer, self.config.to_dict())
