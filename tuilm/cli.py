@@ -91,6 +91,9 @@ def train(
             "--init", help="Start from pre-trained GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF dir."
         ),
     ] = None,
+    nproc: Annotated[
+        int, typer.Option("--nproc", help="Data-parallel ranks on this machine (launches torch.distributed.run).")
+    ] = 1,
 ) -> None:
     """Train a model: a live dashboard in a terminal, a progress bar otherwise (or with --headless).
 
@@ -114,6 +117,7 @@ def train(
         wandb_project=wandb_project,
         wandb_name=wandb_name,
         init=init,
+        nproc=nproc,
     )
     raise typer.Exit(train_command(options))
 

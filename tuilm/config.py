@@ -60,6 +60,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many evaluations without a new best val loss; 0 means never
     eval_interval: int = 200  # steps
     checkpoint_interval: int = 500  # steps
+    log_interval: int = 1  # steps per Step event; > 1 keeps loss and grad norm on the device in between (issue 12)
     sample_prompt: str = "\n"  # text sampled from at each evaluation
     sample_tokens: int = 80
     seed: int = 1337
@@ -321,6 +322,7 @@ def validate(config: RunConfig) -> None:
         (t.warmup_steps >= 0, f"train.warmup_steps must be 0 or more, got {t.warmup_steps}"),
         (t.grad_clip >= 0, f"train.grad_clip must be 0 (off) or positive, got {t.grad_clip}"),
         (t.eval_interval >= 1, f"train.eval_interval must be at least 1, got {t.eval_interval}"),
+        (t.log_interval >= 1, f"train.log_interval must be at least 1, got {t.log_interval}"),
         (t.checkpoint_interval >= 1, f"train.checkpoint_interval must be at least 1, got {t.checkpoint_interval}"),
         (
             min(t.epochs, t.max_steps, t.max_tokens) >= 0,

@@ -80,6 +80,17 @@ def _mps_autocast_works() -> bool:
         return False
 
 
+def free_memory(device: torch.device) -> None:
+    """Hand cached allocator blocks back after an out-of-memory error (issue 12), so a smaller retry can fit."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
 def memory_mb(device: torch.device) -> float:
     """CUDA: peak allocated; MPS: currently allocated; CPU: this process's resident memory."""
     if device.type == "cuda":

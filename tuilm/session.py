@@ -49,14 +49,22 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
     """Prepare the data (downloading and training the tokenizer if needed) and construct the trainer."""
     from tuilm.atomic import atomic_write_text
     from tuilm.data.dataset import prepare
+    from tuilm.train import distributed
     from tuilm.train.trainer import Trainer
 
+    dist = distributed.current()  # under DDP: rank 0 prepares first (caches) and alone writes the run directory
+
     def status(message: str) -> None:
-        print(message + "…", file=sys.stderr)
+        if dist.main:
+            print(message + "…", file=sys.stderr)
 
     config, tokenizer, init_folder = pretrained_start(config, run_dir, resume)
-    dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, on_status=status, tokenizer=tokenizer)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with dist.main_first():
+        dataset = prepare(
+            config.data, config.model.seq_len, config.rows_per_step, on_status=status, tokenizer=tokenizer
+        )
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, dataset, run_dir, bus, resume=resume)
     if init_folder is not None:
         from tuilm.model import pretrained
@@ -65,7 +73,8 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
         pretrained.load_weights(trainer.model, init_folder)
     # Written once the trainer exists (a resume that fails leaves the old file), and again on every resume:
     # its overrides (--steps, --set) are part of what the run now is.
-    atomic_write_text(run_dir / "config.toml", config.to_toml())
+    if dist.main:
+        atomic_write_text(run_dir / "config.toml", config.to_toml())
     return trainer
 
 
@@ -162,6 +171,8 @@ def report_outcome(trainer) -> int:
     error = trainer.error
     if isinstance(error, TuilmError):
         raise error
-    where = write_error_log(trainer.run_dir, error)
-    print_error(f"training failed at step {trainer.step}: {type(error).__name__}: {error}{where}")
+    dist = trainer.dist
+    where = write_error_log(trainer.run_dir, error) if dist.main else ""  # rank 0 alone writes the run directory
+    rank = f"rank {dist.rank}: " if dist.active else ""
+    print_error(f"{rank}training failed at step {trainer.step}: {type(error).__name__}: {error}{where}")
     return 1

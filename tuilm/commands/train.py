@@ -30,6 +30,46 @@ class TrainOptions:
     wandb_project: str = "tuilm"
     wandb_name: str | None = None
     init: str | None = None  # --init gpt2 | gpt2-medium | ... | a Hugging Face model directory
+    nproc: int = 1  # > 1: launch this many ranks on this machine through torch.distributed.run
+
+
+def launcher_args(options: TrainOptions) -> list[str]:
+    """The `tuilm train` arguments each rank of an --nproc launch runs with (the same options, minus --nproc)."""
+    args = [options.source] if options.source else []
+    for override in options.overrides:
+        args += ["--set", override]
+    flags = {"--headless": True, "--compile": options.compile, "--wandb": options.wandb}
+    args += [flag for flag, on in flags.items() if on]
+    values = {
+        "--resume": options.resume,
+        "--out": options.out,
+        "--name": options.name,
+        "--device": options.device,
+        "--time": options.time,
+        "--steps": options.steps,
+        "--init": options.init,
+        "--wandb-name": options.wandb_name,
+    }
+    for flag, value in values.items():
+        if value is not None:
+            args += [flag, str(value)]
+    if options.wandb_project != "tuilm":
+        args += ["--wandb-project", options.wandb_project]
+    return args
+
+
+def launch(options: TrainOptions) -> int:
+    """`tuilm train --nproc N`: torch's elastic launcher on this machine; its exit status is the job's."""
+    import subprocess
+
+    from tuilm.train.distributed import launch_command
+
+    if options.nproc < 1:
+        raise ConfigError(f"--nproc {options.nproc}: give at least 1 process")
+    try:
+        return subprocess.call(launch_command(options.nproc, launcher_args(options)))
+    except KeyboardInterrupt:  # the ranks got the same Ctrl-C and are saving; torchrun reports their end
+        return 130
 
 
 def cli_overrides(options: TrainOptions) -> list[Override]:
@@ -60,7 +100,10 @@ def run_dir_for(config: RunConfig, options: TrainOptions) -> Path:
 
 def train_command(options: TrainOptions) -> int:
     from tuilm.checkpoint import read_metadata
+    from tuilm.train import distributed
 
+    if options.nproc != 1:
+        return launch(options)
     if options.resume:
         run_dir = Path(options.resume)
         if not (run_dir / "last.safetensors").is_file():
@@ -73,11 +116,25 @@ def train_command(options: TrainOptions) -> int:
         if not options.source:
             raise ConfigError("say what to train: a recipe (tuilm recipes), a .toml file or a data path")
         config = apply_overrides(resolve_config(options.source), cli_overrides(options))
-        run_dir = run_dir_for(config, options)
+        dist = distributed.init(config.train.device)  # under torchrun; world 1 otherwise
+        run_dir = dist.broadcast(run_dir_for(config, options))  # rank 0's clock names the run
         if (run_dir / "last.safetensors").exists():
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick --name")
-    dashboard = not options.headless and sys.stdout.isatty() and sys.stdin.isatty()
+    dist = distributed.init(config.train.device)
+    try:
+        return train_ranked(config, run_dir, options, dist)
+    finally:
+        distributed.shutdown()
+
+
+def train_ranked(config: RunConfig, run_dir: Path, options: TrainOptions, dist) -> int:
+    """Train as this process's rank: rank 0 (or the one process) has the front end and the run's files; under
+    DDP the other ranks train silently and print only errors."""
+    # The dashboard takes the terminal; a DDP job is headless (follow it with `tuilm watch`).
+    dashboard = not options.headless and not dist.active and sys.stdout.isatty() and sys.stdin.isatty()
     trainer = build_trainer(config, run_dir, resume=bool(options.resume), quiet=dashboard)
+    if not dist.main:
+        return run_headless(trainer, progress=lambda event: None)
     metrics = attach_files(trainer)
     if options.wandb:
         from tuilm.train.sinks import WandbLogger

@@ -29,16 +29,23 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device, precision=None, docs=None) -> EvalResult:
-    """Score `docs` (default: the dataset's val split) with `model`; restores the model's train/eval mode."""
+def evaluate(model, dataset, device, precision=None, docs=None, dist=None) -> EvalResult:
+    """Score `docs` (default: the dataset's val split) with `model`; restores the model's train/eval mode.
+
+    Under DDP (`dist` active) each rank scores every world-th batch and the sums are all-reduced, so every rank
+    returns the one-process numbers.
+    """
     docs = docs if docs is not None else dataset.val
     rows = dataset.val_rows if docs is dataset.val else eval_rows(docs, model.cfg.seq_len)
     was_training = model.training
     model.eval()
     nats = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     try:
-        for index in eval_batches(rows, EVAL_TOKENS):
+        for i, index in enumerate(eval_batches(rows, EVAL_TOKENS)):
+            if i % world != rank:
+                continue
             # Rows are right-padded: causal attention already keeps real tokens from seeing the padding after
             # them, so the key-padding mask would change nothing that is scored.
             batch = collate(rows, index, trim=True, eos_id=dataset.tokenizer.eos_id)
@@ -51,6 +58,9 @@ def evaluate(model, dataset, device, precision=None, docs=None) -> EvalResult:
             tokens += batch.n_targets
     finally:
         model.train(was_training)
+    if world > 1:
+        summed = dist.sum_(torch.stack([nats, torch.tensor(float(tokens), dtype=torch.float64, device=device)]))
+        nats, tokens = summed[0], int(summed[1].item())
     total = float(nats)
     mean = total / max(1, tokens)
     return EvalResult(mean, math.exp(min(mean, 700)), total / (docs.chars * math.log(2)), tokens, docs.chars)

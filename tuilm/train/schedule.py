@@ -63,8 +63,9 @@ class StopRules:
 class BatchSource:
     """The training rows of each step, shuffled per epoch by (seed, epoch) so that a resume continues exactly."""
 
-    def __init__(self, dataset: Dataset, rows_per_step: int, micro: int, seed: int, doc_mask: bool):
+    def __init__(self, dataset: Dataset, rows_per_step: int, micro: int, seed: int, doc_mask: bool, shard=None):
         self.rows = dataset.train_rows
+        self.shard = shard  # under DDP: a step's row indices -> this rank's slice (distributed.Dist.shard)
         self.eos_id = dataset.tokenizer.eos_id
         self.rows_per_step, self.micro, self.seed = rows_per_step, micro, seed
         self.doc_mask = doc_mask and self.rows.policy == "pack"
@@ -86,15 +87,27 @@ class BatchSource:
         return collate(self.rows, index, eos_id=self.eos_id, doc_mask=self.doc_mask, trim=self.rows.policy == "bucket")
 
     def next_step(self, s: TrainState) -> list[Batch]:
-        """The next step's micro-batches."""
+        """The next step's micro-batches (this rank's share of them under DDP)."""
         index = self.next_index(s)
+        if self.shard is not None:
+            index = self.shard(index)
+        self.last_index = index
+        return self.split(index)
+
+    def split(self, index: np.ndarray) -> list[Batch]:
+        """A step's rows in micro-batches of `micro` rows (again, smaller, after an out-of-memory error)."""
         return [self.collate(index[i : i + self.micro]) for i in range(0, len(index), self.micro)]
 
 
 def to_device(batch: Batch, device: torch.device):
     """(inputs, targets, pos_ids, doc_ids) as tensors on `device`; None stays None."""
 
+    pin = device.type == "cuda"  # page-locked host memory makes the non-blocking copy truly asynchronous
+
     def put(a):
-        return None if a is None else torch.from_numpy(a).to(device, non_blocking=True)
+        if a is None:
+            return None
+        t = torch.from_numpy(a)
+        return (t.pin_memory() if pin else t).to(device, non_blocking=True)
 
     return put(batch.inputs), put(batch.targets), put(batch.pos_ids), put(batch.doc_ids)

@@ -20,13 +20,15 @@ import torch.nn.functional as F
 from tuilm.config import RunConfig
 from tuilm.data.dataset import Dataset
 from tuilm.data.pipeline import IGNORE, Batch
-from tuilm.device import pick_device, pick_precision
+from tuilm.device import free_memory, pick_device, pick_precision
 from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
+from tuilm.train import distributed
 from tuilm.train import events as ev
 from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
 from tuilm.train.health import HealthMonitor, nonfinite_action
+from tuilm.train.lean import Pending, lean_possible, step_on_device
 from tuilm.train.optim import build_optimizer, lr_at
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
 from tuilm.train.schedule import BatchSource, StopRules, to_device
@@ -54,27 +56,36 @@ class Trainer(Controls):
         t = config.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = pick_device(t.device)
+        self.dist = distributed.current()  # world 1 unless launched by torchrun
+        self.device = distributed.rank_device(pick_device(t.device), self.dist)
         self.precision = pick_precision(self.device, t.dtype)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever autocast leaves in fp32
         self.config = replace(config, model=replace(config.model, vocab_size=dataset.tokenizer.vocab_size))
         self.tcfg = t
         self.files = RunFiles(self.run_dir, dataset.tokenizer, self.config.to_dict())
         self.rows_per_step = config.rows_per_step
+        self.dist.check_batch(self.rows_per_step)
         micro = min(t.micro_batch_size or self.rows_per_step, self.rows_per_step)
-        self.batches = BatchSource(dataset, self.rows_per_step, micro, t.seed, config.data.doc_mask)
+        self.batches = BatchSource(dataset, self.rows_per_step, micro, t.seed, config.data.doc_mask, self.dist.shard)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.rules = StopRules.of(t, self.steps_per_epoch)
 
         torch.manual_seed(t.seed)
         self.model = GPT(self.config.model).to(self.device)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.ddp = distributed.wrap(self.model, self.device, self.dist)  # the model itself in one process
+        self.forward = torch.compile(self.ddp) if t.compile else self.ddp
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
         self.health = HealthMonitor(self.model, self.optimizer, config.health, self._emit, t.warmup_steps)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.lean = lean_possible(self.optimizer, self.scaler, self.dist, t.log_interval)  # see train/lean.py
+        self.pending = Pending()
 
         self.state = TrainState()  # saved with every checkpoint, restored on resume
         self.last_eval: ev.Eval | None = None
         self._skips = 0  # non-finite steps in a row
+        self._stop_wanted = ""  # under DDP a stop is only a request until every rank has agreed on it
         self.session_start = (0, 0.0)  # (tokens, elapsed) when run() started, for this session's tokens/s
         self.result: ev.Finished | None = None
         self.error: BaseException | None = None
@@ -132,58 +143,118 @@ class Trainer(Controls):
     def _train_step(self) -> None:
         t0 = time.perf_counter()
         s = self.state
-        micro = self.batches.next_step(s)
-        n_targets = sum(b.n_targets for b in micro)
-        health_step = self.health.due(s.step + 1)
-        loss_value, grad_norm = self._forward_backward(micro, n_targets, health_step)
+        micro = self.batches.next_step(s)  # this rank's shard of the step
+        n_targets = self.dist.sum_int(sum(b.n_targets for b in micro), self.device)
+        health_step = self.dist.main and self.health.due(s.step + 1)
+        if self.lean and not (health_step or self._logged(s.step + 1)):
+            return self._lean_step(micro, n_targets, t0)
+        loss_sum, grad_norm = self._healing_backward(micro, n_targets, health_step)
         lr = lr_at(s.step, self.progress, self.tcfg)
-        skipped = self._optimizer_step(lr, loss_value, grad_norm, health_step)
+        skipped = self._optimizer_step(lr, float(loss_sum) / max(1, n_targets), grad_norm, health_step)
         s.step += 1
         s.tokens += n_targets
         if health_step and not skipped:
             self.health.measure(s.step, micro[0], partial(to_device, device=self.device))
         step_time = time.perf_counter() - t0
-        s.elapsed += step_time
+        loss_sum, stop, s.elapsed = self.dist.agree(loss_sum, bool(self._stop_wanted), s.elapsed + step_time)
+        if stop:
+            self._agreed_stop()
+        p_loss, p_tokens, p_steps, p_seconds, p_bad = self.pending.take()  # the unlogged steps before this one
+        if p_bad:
+            self._emit(ev.Log(s.step, f"{p_bad} non-finite step(s) before step {s.step} skipped", "warning"))
+            if self.config.health.nonfinite == "stop":
+                self.stop("nonfinite")
+        tokens, seconds = n_targets + p_tokens, step_time + p_seconds
+        loss_value = (float(loss_sum) + p_loss) / max(1, tokens)
         if math.isfinite(loss_value) and math.isfinite(grad_norm):
             s.train_losses.append(loss_value)
             self.health.check_step(s.step, loss_value, grad_norm)
-        self._emit(step_event(self, n_targets, loss_value, lr, step_time, grad_norm, skipped))
+        event = step_event(self, tokens, loss_value, lr, seconds, grad_norm, skipped or p_bad > 0)
+        self._emit(replace(event, step_time=seconds / (1 + p_steps)) if p_steps else event)
 
-    def _forward_backward(self, micro: list[Batch], n_targets: int, health_step: bool) -> tuple[float, float]:
-        """Gradients of the step's mean loss, unscaled and clipped; returns (loss, gradient norm before clipping).
+    def _logged(self, step: int) -> bool:
+        t = self.tcfg
+        return (
+            step % t.log_interval == 0
+            or step % t.eval_interval == 0
+            or step % t.checkpoint_interval == 0
+            or (step == self.rules.max_steps)
+        )
 
-        The loss is the sum over every target token of the step divided by their count, whatever the padding or
-        accumulation: each micro-batch adds its summed loss / the step's total, so the gradient is exactly the
-        full batch's.
+    def _lean_step(self, micro: list[Batch], n_targets: int, t0: float) -> None:
+        """A step between logged steps: nothing is read back from the device (train/lean.py)."""
+        s = self.state
+        loss_sum, norm = self._healing_backward(micro, n_targets, False, lean=True)
+        self._set_lr(lr_at(s.step, self.progress, self.tcfg))
+        bad = step_on_device(self.optimizer, loss_sum, norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        s.step += 1
+        s.tokens += n_targets
+        step_time = time.perf_counter() - t0
+        s.elapsed += step_time
+        self.pending.add(loss_sum, bad, n_targets, step_time)
+
+    def _healing_backward(self, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
+        """_forward_backward; on an out-of-memory error, free, halve the micro-batch and redo the step (its rows,
+        hence its exact gradient, stay the same). One process only: under DDP the error ends the job."""
+        while True:
+            try:
+                return self._forward_backward(micro, n_targets, health_step, lean)
+            except torch.OutOfMemoryError:
+                old = self.batches.micro
+                if self.dist.active or old <= 1:
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                free_memory(self.device)
+                self.batches.micro = old // 2
+                micro = self.batches.split(self.batches.last_index)
+                message = f"out of memory at micro-batch {old} rows: now {old // 2}, step {self.step + 1} redone"
+                self._emit(ev.Log(self.step + 1, message, "warning"))
+
+    def _forward_backward(self, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
+        """Gradients of the step's mean loss, unscaled and clipped; returns (this rank's summed loss, on the device;
+        gradient norm before clipping).
+
+        The loss is the sum over every target token of the step divided by their count (all ranks' together),
+        whatever the padding or accumulation: each micro-batch adds its summed loss / the step's total, so the
+        gradient is exactly the full batch's (times the world size, which DDP's mean over ranks divides out).
+        `lean`: the norm stays a device tensor and clipping happens whatever it is (a non-finite step is skipped).
         """
         loss_sum = torch.zeros((), device=self.device)
-        model = self.model if health_step else self.forward  # hooks need the eager module
+        model = self.ddp if health_step else self.forward  # hooks need the eager module
+        weight = self.dist.world / n_targets
         with self.health.activation_hooks(health_step):
-            for batch in micro:
+            for i, batch in enumerate(micro):
                 x, y, pos, doc = self._last_batch = to_device(batch, self.device)
-                with self.precision.autocast(self.device):
-                    logits = model(x, pos_ids=pos, doc_ids=doc)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
-                scaled = loss / n_targets
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                with distributed.no_sync(self.ddp, last=i == len(micro) - 1):
+                    with self.precision.autocast(self.device):
+                        logits = model(x, pos_ids=pos, doc_ids=doc)
+                    loss = F.cross_entropy(
+                        logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum"
+                    )
+                    scaled = loss * weight
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 loss_sum += loss.detach()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if health_step:
             self.health.record_grads()
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.params if p.grad is not None]
         # Norm first, clip after the finiteness check: clipping by a NaN norm would turn every gradient into
         # NaN and hide which parameter was the source.
         norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if lean:
+            if self.tcfg.grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(params, self.tcfg.grad_clip, norm, foreach=True)
+            return loss_sum, norm
         grad_norm = float(norm)
         if self.tcfg.grad_clip and math.isfinite(grad_norm):
             torch.nn.utils.clip_grads_with_norm_(params, self.tcfg.grad_clip, norm, foreach=True)
-        return float(loss_sum) / max(1, n_targets), grad_norm
+        return loss_sum, grad_norm
 
     def _optimizer_step(self, lr: float, loss_value: float, grad_norm: float, health_step: bool) -> bool:
         """Apply the gradients at learning rate `lr`, or skip a non-finite step; returns True when skipped."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # muon: its Muon group runs at muon_lr / lr times lr
+        self._set_lr(lr)
         skipped = False
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) and self.scaler is None:
             skipped = self._non_finite(loss_value, grad_norm)
@@ -198,6 +269,10 @@ class Trainer(Controls):
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return skipped
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # muon: its Muon group runs at muon_lr / lr times lr
 
     def _non_finite(self, loss_value: float, grad_norm: float) -> bool:
         """A NaN/Inf loss or gradient: alert, then skip the step, or stop (health.nonfinite = stop).
@@ -217,10 +292,19 @@ class Trainer(Controls):
 
     # -- evaluation, samples, checkpoints ------------------------------------------------------------------------
 
+    def _flush(self) -> None:
+        """The Step event of unlogged lean steps, when the run stops (or is asked for something) between two."""
+        loss, tokens, steps, seconds, bad = self.pending.take()
+        if steps:
+            lr = lr_at(self.step - 1, self.progress, self.tcfg)
+            event = step_event(self, tokens, loss / max(1, tokens), lr, seconds, math.nan, bad > 0)
+            self._emit(replace(event, step_time=seconds / steps))
+
     def _evaluate(self) -> ev.Eval:
+        self._flush()
         self._emit(ev.Status(self.step, "evaluating"))
         t0 = time.perf_counter()
-        result = evaluate(self.model, self.dataset, self.device, self.precision)
+        result = evaluate(self.model, self.dataset, self.device, self.precision, dist=self.dist)
         is_best = self.state.record_eval(result.loss, result.bpc)
         train_loss = self.state.take_train_loss()
         self.last_eval = event = ev.Eval(
@@ -237,7 +321,7 @@ class Trainer(Controls):
         self.health.on_eval(self.step, result.loss, train_loss)
         if is_best:
             self._save_model(self.files.best, "best")
-        if self.tcfg.sample_tokens and math.isfinite(result.loss):  # a diverged model has nothing to say
+        if self.tcfg.sample_tokens and math.isfinite(result.loss) and self.dist.main:  # diverged: nothing to say
             self._sample(self.tcfg.sample_prompt)
         self._emit(ev.Status(self.step, "paused" if self.paused else "running"))
         return event
@@ -253,15 +337,19 @@ class Trainer(Controls):
         return text
 
     def _save_model(self, path: Path, reason: str) -> None:
+        if not self.dist.main:  # rank 0 alone writes the run directory
+            return
         self.files.save_model(path, self.model, checkpoint_meta(self))
         self._emit(ev.CheckpointSaved(self.step, str(path), reason))
 
     def _save(self, reason: str) -> Path:
         """last.safetensors and train_state.safetensors, the pair a resume needs."""
+        self._flush()
         self._emit(ev.Status(self.step, "saving"))
         extra = {**self.state.to_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
         extra["health"] = self.health.state_dict()
-        self.files.save_resume_point(self.model, self.optimizer, checkpoint_meta(self), extra, self.device)
+        if self.dist.main:  # rank 0 alone writes the run directory
+            self.files.save_resume_point(self.model, self.optimizer, checkpoint_meta(self), extra, self.device)
         self._emit(ev.CheckpointSaved(self.step, str(self.files.last), reason))
         self._emit(ev.Status(self.step, "paused" if self.paused else "running"))
         return self.files.last
@@ -284,6 +372,7 @@ class Trainer(Controls):
                 self._sample(kwargs.get("prompt") or self.tcfg.sample_prompt)
 
     def _finish(self, reason: str) -> ev.Finished:
+        self._flush()
         self._emit(ev.Status(self.step, "stopping"))
         if self.step > 0 and (self.last_eval is None or self.last_eval.step != self.step):
             self._evaluate()
@@ -294,3 +383,14 @@ class Trainer(Controls):
 
     def _emit(self, event: ev.Event) -> None:
         self.bus.emit(event)
+
+    # -- stops under DDP: every rank ends at the same step ---------------------------------------------------------
+
+    def stop(self, reason: str = "stopped") -> None:
+        if not self.dist.active:
+            return super().stop(reason)
+        self._stop_wanted = self._stop_wanted or reason  # sent with the step's all-reduce; see _agreed_stop
+        self._running.set()
+
+    def _agreed_stop(self) -> None:
+        super().stop(self._stop_wanted or "interrupted")

@@ -1,0 +1,136 @@
+"""Data-parallel training on CPU: gloo, 2 processes launched by torch.distributed.run, a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SMALL_TEXT
+from tests.helpers import TINY
+
+TIMEOUT = 240  # seconds: a hung job fails the test instead of blocking the suite
+# A constant rate after warmup: a run stopped at 15 steps and resumed to 30 follows the 30-step run.
+STEPS = [
+    "--set",
+    "eval_interval=10",
+    "--set",
+    "sample_tokens=0",
+    "--set",
+    "warmup_steps=5",
+    "--set",
+    "schedule=constant",
+]
+
+
+def tiny_args(corpus: Path) -> list[str]:
+    args = [str(corpus)]
+    for override in TINY:
+        args += ["--set", override]
+    return [*args, *STEPS, "--device", "cpu", "--headless"]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TUILM_DIST_TIMEOUT": "60"}
+
+
+def run(args: list[str], nproc: int = 1, module: list[str] | None = None) -> subprocess.CompletedProcess:
+    target = module or ["-m", "tuilm"]
+    if nproc == 1:
+        command = [sys.executable, *target, "train", *args]
+    else:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        command = [sys.executable, *launcher, *target, "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env())
+
+
+def steps_of(run_dir: Path) -> dict[int, dict]:
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e.get("type") == "step" or e.get("event") == "step"]
+    assert steps, events[:3]
+    by_step = {e["step"]: e for e in steps}
+    assert len(by_step) == len(steps), "a step was written twice: more than one rank writes metrics"
+    return by_step
+
+
+def evals_of(run_dir: Path) -> dict[int, float]:
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {e["step"]: e["val_loss"] for e in events if "val_loss" in e and e.get("type", e.get("event")) == "eval"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("dist")
+    path = folder / "corpus.txt"
+    path.write_text(SMALL_TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus) -> Path:
+    out = corpus.parent / "one"
+    result = run([*tiny_args(corpus), "--steps", "30", "--out", str(out)])
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_two_ranks_match_one_process_and_only_rank_0_writes(corpus, one_process):
+    out = corpus.parent / "two"
+    result = run([*tiny_args(corpus), "--steps", "30", "--out", str(out)], nproc=2)
+    assert result.returncode == 0, result.stderr
+    one, two = steps_of(one_process), steps_of(out)
+    assert sorted(two) == list(range(1, 31))
+    for step in range(1, 31):
+        assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-4), step
+        assert two[step]["tokens"] == one[step]["tokens"]
+    # Evaluation is sharded over the ranks and all-reduced: the one-process numbers.
+    assert evals_of(out) == pytest.approx(evals_of(one_process), abs=1e-5)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in one_process.iterdir())
+    # Rank 1 prints nothing but errors: one progress bar's worth of output, and no error line.
+    assert "error" not in result.stderr.lower()
+
+
+def test_two_rank_run_resumes_in_one_process(corpus, one_process):
+    out = corpus.parent / "resumed"
+    first = run([*tiny_args(corpus), "--steps", "15", "--out", str(out)], nproc=2)
+    assert first.returncode == 0, first.stderr
+    second = run(["--resume", str(out), "--steps", "30", "--device", "cpu", "--headless"])
+    assert second.returncode == 0, second.stderr
+    one, resumed = steps_of(one_process), steps_of(out)
+    assert sorted(resumed) == list(range(1, 31))
+    for step in range(16, 31):  # the continuation in one process is the uninterrupted one-process run
+        assert resumed[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-4), step
+
+
+FAILING_RANK = """
+import sys
+from tuilm.train import distributed
+from tuilm.train.trainer import Trainer
+
+step = Trainer._train_step
+
+def failing_step(self):
+    if distributed.current().rank == 1 and self.step == 4:
+        raise RuntimeError("planted failure on rank 1")
+    step(self)
+
+Trainer._train_step = failing_step
+sys.argv = ["tuilm", *sys.argv[1:]]
+from tuilm.cli import main
+main()
+"""
+
+
+def test_a_rank_that_raises_ends_the_job(corpus, tmp_path):
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK)
+    out = tmp_path / "failed"
+    result = run([*tiny_args(corpus), "--steps", "1000", "--out", str(out)], nproc=2, module=[str(script)])
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "planted failure" in line and "rank 1" in line]
+    assert lines, result.stderr[-3000:]
+    assert "rank 1: training failed at step 4: RuntimeError: planted failure on rank 1" in lines[0]

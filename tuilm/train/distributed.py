@@ -1,0 +1,186 @@
+"""Data-parallel training on torch.distributed: the process group, each rank's shard of a step, and the few
+collectives the trainer needs.
+
+A run under `torchrun` (or `tuilm train --nproc N`, which launches torchrun) has WORLD_SIZE > 1 in its
+environment; `init()` then joins the process group (nccl on CUDA, gloo elsewhere) with a bounded collective
+timeout, so a rank that dies or hangs ends the job instead of blocking it. One process is `Dist()` with
+world 1: every helper here is then a no-op, and the trainer's code path is the same.
+
+What settings mean under DDP (the same as in one process):
+- `batch_size` is the global rows of a step; each rank takes a contiguous slice of the step's shuffled rows
+  (`shard`), and `micro_batch_size` is the rows a rank puts through one forward pass.
+- The loss is the token-weighted mean of the whole global step: the step's target count is all-reduced
+  before the backward pass, each rank's summed loss is divided by it, and DDP's gradient mean is undone by
+  multiplying by the world size. So 2 ranks x 16 rows give the gradient of 1 process x 32 rows.
+- Stops are agreed: one all-reduce after every step carries the summed loss, any rank's stop request and
+  rank 0's training time, so all ranks stop at the same step (a time budget is rank 0's clock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tuilm.errors import ConfigError
+
+DEFAULT_TIMEOUT_S = 120  # a collective that waits longer than this ends the job (TUILM_DIST_TIMEOUT overrides)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, index: np.ndarray) -> np.ndarray:
+        """This rank's contiguous slice of a step's row indices (sizes differ by at most one row)."""
+        if not self.active:
+            return index
+        return np.array_split(index, self.world)[self.rank]
+
+    def check_batch(self, rows_per_step: int) -> None:
+        if rows_per_step < self.world:
+            raise ConfigError(
+                f"batch_size {rows_per_step} is smaller than the {self.world} ranks; every rank needs a row"
+            )
+
+    def sum_int(self, value: int, device: torch.device) -> int:
+        """The sum of an integer over all ranks (the step's target tokens)."""
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(t)
+        return int(t.item())
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All-reduce (sum) in place; returns the tensor."""
+        if self.active:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def agree(self, loss_sum: torch.Tensor, stop: bool, elapsed: float) -> tuple[torch.Tensor, bool, float]:
+        """After a step: the global loss sum, whether any rank asked to stop, and rank 0's training time."""
+        if not self.active:
+            return loss_sum, stop, elapsed
+        packed = torch.stack(
+            [
+                loss_sum.detach().to(torch.float64).reshape(()),
+                torch.tensor(float(stop), dtype=torch.float64, device=loss_sum.device),
+                torch.tensor(elapsed if self.main else 0.0, dtype=torch.float64, device=loss_sum.device),
+            ]
+        )
+        torch.distributed.all_reduce(packed)
+        total, any_stop, main_elapsed = packed.tolist()
+        return torch.tensor(total, device=loss_sum.device), any_stop > 0, main_elapsed
+
+    def broadcast(self, obj):
+        """Rank 0's value of a picklable object, on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self):
+        """Rank 0 runs the block (downloads, tokenizer training, caches) before the others do."""
+        if not self.main:
+            self.barrier()
+        yield
+        if self.main:
+            self.barrier()
+
+
+_current = Dist()
+
+
+def current() -> Dist:
+    return _current
+
+
+def from_env() -> Dist:
+    """The ranks torchrun announced in the environment (world 1 when there are none)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(device_name: str = "auto") -> Dist:
+    """Join the process group when launched by torchrun; returns this process's Dist (world 1 otherwise)."""
+    global _current
+    dist = from_env()
+    if not dist.active or torch.distributed.is_initialized():
+        _current = dist
+        return dist
+    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if cuda:
+        torch.cuda.set_device(dist.local_rank)
+    backend = "nccl" if cuda else "gloo"
+    timeout = datetime.timedelta(seconds=float(os.environ.get("TUILM_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+    torch.distributed.init_process_group(backend, timeout=timeout)
+    _current = dist
+    return dist
+
+
+def shutdown() -> None:
+    global _current
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _current = Dist()
+
+
+def rank_device(device: torch.device, dist: Dist) -> torch.device:
+    """One CUDA device per rank: cuda:LOCAL_RANK under DDP."""
+    if dist.active and device.type == "cuda":
+        return torch.device("cuda", dist.local_rank)
+    return device
+
+
+def wrap(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.Module:
+    """The model as DDP sees it (the module itself in one process)."""
+    if not dist.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def no_sync(ddp: torch.nn.Module, last: bool):
+    """Gradient all-reduce only on a step's last micro-batch."""
+    if last or not hasattr(ddp, "no_sync"):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
+
+
+def launch_command(nproc: int, args: list[str]) -> list[str]:
+    """`python -m torch.distributed.run` on this machine with `nproc` ranks running `tuilm train args`."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "tuilm",
+        "train",
+        *args,
+    ]
