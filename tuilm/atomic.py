@@ -4,6 +4,7 @@ check every reader of a user's file makes first: that it is a regular file."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -30,6 +31,15 @@ def temp_file(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
+    try:
+        _write(path, data)
+    except OSError as e:
+        if e.errno == errno.ENOSPC and not e.filename:  # say which file could not be written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
+
+
+def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file(path)
     try:
@@ -39,7 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)  # the file under `path`, if any, is untouched
         raise
     _fsync_dir(path.parent)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuilm.errors import ConfigError
-from tuilm.model.config import ModelConfig
+from tuilm.model.config import LIMITS, MODEL_LEAST, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class TrainConfig:
     muon_lr: float = 0.02  # muon: peak lr of the Muon groups (the AdamW groups use lr); same schedule
     muon_momentum: float = 0.95  # muon: Nesterov momentum
     grad_clip: float = 1.0  # 0 turns clipping off
-    epochs: float = 0  # stopping criteria: 0 means unset; training stops at the first one reached
+    epochs: float = 0.0  # stopping criteria: 0 means unset; training stops at the first one reached
     max_steps: int = 0
     max_tokens: int = 0
     time: str = ""  # wall-clock training budget, e.g. "90s", "10m", "1h30m"
@@ -151,7 +151,111 @@ CHOICES = {
     "train.dtype": ("auto", "fp32", "bf16", "fp16"),
     "health.nonfinite": ("skip", "stop"),
 }
-_HIDDEN = {"model.vocab_size"}  # set through data.vocab_size; the model takes the tokenizer's real size
+_HIDDEN = {"model.vocab_size"}
+
+# -- every setting's type and range, in one place (issue 17) ------------------------------------------------------
+# The type is the dataclass field's annotation; the range of every number is here, beside the dataclasses, and
+# checked once at load (from_dict, apply_overrides): non-finite numbers are refused everywhere. The model's shape
+# limits are model.config.LIMITS, the same table the checkpoint loader uses. Cross-field rules (min_lr <= lr,
+# stride <= seq_len, d_model divisible by n_heads) are checked in validate(), after every override is applied.
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting allows: lo..hi, either end open or absent; always finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+    def text(self) -> str:
+        what = "an integer" if self.integer else "a finite number"
+        if self.lo is not None and self.hi is not None:
+            return f"{what} in {'(' if self.lo_open else '['}{self.lo!r}, {self.hi!r}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{what} {'>' if self.lo_open else '>='} {self.lo!r}"
+        if self.hi is not None:
+            return f"{what} {'<' if self.hi_open else '<='} {self.hi!r}"
+        return what
+
+
+COUNT_MAX = 10**12  # steps, intervals, evaluations: far beyond any run, and an int64 everywhere
+SEED = Range(0, 2**63 - 1, integer=True)  # torch.manual_seed and numpy take these
+
+
+def _count(lo: int, hi: int = COUNT_MAX) -> Range:
+    return Range(lo, hi, integer=True)
+
+
+UNIT = Range(0.0, 1.0, hi_open=True)  # betas, momenta
+POSITIVE = Range(0.0, lo_open=True)
+NON_NEGATIVE = Range(0.0)
+RANGES: dict[str, Range] = {
+    "data.vocab_size": _count(258, LIMITS["vocab_size"]),
+    "data.stride": _count(0, LIMITS["seq_len"]),
+    "data.overflow_min": _count(1, LIMITS["seq_len"]),
+    "data.val_fraction": Range(0.0, 1.0, lo_open=True, hi_open=True),
+    "data.split_seed": SEED,
+    "data.train_fraction": Range(0.0, 1.0, lo_open=True),
+    **{f"model.{k}": _count(least, LIMITS[k]) for k, least in MODEL_LEAST.items()},
+    "model.dropout": UNIT,
+    "train.batch_size": _count(1, 1 << 24),
+    "train.batch_tokens": _count(0, 1 << 40),
+    "train.micro_batch_size": _count(0, 1 << 24),
+    "train.lr": POSITIVE,
+    "train.min_lr": NON_NEGATIVE,
+    "train.warmup_steps": _count(0),
+    "train.weight_decay": NON_NEGATIVE,
+    "train.beta1": UNIT,
+    "train.beta2": UNIT,
+    "train.momentum": UNIT,
+    "train.muon_lr": POSITIVE,
+    "train.muon_momentum": UNIT,
+    "train.grad_clip": NON_NEGATIVE,
+    "train.epochs": Range(0.0, 1e9),
+    "train.max_steps": _count(0),
+    "train.max_tokens": _count(0, 10**18),
+    "train.patience": _count(0),
+    "train.eval_interval": _count(1),
+    "train.checkpoint_interval": _count(1),
+    "train.sample_tokens": _count(0, 1 << 20),
+    "train.seed": SEED,
+    "train.threads": _count(0, 4096),
+    "health.interval": _count(0),
+    "health.explode_factor": POSITIVE,
+    "health.explode_limit": POSITIVE,
+    "health.vanish_floor": NON_NEGATIVE,
+    "health.vanish_ratio": NON_NEGATIVE,
+    "health.update_low": Range(),
+    "health.update_high": Range(),
+    "health.spike_factor": POSITIVE,
+    "health.dead_limit": Range(0.0, 1.0),
+    "health.overfit_evals": _count(1),
+}
+DURATION_TEXT = "a duration > 0, e.g. 90s, 10m or 1h30m"
+
+
+def check_number(name: str, value: Any, allowed: Range) -> None:
+    """ConfigError naming the setting (or option), the value and the range, unless `value` is in `allowed`."""
+    if value not in allowed:
+        raise ConfigError(f"{name} must be {allowed.text()}, got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# set through data.vocab_size; the model takes the tokenizer's real size
 
 
 def all_keys() -> list[str]:
@@ -202,10 +306,14 @@ Override = str | tuple[str, Any]  # `key=value` as typed on the command line, or
 def apply_overrides(config: RunConfig, overrides: list[Override]) -> RunConfig:
     """Apply `key=value` strings (values in TOML syntax) and (key, value) pairs (values as they are, only
     checked against the setting's type); a key may drop its section when the name is unique (`lr=3e-4`)."""
+    changes: dict[str, dict[str, Any]] = {}
     for item in overrides:
         dotted, value = parse_override(item)
         section, name = dotted.split(".")
-        config = replace(config, **{section: replace(getattr(config, section), **{name: value})})
+        changes.setdefault(section, {})[name] = value
+    # Each section is rebuilt once with all of its overrides, and cross-field rules run after the last one, so
+    # `--set d_model=6 --set n_heads=2` means the same in either order.
+    config = replace(config, **{s: replace(getattr(config, s), **c) for s, c in changes.items()})
     validate(config)
     return config
 
@@ -252,7 +360,10 @@ def _suggest(key: str) -> str:
 
 def parse_value(dotted: str, raw: str) -> Any:
     """A value as typed on the command line, parsed and checked against the setting's type."""
-    return _coerce(dotted, _parse_value(raw))
+    value = _parse_value(raw)
+    if _field_type(dotted) is str and not isinstance(value, str):
+        value = raw  # --set sample_prompt=5 means the text "5"
+    return _coerce(dotted, value)
 
 
 def _parse_value(raw: str) -> Any:
@@ -263,16 +374,28 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "int | None": int}
+
+
 def _field_type(dotted: str) -> type:
+    """The setting's declared type: its dataclass field's annotation (never the type of its default)."""
     section, name = dotted.split(".")
-    default = next(f for f in fields(SECTIONS[section]) if f.name == name)
-    value = default.default
-    return type(value) if value is not None else (int if name == "d_ff" else str)
+    f = next(f for f in fields(SECTIONS[section]) if f.name == name)
+    return _TYPES[f.type] if isinstance(f.type, str) else f.type
+
+
+def _type_text(dotted: str, kind: type) -> str:
+    if dotted in RANGES:
+        return f"{kind.__name__} ({RANGES[dotted].text()})"
+    if dotted == "train.time":
+        return f"str ({DURATION_TEXT})"
+    return {bool: "bool (true or false)", str: "str (a string)"}.get(kind, kind.__name__)
 
 
 def _coerce(dotted: str, value: Any) -> Any:
+    """`value` as the setting's type, in its range; ConfigError naming the key, the value and what is allowed."""
     kind = _field_type(dotted)
-    if dotted == "model.d_ff" and value in (None, 0, "auto", "none"):
+    if dotted == "model.d_ff" and value in (None, 0, "auto", "none") and not isinstance(value, bool):
         return None
     try:
         if kind is bool:
@@ -283,17 +406,31 @@ def _coerce(dotted: str, value: Any) -> Any:
             raise ValueError
         if kind is int:
             if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, bool) or not isinstance(value, int | str):
+                typed = int(value)
+            elif isinstance(value, bool) or not isinstance(value, int | str):
                 raise ValueError
-            return int(str(value).replace("_", ""))
-        if kind is float:
-            if isinstance(value, bool):
+            else:
+                typed = int(str(value).replace("_", ""))
+        elif kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
                 raise ValueError
-            return float(value)
-        return str(value)
-    except ValueError:
-        raise ConfigError(f"{dotted} must be {kind.__name__}, got {value!r}") from None
+            typed = float(value)
+        else:
+            if dotted == "train.time" and isinstance(value, int | float) and not isinstance(value, bool):
+                value = str(value)  # time = 90 in a recipe: seconds
+            if not isinstance(value, str):
+                raise ValueError
+            if dotted == "train.time" and value:
+                try:
+                    parse_duration(value)
+                except ConfigError:
+                    raise ConfigError(f"{dotted} must be {DURATION_TEXT}, got {_short(value)}") from None
+            return value
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{dotted} must be {_type_text(dotted, kind)}, got {_short(value)}") from None
+    if dotted in RANGES and typed not in RANGES[dotted]:
+        raise ConfigError(f"{dotted} must be {RANGES[dotted].text()}, got {_short(value)}")
+    return typed
 
 
 def validate(config: RunConfig) -> None:
@@ -302,7 +439,12 @@ def validate(config: RunConfig) -> None:
         value = getattr(getattr(config, section), name)
         if value not in choices:
             raise ConfigError(f"{dotted} '{value}' is not one of: {', '.join(choices)}")
-    d, t = config.data, config.train
+    for dotted, allowed in RANGES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is not None and (isinstance(value, bool) or value not in allowed):
+            raise ConfigError(f"{dotted} must be {allowed.text()}, got {_short(value)}")
+    d, t, h = config.data, config.train, config.health
     checks = [
         (
             d.vocab_size >= 258,
@@ -329,6 +471,10 @@ def validate(config: RunConfig) -> None:
             "stopping criteria (epochs, max_steps, max_tokens) must be >= 0",
         ),
         (config.health.interval >= 0, f"health.interval must be 0 (off) or positive, got {config.health.interval}"),
+        (
+            h.update_low <= h.update_high,
+            f"health.update_low ({h.update_low}) must be at most health.update_high ({h.update_high})",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -343,13 +489,15 @@ def parse_duration(text: str) -> float:
     """Seconds in "90", "90s", "10m", "1h30m", "1.5h"."""
     text = str(text).strip().lower()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    if not parts or _DURATION.sub("", text).strip():
-        raise ConfigError(f"time '{text}' is not a duration; write e.g. 90s, 10m or 1h30m")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+        parts = _DURATION.findall(text)
+        if not parts or _DURATION.sub("", text).strip():
+            raise ConfigError(f"time '{text}' is not a duration; write e.g. 90s, 10m or 1h30m") from None
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if not (math.isfinite(seconds) and 0 < seconds < 1e12):
+        raise ConfigError(f"time '{text}' must be {DURATION_TEXT}")
+    return seconds
 
 
 def dump_toml(data: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from tuilm.errors import CheckpointError
+from tuilm.errors import CheckpointError, ConfigError
 from tuilm.sampling_settings import SamplingSettings
 
 
@@ -99,6 +99,8 @@ def sample_text(model, tokenizer, prompt: str, settings: SamplingSettings, seed:
 def make_generator(seed: int | None, device) -> torch.Generator | None:
     if seed is None:
         return None
+    if isinstance(seed, bool) or not 0 <= seed <= 2**63 - 1:
+        raise ConfigError(f"--seed must be an integer in [0, {2**63 - 1}], got {seed}")
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator

@@ -6,6 +6,9 @@ It sits below both commands and above the library: nothing in train/, tui/ or sw
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import signal
 import sys
 import threading
@@ -58,14 +61,22 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
         if dist.main:
             print(message + "…", file=sys.stderr)
 
-    config, tokenizer, init_folder = pretrained_start(config, run_dir, resume)
-    with dist.main_first():
-        dataset = prepare(
-            config.data, config.model.seq_len, config.rows_per_step, on_status=status, tokenizer=tokenizer
-        )
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, dataset, run_dir, bus, resume=resume)
+    # Rank 0 alone writes the run directory, so it alone claims it (the lock is held until the run is over).
+    lock = claim_run_dir(run_dir) if dist.main else None
+    try:
+        config, tokenizer, init_folder = pretrained_start(config, run_dir, resume)
+        with dist.main_first():
+            dataset = prepare(
+                config.data, config.model.seq_len, config.rows_per_step, on_status=status, tokenizer=tokenizer
+            )
+        if resume:
+            check_same_data(run_dir, dataset)
+        trainer = Trainer(config, dataset, run_dir, bus, resume=resume)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    trainer.run_lock = lock
     if init_folder is not None:
         from tuilm.model import pretrained
 
@@ -76,6 +87,95 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
     if dist.main:
         atomic_write_text(run_dir / "config.toml", config.to_toml())
     return trainer
+
+
+def claim_run_dir(run_dir: Path):
+    """The run dir made (or found) writable and locked for this process, its stale temp files removed.
+
+    One line (ConfigError) when it is a file, cannot be created or written, or another live process trains into
+    it; a killed save's `.<name>.*.tmp` files (tuilm.atomic's temp names) are deleted, under the lock.
+    """
+    from tuilm.runlock import RunLock
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a directory; give --out a folder for the run")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        lock = _Claim.take(run_dir, RunLock)
+    except OSError as e:
+        raise ConfigError(
+            f"{run_dir}: cannot write the run directory ({e.strerror or e}); choose another with --out"
+        ) from None
+    for tmp in run_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return lock
+
+
+class _Claim:
+    """This process's hold on a run dir's lock. Another trainer of the same process into the same dir (a test that
+    stops a run and resumes it in-process) shares it: the lock keeps other processes out, and is let go when the
+    last holder in this process releases it."""
+
+    held: dict[str, tuple] = {}  # resolved dir -> (RunLock, number of holders)
+
+    def __init__(self, key: str):
+        self.key, self.released = key, False
+
+    @classmethod
+    def take(cls, run_dir: Path, lock_class) -> _Claim:
+        key = str(Path(run_dir).resolve())
+        lock, count = cls.held.get(key, (None, 0))
+        cls.held[key] = (lock or lock_class(run_dir).acquire(), count + 1)
+        return cls(key)
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        lock, count = self.held.pop(self.key)
+        if count > 1:
+            self.held[self.key] = (lock, count - 1)
+        else:
+            lock.release()
+
+
+def check_same_data(run_dir: Path, dataset) -> None:
+    """A resume trains on the data the checkpoint was trained on: DataError, before config.toml is rewritten, when
+    the corpus changed since (its tokenizer and batch order would no longer be the checkpoint's)."""
+    from tuilm.checkpoint import read_metadata
+    from tuilm.errors import DataError
+
+    raw = read_metadata(run_dir / "last.safetensors").get("data_fingerprint")
+    try:
+        saved = json.loads(raw) if raw else None  # metadata values are JSON
+    except ValueError:
+        saved = raw
+    now = dataset.corpus.fingerprint
+    if saved and saved != now:
+        raise DataError(
+            f"--resume {run_dir}: the corpus {dataset.corpus.name} changed since the run was trained (fingerprint "
+            f"{saved[:12]} -> {now[:12]}); restore the data it was trained on to continue, or train a new run on "
+            "the new data (--out or --name)"
+        )
+
+
+def refuse_if_live(run_dir: Path) -> None:
+    """RunLockedError (with the holder's pid) when another live process trains into `run_dir`: checked first,
+    so that the refusal says why, whatever else the directory holds."""
+    from tuilm.runlock import RunLock, holder
+
+    if Path(run_dir).is_dir() and holder(run_dir) is not None:
+        RunLock(run_dir).acquire().release()  # raises, naming the holder (unless it just finished)
+
+
+def release_run_dir(trainer) -> None:
+    """Let the run dir's lock go (the process ending does it too)."""
+    lock = getattr(trainer, "run_lock", None)
+    if lock is not None:
+        lock.release()
 
 
 def pretrained_start(config: RunConfig, run_dir: Path, resume: bool):
@@ -105,9 +205,13 @@ def attach_files(trainer):
     return metrics
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class Interrupt:
     """Ctrl-C while training: the first one stops the current trainer after its step (it saves) and says what
-    happens next; a second one leaves at once (checkpoints already written stay intact: every write is atomic)."""
+    happens next; a second one leaves at once (checkpoints already written stay intact: every write is atomic).
+    SIGTERM and SIGHUP (a `kill`, a closed terminal) count as Ctrl-C."""
 
     def __init__(self, on_first: Callable[[], None], on_second: Callable[[], None] | None = None):
         self.on_first, self.on_second = on_first, on_second
@@ -130,11 +234,12 @@ class Interrupt:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = signal.signal(signal.SIGINT, self)
+        previous = {sig: signal.signal(sig, self) for sig in STOP_SIGNALS}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def train_until_done(trainer, interrupt: Interrupt | None = None) -> None:
@@ -148,6 +253,8 @@ def train_until_done(trainer, interrupt: Interrupt | None = None) -> None:
     finally:
         if interrupt is not None:
             interrupt.trainer = None
+        if trainer.thread is None or not trainer.thread.is_alive():  # over (a second Ctrl-C leaves it running)
+            release_run_dir(trainer)
 
 
 def write_error_log(run_dir: Path, error: BaseException) -> str:
@@ -171,6 +278,12 @@ def report_outcome(trainer) -> int:
     error = trainer.error
     if isinstance(error, TuilmError):
         raise error
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        raise ConfigError(
+            f"no space left on device at step {trainer.step} while writing {trainer.run_dir} "
+            f"({error.filename or 'a checkpoint'}); the previous checkpoint is intact: free some space, then "
+            f"tuilm train --resume {trainer.run_dir}"
+        )
     dist = trainer.dist
     where = write_error_log(trainer.run_dir, error) if dist.main else ""  # rank 0 alone writes the run directory
     rank = f"rank {dist.rank}: " if dist.active else ""

@@ -15,6 +15,8 @@ def health_command(run: Path, as_json: bool = False) -> None:
 
     run = Path(run)
     path = run / "metrics.jsonl" if run.is_dir() else run
+    if path.is_file() and not path.name.endswith(".jsonl"):
+        raise TuilmError(f"{run}: not a metrics.jsonl; point at a run directory written by `tuilm train`")
     if not path.is_file():
         raise TuilmError(f"{run}: no metrics.jsonl here; point at a run directory written by `tuilm train`")
     summary = summarize(read_events(path))

@@ -5,13 +5,24 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuilm.config import Override, RunConfig, apply_overrides, from_dict, load_toml
+from tuilm.config import Override, RunConfig, apply_overrides, check_resume_changes, from_dict, load_toml
 from tuilm.errors import ConfigError
 from tuilm.resources import recipe_names, recipe_path
-from tuilm.session import Interrupt, attach_files, build_trainer, report_outcome, resolve_config, train_until_done
+from tuilm.session import (
+    STOP_SIGNALS,
+    Interrupt,
+    attach_files,
+    build_trainer,
+    refuse_if_live,
+    release_run_dir,
+    report_outcome,
+    resolve_config,
+    train_until_done,
+)
 
 
 @dataclass
@@ -106,18 +117,22 @@ def train_command(options: TrainOptions) -> int:
         return launch(options)
     if options.resume:
         run_dir = Path(options.resume)
+        refuse_if_live(run_dir)
         if not (run_dir / "last.safetensors").is_file():
             raise ConfigError(f"{run_dir}: nothing to resume (no last.safetensors in it)")
         meta = read_metadata(run_dir / "last.safetensors")
         saved = json.loads(meta["train_config"])
-        config = from_dict(saved, saved.get("recipe", "custom"))
-        config = apply_overrides(config, cli_overrides(options))
+        saved_config = from_dict(saved, saved.get("recipe", "custom"))
+        config = apply_overrides(saved_config, cli_overrides(options))
+        check_resume_changes(saved_config, config, run_dir)  # before anything in the run dir is touched
     else:
         if not options.source:
             raise ConfigError("say what to train: a recipe (tuilm recipes), a .toml file or a data path")
         config = apply_overrides(resolve_config(options.source), cli_overrides(options))
         dist = distributed.init(config.train.device)  # under torchrun; world 1 otherwise
         run_dir = dist.broadcast(run_dir_for(config, options))  # rank 0's clock names the run
+        if dist.main:
+            refuse_if_live(run_dir)
         if (run_dir / "last.safetensors").exists():
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick --name")
     dist = distributed.init(config.train.device)
@@ -146,6 +161,7 @@ def train_ranked(config: RunConfig, run_dir: Path, options: TrainOptions, dist) 
         return run_headless(trainer)
     finally:
         metrics.close()
+        release_run_dir(trainer)
 
 
 def run_headless(trainer, progress=None) -> int:
@@ -177,7 +193,8 @@ def run_dashboard(trainer) -> int:
     app = Dashboard(trainer)
     freeze_startup_objects()
     try:
-        choice = app.run()
+        with _signals_quit(app):
+            choice = app.run()
     finally:
         if trainer.thread is not None and trainer.thread.is_alive() and app.return_code != 130:
             trainer.stop("stopped")
@@ -197,6 +214,29 @@ def run_dashboard(trainer) -> int:
         if trainer.result.last_checkpoint:
             print(f"run directory: {trainer.run_dir}  (chat: tuilm chat --model-path {trainer.run_dir})")
     return code
+
+
+@contextmanager
+def _signals_quit(app):
+    """SIGTERM and SIGHUP do what Ctrl-C does in the dashboard: stop, save and quit (a second one: at once)."""
+    import asyncio
+    import signal
+
+    def handler(signum, frame) -> None:
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(app.action_stop_now)
+        except RuntimeError:  # the app's loop is not running (yet, or any more): stop the trainer itself
+            trainer = getattr(app.source, "trainer", None)
+            if trainer is not None:
+                trainer.stop("interrupted")
+
+    sigs = [s for s in STOP_SIGNALS if s != signal.SIGINT]  # Ctrl-C reaches Textual as a key
+    previous = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def list_recipes(as_json: bool = False) -> None:

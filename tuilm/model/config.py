@@ -22,6 +22,7 @@ LIMITS = {
     "n_heads": 1 << 12,
     "d_ff": 1 << 20,
 }
+MODEL_LEAST = {"vocab_size": 2, "seq_len": 1, "d_model": 1, "n_layers": 1, "n_heads": 1, "d_ff": 1}  # d_ff: or None
 
 
 def _is_int(v: Any) -> bool:
@@ -59,7 +60,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ConfigError with a one-line, actionable reason if this config cannot be built."""
-        for name, least in (("vocab_size", 2), ("seq_len", 1), ("d_model", 1), ("n_layers", 1), ("n_heads", 1)):
+        for name, least in MODEL_LEAST.items():
+            if name == "d_ff":
+                continue
             v = getattr(self, name)
             if not _is_int(v) or v < least:
                 raise ConfigError(f"{name} must be a whole number >= {least}, got {_short(v)}")

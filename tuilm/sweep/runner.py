@@ -20,7 +20,14 @@ from tuilm.atomic import atomic_write_text
 from tuilm.config import RunConfig
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
 from tuilm.formatting import fmt, percent, show_value
-from tuilm.session import Interrupt, attach_files, build_trainer, train_until_done, write_error_log
+from tuilm.session import (
+    Interrupt,
+    attach_files,
+    build_trainer,
+    release_run_dir,
+    train_until_done,
+    write_error_log,
+)
 from tuilm.sweep import plots
 from tuilm.sweep.results import Row, collect_rows, csv_text, groups_table, markdown, runs_table
 from tuilm.sweep.runinfo import METRICS, flatten, summarize_run
@@ -38,7 +45,14 @@ from tuilm.train.sinks import HeadlessProgress, bar_columns
 
 # Outcomes the same config would only repeat: a rerun keeps them. Anything else (stopped, oom, failed) is retried.
 FINAL = ("completed", "diverged")
-ARTIFACTS = ("metrics.jsonl", "last.safetensors", "best.safetensors", "train_state.safetensors", "error.log")
+ARTIFACTS = (
+    "metrics.jsonl",
+    "last.safetensors",
+    "best.safetensors",
+    "train_state.safetensors",
+    "train_state.next.safetensors",
+    "error.log",
+)
 
 
 @dataclass
@@ -271,6 +285,7 @@ def _crashed(error: BaseException, run_dir: Path, step: int, wall: float, consol
 
 
 def _release(trainer) -> None:
+    release_run_dir(trainer)  # the run dir's lock
     # The next run needs the memory back: an exception's traceback pins the frames (and tensors) it ran through.
     if trainer.error is not None:
         trainer.error.__traceback__ = None

@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TextIO
 
@@ -47,12 +47,13 @@ class MetricsFile:
 
 
 def read_events(path: Path, *, replaced: bool = False) -> list[ev.Event]:
-    """Events of a metrics.jsonl; a last line still being written is skipped. Steps a resume repeated appear once,
-    the newest (newest_wins), unless `replaced` asks for every line as written."""
+    """Events of a metrics.jsonl; a last line still being written is skipped, and so is any line that is not an
+    event object (binary data, `[1]`, deep nesting, wrong types): the rest still counts. Steps a resume repeated
+    appear once, the newest (newest_wins), unless `replaced` asks for every line as written."""
     events = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line in f:
-            if not line.endswith("\n"):
+            if not line.endswith(b"\n"):
                 break
             event = parse_event(line)
             if event is not None:
@@ -97,12 +98,38 @@ def liveness(run_dir: Path) -> str:
     return "running" if recent else "dead"
 
 
+MAX_LINE = 1 << 20  # bytes; an event line is a few hundred, a RunStarted a few thousand
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,), "list": (list,)}
+
+
 def parse_event(line: str | bytes) -> ev.Event | None:
-    """One metrics.jsonl line as an event; None for a line from a newer or broken writer (the rest still counts)."""
-    try:
-        return ev.from_dict(json.loads(line))
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+    """One metrics.jsonl line as an event; None for a line from a newer or broken writer (the rest still counts):
+    anything but a JSON object of a known event whose fields have their declared types."""
+    if len(line) > MAX_LINE:
         return None
+    try:
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            return None
+        event = ev.from_dict(data)
+    except (ValueError, UnicodeDecodeError, TypeError, RecursionError):
+        return None
+    return event if event is not None and _well_typed(event) else None
+
+
+def _well_typed(event: ev.Event) -> bool:
+    for f in fields(event):
+        value = getattr(event, f.name)
+        kinds = [_KINDS.get(k.strip()) for k in str(f.type).split("|")]
+        if value is None and "None" in str(f.type):
+            continue
+        if any(k is None for k in kinds):
+            continue  # a type this check does not know: trusted as it is
+        if isinstance(value, bool) and bool not in sum(kinds, ()):
+            return False
+        if not isinstance(value, sum(kinds, ())):
+            return False
+    return True
 
 
 class MetricsTail:

@@ -7,7 +7,9 @@ checkpoint I/O of one run directory: last/best weights, and the train_state file
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 from tuilm.checkpoint import (
     load_train_state,
     load_weights,
+    read_header,
     read_metadata,
     read_weights,
     save_checkpoint,
@@ -26,6 +29,7 @@ from tuilm.checkpoint import (
 from tuilm.errors import CheckpointError
 
 LAST, BEST, STATE = "last.safetensors", "best.safetensors", "train_state.safetensors"
+NEXT_STATE = "train_state.next.safetensors"  # the state of a save whose last.safetensors may not be written yet
 INFINITE = ("best_val_loss", "best_val_bpc")  # inf until the first evaluation; JSON has no inf, so None
 
 
@@ -74,13 +78,20 @@ def finite_or_none(x: float) -> float | None:
 
 
 class RunFiles:
-    """Checkpoints of one run directory. The resume point is the pair last.safetensors + train_state.safetensors,
-    always written together, state first: a resume checks that both are of the same step."""
+    """Checkpoints of one run directory. The resume point is the pair last.safetensors + train_state.safetensors.
+
+    A save is one unit whose commit point is the rename of last.safetensors (every write is atomic): the new state
+    is written complete as train_state.next.safetensors first, then last.safetensors, then the state takes its
+    name. Killed before the commit, the previous pair is intact (the next state is ignored); killed after it, the
+    next state is the one of the same step as last, and loading promotes it. So whenever the process dies, the
+    directory holds a matching pair, and `load_resume_point` picks it.
+    """
 
     def __init__(self, run_dir: Path, tokenizer, run_config: dict):
         self.run_dir = Path(run_dir)
         self.tokenizer, self.run_config = tokenizer, run_config  # the same in every checkpoint of the run
         self.last, self.best, self.state = (self.run_dir / name for name in (LAST, BEST, STATE))
+        self.next_state = self.run_dir / NEXT_STATE
 
     def save_model(self, path: Path, model, meta: dict) -> None:
         save_checkpoint(path, model, self.tokenizer, self.run_config, **meta)
@@ -89,22 +100,42 @@ class RunFiles:
         rng = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
-        save_train_state(self.state, optimizer, extra, rng)
-        self.save_model(self.last, model, meta)
+        save_train_state(self.next_state, optimizer, extra, rng)
+        self.save_model(self.last, model, meta)  # the commit point
+        os.replace(self.next_state, self.state)
 
     def load_resume_point(self, model, optimizer, device) -> dict[str, Any]:
         """Weights into `model`, state into `optimizer`, the RNG restored; returns the saved extra dict (the
         TrainState's keys and whatever else the trainer saved beside them)."""
         meta = read_metadata(self.last)
+        saved_step = int(meta.get("step", "-1"))
+        self._settle(saved_step)
         load_weights(model, read_weights(self.last), self.last)
         extra, rng = load_train_state(self.state, optimizer)
-        saved_step = int(meta.get("step", "-1"))
         if extra["step"] != saved_step:
             raise CheckpointError(
                 f"{self.run_dir}: last.safetensors (step {saved_step}) and train_state.safetensors "
-                f"(step {extra['step']}) disagree; the run was interrupted while saving"
+                f"(step {extra['step']}) disagree; they were not written by one tuilm save"
             )
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], device)
         return extra
+
+    def _settle(self, step: int) -> None:
+        """Finish (or forget) a save that was cut off: the next state becomes the state when it is last's."""
+        if not self.next_state.is_file():
+            return
+        if state_step(self.next_state) == step and state_step(self.state) != step:
+            os.replace(self.next_state, self.state)
+        else:
+            self.next_state.unlink(missing_ok=True)  # killed before last.safetensors was written: not committed
+
+
+def state_step(path: Path) -> int | None:
+    """The step a training-state file was saved at, from its header alone; None when it is missing or unreadable."""
+    try:
+        step = json.loads(read_header(path).metadata["state"])["step"]
+    except (CheckpointError, OSError, KeyError, TypeError, ValueError):
+        return None
+    return step if isinstance(step, int) else None
