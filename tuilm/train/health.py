@@ -28,7 +28,7 @@ ENTROPY_ROWS = 4
 
 
 def group_name(param_name: str) -> str:
-    """`blocks.3.attn.qkv.weight` -> `block3.attn`; norms of a block share one group."""
+    """`blocks.3.attn.qkv.weight` -> `block3.attn`; norms of a block share one group (tuilm's GPT)."""
     parts = param_name.split(".")
     if parts[0] in ("tok_emb", "pos_emb"):
         return "embedding"
@@ -36,6 +36,71 @@ def group_name(param_name: str) -> str:
         part = parts[2]
         return f"block{parts[1]}.{'norm' if part.startswith('norm') else part}"
     return parts[0]  # norm_f, head
+
+
+NORM_NAMES = ("norm", "ln", "layernorm", "layer_norm", "rms")
+
+
+def find_blocks(model) -> tuple[str, list] | None:
+    """The model's repeated blocks: the largest ModuleList (or Sequential) of two or more modules of one type,
+    as (its dotted path, its children); None for a model without one."""
+    import torch.nn as nn
+
+    best: tuple[str, list] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList | nn.Sequential):
+            continue
+        children = list(module.children())
+        if (
+            len(children) < 2
+            or len({type(c) for c in children}) != 1
+            or not any(True for _ in children[0].parameters())
+        ):
+            continue
+        if best is None or len(children) > len(best[1]):
+            best = (name, children)
+    return best
+
+
+class LayerGroups:
+    """Parameter (or module) names -> layer groups, from the module tree of any model: each repeated block's
+    direct children (`block3.attn`, `block3.mlp`; its norms share `block3.norm`), embeddings as `embedding`,
+    everything else by its top-level child (`head`, `ln_f`). For tuilm's GPT this is `group_name`."""
+
+    def __init__(self, model):
+        import torch.nn as nn
+
+        found = find_blocks(model)
+        self.prefix = found[0] + "." if found else None
+        self.blocks = found[1] if found else []
+        self.embeddings = {n for n, m in model.named_modules() if n and isinstance(m, nn.Embedding)}
+
+    def __call__(self, name: str) -> str:
+        if self.prefix is not None and name.startswith(self.prefix):
+            rest = name[len(self.prefix) :].split(".")
+            if len(rest) < 3:  # a parameter of the block itself
+                return f"block{rest[0]}"
+            part = rest[1]
+            return f"block{rest[0]}.{'norm' if part.lower().startswith(NORM_NAMES) else part}"
+        module = name.rsplit(".", 1)[0] if "." in name else name
+        if any(module == e or module.startswith(e + ".") for e in self.embeddings):
+            return "embedding"
+        parts = name.split(".")
+        # Wrappers (`transformer.`, `model.`) hold everything: name by the first level that is not the only one.
+        return parts[1] if len(parts) > 2 and self.prefix and self.prefix.startswith(parts[0] + ".") else parts[0]
+
+
+def mlp_activation(block):
+    """A block's MLP activation module (for hidden-layer statistics), or None."""
+    import torch.nn as nn
+
+    kinds = (nn.ReLU, nn.GELU, nn.SiLU, nn.Mish, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.Tanh)
+    for name, module in block.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        named = last in ("act", "act_fn", "activation", "activation_fn")
+        if (named or isinstance(module, kinds)) and not any(module.children()):
+            return module
+    return None
 
 
 def nonfinite_action(policy: str, skips: int, max_skips: int) -> tuple[str, bool]:
@@ -55,10 +120,17 @@ class HealthMonitor:
         self.warmup_steps = warmup_steps
         self.names = [n for n, _ in model.named_parameters()]
         self.params = [p for _, p in model.named_parameters()]
-        self.groups = list(dict.fromkeys(group_name(n) for n in self.names))
+        self.group_of = LayerGroups(model)
+        self.groups = list(dict.fromkeys(self.group_of(n) for n in self.names))
         index = {g: i for i, g in enumerate(self.groups)}
-        self._group_of = torch.tensor([index[group_name(n)] for n in self.names])
-        self.relu_family = model.cfg.act in ("relu", "relu2")
+        self._group_of = torch.tensor([index[self.group_of(n)] for n in self.names])
+        cfg = getattr(model, "cfg", None)
+        acts = [mlp_activation(b) for b in self.group_of.blocks]
+        self._act_modules = acts
+        if cfg is not None and hasattr(cfg, "act"):
+            self.relu_family = cfg.act in ("relu", "relu2")
+        else:
+            self.relu_family = bool(acts) and all(isinstance(a, torch.nn.ReLU) for a in acts)
         self.grad_ema: float | None = None
         self.loss_ema: float | None = None
         self.seen = 0
@@ -67,6 +139,8 @@ class HealthMonitor:
         self._grads: torch.Tensor | None = None
         self._before: list[torch.Tensor] | None = None
         self._acts: dict[str, list] = {}
+        self._armed = False  # activation hooks record only on a measured step's forward pass
+        self._kept: list = []  # hooks left in place (keep_hooks) for loops the monitor does not run
 
     # -- every step -------------------------------------------------------------------------------------------
 
@@ -99,7 +173,7 @@ class HealthMonitor:
         else:
             what = f"gradient norm ({grad_norm}: the squares overflow although each value is finite)"
         place = f" in {where}" if where else ""
-        layer = group_name(where.split(" ")[0]) if where else None
+        layer = self.group_of(where.split(" ")[0]) if where else None
         self._alert(step, "nonfinite", "bad", f"non-finite {what}{place}; {action}", layer, grad_norm)
 
     def first_nonfinite(self, forward: Callable[[], object] | None = None) -> str | None:
@@ -142,20 +216,45 @@ class HealthMonitor:
             yield
             return
         self._acts = {}
-        handles = []
-        for i, block in enumerate(self.model.blocks):
-            handles.append(block.register_forward_hook(self._hook(f"block{i}", "out")))
-            handles.append(block.mlp.act.register_forward_hook(self._hook(f"block{i}", "mlp")))
+        self._armed = True
+        handles = self._register_hooks()
         try:
             yield
         finally:
+            self._armed = False
             for h in handles:
                 h.remove()
+
+    def _register_hooks(self) -> list:
+        handles = []
+        for i, (block, act) in enumerate(zip(self.group_of.blocks, self._act_modules, strict=True)):
+            handles.append(block.register_forward_hook(self._hook(f"block{i}", "out")))
+            if act is not None:
+                handles.append(act.register_forward_hook(self._hook(f"block{i}", "mlp")))
+        return handles
+
+    def keep_hooks(self) -> None:
+        """Leave the activation hooks in place, recording only after `arm()` (the first forward pass after it):
+        for a loop whose forward passes the monitor does not run (tuilm.Monitor)."""
+        if not self._kept:
+            self._kept = self._register_hooks()
+
+    def arm(self) -> None:
+        self._acts, self._armed = {}, True
+
+    def remove_hooks(self) -> None:
+        for h in self._kept:
+            h.remove()
+        self._kept, self._armed = [], False
 
     def _hook(self, block: str, kind: str):
         def hook(module, inputs, output):
             key = (block, kind)
-            if key in self._acts:
+            if not self._armed or key in self._acts:
+                return
+            if isinstance(output, tuple | list):  # Hugging Face blocks return (hidden, ...)
+                output = output[0] if output and isinstance(output[0], torch.Tensor) else None
+            if not isinstance(output, torch.Tensor) or output.dim() < 2:
                 return
             with torch.no_grad():
                 a = output.detach().float().flatten(0, -2)  # (tokens, features)
@@ -178,8 +277,9 @@ class HealthMonitor:
     def snapshot(self) -> None:
         self._before = [p.detach().clone() for p in self.params]
 
-    def measure(self, step: int, batch, to_tensors) -> None:
-        """After the optimizer step: update ratios, weights, moments, activations, entropy; then alerts."""
+    def measure(self, step: int, batch=None, to_tensors=None) -> None:
+        """After the optimizer step: update ratios, weights, moments, activations, entropy (for a model with
+        `attention_entropy`, given the step's batch); then alerts."""
         import time
 
         t0 = time.perf_counter()
@@ -194,12 +294,14 @@ class HealthMonitor:
         u = self._by_group(updates)
         ratio = torch.log10(u / w.clamp_min(1e-12)).clamp_min(-12.0)
         m_norm, v_norm, snr = self._moments()
-        blocks = [f"block{i}" for i in range(len(self.model.blocks))]
-        x, _, pos, doc = to_tensors(batch)
-        rows = slice(0, ENTROPY_ROWS)
-        entropy = self.model.attention_entropy(
-            x[rows], None if pos is None else pos[rows], None if doc is None else doc[rows]
-        ).tolist()
+        blocks = [f"block{i}" for i in range(len(self.group_of.blocks))]
+        entropy: list[float] = []
+        if batch is not None and to_tensors is not None and hasattr(self.model, "attention_entropy"):
+            x, _, pos, doc = to_tensors(batch)
+            rows = slice(0, ENTROPY_ROWS)
+            entropy = self.model.attention_entropy(
+                x[rows], None if pos is None else pos[rows], None if doc is None else doc[rows]
+            ).tolist()
         acts = {k: [float(s) for s in v] for k, v in self._acts.items()}
         event = ev.Health(
             step=step,
@@ -219,7 +321,7 @@ class HealthMonitor:
             attn_entropy=entropy,
             seconds=time.perf_counter() - t0,
         )
-        self._grads, self._acts = None, {}
+        self._grads, self._acts, self._armed = None, {}, False
         self.emit(event)
         self._layer_alerts(event)
 
