@@ -324,3 +324,26 @@ async def test_watch_follows_a_run_written_by_the_monitor(tmp_path):
         assert "block1.mlp" in app.store.health[-1].layers and heatmap is not None
         await pilot.press("q")
     assert app.return_code == 0
+
+
+# -- the README's examples run as written ---------------------------------------------------------------------------
+
+
+def readme_example(name: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = text.split(f"<!-- example: {name} -->\n```python\n", 1)[1]
+    return block.split("```", 1)[0]
+
+
+@pytest.mark.parametrize("name, module", [("plain", "torch"), ("hf", "transformers"), ("lightning", "lightning")])
+def test_readme_examples_run_as_written(name, module, tmp_path):
+    pytest.importorskip(module, reason=f"the {name} example needs {module}")
+    out = subprocess.run([sys.executable, "-c", readme_example(name)], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / {"plain": "mine", "hf": "hf", "lightning": "pl"}[name]
+    events = read_events(run / "metrics.jsonl")
+    steps = [e for e in events if isinstance(e, ev.Step)]
+    assert len(steps) == (200 if name == "plain" else 50) and isinstance(events[-1], ev.Finished)
+    assert next(e for e in events if isinstance(e, ev.Health)).blocks  # the repeated blocks were found
