@@ -62,16 +62,23 @@ class Monitor:
         grad_clip: float = 0.0,
         warmup_steps: int = 0,
         run_config: dict | None = None,
+        vocab_size: int | None = None,
     ):
         """`grad_clip`: the clipping threshold your loop applies (only to mark clipped steps); `run_config`: any
-        settings to record in the run's config (shown by the dashboard)."""
+        settings to record in the run's config (shown by the dashboard); `vocab_size`: for a language model trained
+        from scratch, checks that the first loss is near ln(vocab) (read from `model.config` or `model.cfg` when
+        not given; pass 0 for a pre-trained model)."""
         self.model, self.optimizer = model, optimizer
         self.cfg = health_config(config)
         self.run_dir = Path(run_dir)
         self.name = name or self.run_dir.name
         self.max_steps, self.grad_clip = max_steps, grad_clip
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl")
-        self.health = HealthMonitor(model, optimizer or _NoOptimizer(), self.cfg, self._emit, warmup_steps)
+        if vocab_size is None:
+            model_cfg = getattr(model, "config", None) or getattr(model, "cfg", None)
+            vocab_size = getattr(model_cfg, "vocab_size", None)
+        no_opt = _NoOptimizer()
+        self.health = HealthMonitor(model, optimizer or no_opt, self.cfg, self._emit, warmup_steps, vocab_size or None)
         self.health.keep_hooks()
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.steps = 0

@@ -36,7 +36,14 @@ class TuilmCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.monitor is not None:
             return
-        options = {"max_steps": state.max_steps or None, "grad_clip": args.max_grad_norm or 0.0, **self.options}
+        # A model loaded from_pretrained starts below ln(vocab): the init-loss check is for models from scratch.
+        pretrained = bool(getattr(getattr(model, "config", None), "_name_or_path", ""))
+        options = {
+            "max_steps": state.max_steps or None,
+            "grad_clip": args.max_grad_norm or 0.0,
+            **({"vocab_size": 0} if pretrained else {}),
+            **self.options,
+        }
         train = {"lr": args.learning_rate, "batch_size": args.per_device_train_batch_size}
         self.monitor = Monitor(model, optimizer, self.run_dir, self.config, run_config={"train": train}, **options)
         self._handles = [

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from tuilm.config import REMEDIES
 from tuilm.train import events as ev
 
 MIN_HISTORY = 5  # steps of running averages before a value can be called abnormal relative to them
@@ -114,8 +115,19 @@ def nonfinite_action(policy: str, skips: int, max_skips: int) -> tuple[str, bool
 
 
 class HealthMonitor:
-    def __init__(self, model, optimizer, cfg, emit: Callable[[ev.Event], None], warmup_steps: int = 0):
-        """`cfg` is a HealthConfig; `emit` publishes Health and Alert events."""
+    def __init__(
+        self,
+        model,
+        optimizer,
+        cfg,
+        emit: Callable[[ev.Event], None],
+        warmup_steps: int = 0,
+        init_vocab: int | None = None,
+    ):
+        """`cfg` is a HealthConfig; `emit` publishes Health and Alert events; `init_vocab`: the vocabulary of a
+        model trained from scratch, whose first loss should be near ln(vocab) (None: not checked)."""
+        self.init_vocab = init_vocab
+        self._logz_first: float | None = None
         self.model, self.optimizer, self.cfg, self.emit = model, optimizer, cfg, emit
         self.warmup_steps = warmup_steps
         self.names = [n for n, _ in model.named_parameters()]
@@ -124,6 +136,7 @@ class HealthMonitor:
         self.groups = list(dict.fromkeys(self.group_of(n) for n in self.names))
         index = {g: i for i, g in enumerate(self.groups)}
         self._group_of = torch.tensor([index[self.group_of(n)] for n in self.names])
+        self._numel = self._sum_groups(torch.tensor([float(p.numel()) for p in self.params]))
         cfg = getattr(model, "cfg", None)
         acts = [mlp_activation(b) for b in self.group_of.blocks]
         self._act_modules = acts
@@ -150,6 +163,14 @@ class HealthMonitor:
     def check_step(self, step: int, loss: float, grad_norm: float) -> None:
         c = self.cfg
         self.seen += 1
+        if self.seen == 1 and self.init_vocab and self.init_vocab > 1 and c.init_tolerance > 0:
+            expected = math.log(self.init_vocab)
+            if abs(loss - expected) > c.init_tolerance * expected:
+                message = (
+                    f"step {step} loss {loss:.3f} is far from ln(vocab {self.init_vocab}) = {expected:.3f}: "
+                    "the init or the data is wrong"
+                )
+                self._alert(step, "init_loss", "warn", message, None, loss)
         if grad_norm > c.explode_limit:
             message = f"gradient norm {grad_norm:.3g} is above the limit {c.explode_limit:g}"
             self._alert(step, "exploding", "bad", message, None, grad_norm)
@@ -296,12 +317,17 @@ class HealthMonitor:
         m_norm, v_norm, snr = self._moments()
         blocks = [f"block{i}" for i in range(len(self.group_of.blocks))]
         entropy: list[float] = []
-        if batch is not None and to_tensors is not None and hasattr(self.model, "attention_entropy"):
+        max_logit: list[float] = []
+        log_z: float | None = None
+        if batch is not None and to_tensors is not None and hasattr(self.model, "attention_stats"):
             x, _, pos, doc = to_tensors(batch)
             rows = slice(0, ENTROPY_ROWS)
-            entropy = self.model.attention_entropy(
+            stats = self.model.attention_stats(
                 x[rows], None if pos is None else pos[rows], None if doc is None else doc[rows]
-            ).tolist()
+            )
+            entropy, max_logit = stats["entropy"].tolist(), stats["max_logit"].tolist()
+            log_z = float(stats["log_z"])
+        rms = (self._grads / self._numel.clamp_min(1).sqrt()).tolist()
         acts = {k: [float(s) for s in v] for k, v in self._acts.items()}
         event = ev.Health(
             step=step,
@@ -320,6 +346,9 @@ class HealthMonitor:
             dead_fraction=[acts[(b, "mlp")][3] if self.relu_family and (b, "mlp") in acts else None for b in blocks],
             attn_entropy=entropy,
             seconds=time.perf_counter() - t0,
+            attn_max_logit=max_logit,
+            log_z=log_z,
+            grad_rms=rms,
         )
         self._grads, self._acts, self._armed = None, {}, False
         self.emit(event)
@@ -384,6 +413,28 @@ class HealthMonitor:
                 self._alert(
                     h.step, "update_ratio", "warn", f"{layer} update/weight ratio 10^{r:.1f} is too {side}", layer, r
                 )
+        eps = self._eps()
+        if eps and c.eps_ratio > 0:
+            for layer, g, rms in zip(h.layers, h.grad_norm, h.grad_rms, strict=False):
+                if g >= c.vanish_floor and rms < c.eps_ratio * eps:
+                    message = (
+                        f"{layer} gradient RMS {rms:.2g} is within {c.eps_ratio:g}x of the optimizer's eps {eps:g}"
+                    )
+                    self._alert(h.step, "grad_eps", "warn", message, layer, rms)
+        for block, top in zip(h.blocks, h.attn_max_logit, strict=False):
+            if math.isfinite(top) and top > c.attn_logit_limit:
+                message = f"{block} largest attention logit {top:.3g} is above {c.attn_logit_limit:g}"
+                self._alert(h.step, "attn_logit", "bad", message, f"{block}.attn", top)
+        for block, entropy in zip(h.blocks, h.attn_entropy, strict=False):
+            if math.isfinite(entropy) and entropy < c.entropy_floor:
+                message = f"{block} attention entropy {entropy:.3f} nats is below {c.entropy_floor:g}: collapsed"
+                self._alert(h.step, "entropy_collapse", "bad", message, f"{block}.attn", entropy)
+        if h.log_z is not None and math.isfinite(h.log_z):
+            if self._logz_first is None:
+                self._logz_first = h.log_z
+            elif abs(h.log_z - self._logz_first) > c.logz_drift:
+                message = f"output log Z {h.log_z:.3g} drifted from {self._logz_first:.3g} at the first measurement"
+                self._alert(h.step, "logz_drift", "warn", message, None, h.log_z)
         for block, dead in zip(h.blocks, h.dead_fraction, strict=True):
             if dead is not None and dead > c.dead_limit:
                 self._alert(
@@ -419,15 +470,29 @@ class HealthMonitor:
         if last is not None and step - last < REPEAT_AFTER:
             return
         self._last_alert[key] = step
-        self.emit(ev.Alert(step, code, severity, message, layer, float(value)))
+        remedy, panel = REMEDIES.get(code, ("", ""))
+        self.emit(ev.Alert(step, code, severity, message, layer, float(value), remedy, panel))
+
+    def _eps(self) -> float:
+        """The optimizer's eps (Adam-like: its first group's), 0 for optimizers without one."""
+        groups = getattr(self.optimizer, "param_groups", [])
+        eps = groups[0].get("eps", 0.0) if groups else 0.0
+        return float(eps) if isinstance(eps, int | float) else 0.0
 
     # -- resume -------------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {"grad_ema": self.grad_ema, "loss_ema": self.loss_ema, "seen": self.seen, "evals": self._evals}
+        return {
+            "grad_ema": self.grad_ema,
+            "loss_ema": self.loss_ema,
+            "seen": self.seen,
+            "evals": self._evals,
+            "logz_first": self._logz_first,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.grad_ema = state.get("grad_ema")
         self.loss_ema = state.get("loss_ema")
         self.seen = state.get("seen", 0)
         self._evals = [tuple(e) for e in state.get("evals", [])]
+        self._logz_first = state.get("logz_first")

@@ -70,7 +70,8 @@ class Trainer(Controls):
         self.forward = torch.compile(self.model) if t.compile else self.model
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
-        self.health = HealthMonitor(self.model, self.optimizer, config.health, self._emit, t.warmup_steps)
+        init_vocab = None if t.init else self.config.model.vocab_size  # pre-trained weights start below ln(vocab)
+        self.health = HealthMonitor(self.model, self.optimizer, config.health, self._emit, t.warmup_steps, init_vocab)
 
         self.state = TrainState()  # saved with every checkpoint, restored on resume
         self.last_eval: ev.Eval | None = None
