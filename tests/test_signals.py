@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
 import torch
 from torch import nn
 
@@ -89,3 +90,51 @@ def test_attention_logit_growth_entropy_collapse_and_log_z_drift_fire_on_planted
     assert ("logz_drift", None, 15) in found
     assert not [a for a in rec.of(ev.Alert) if a.step < 12]  # silent before the plant
     assert all(a.remedy and a.panel for a in rec.of(ev.Alert))
+
+
+# -- the options the literature pairs with these signals ---------------------------------------------------------
+
+
+def test_qk_norm_bounds_attention_logits_and_keeps_checkpoints_loadable(tmp_path):
+    from tuilm.config import ModelConfig
+    from tuilm.errors import ConfigError
+    from tuilm.model import GPT
+
+    torch.manual_seed(0)
+    idx = torch.randint(0, 50, (2, 16))
+    stats = {}
+    for qk in (False, True):
+        model = GPT(ModelConfig(vocab_size=50, seq_len=16, d_model=32, n_layers=2, n_heads=2, qk_norm=qk))
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.qkv.weight.mul_(50.0)  # queries and keys blown up, as a high learning rate does
+        stats[qk] = model.attention_stats(idx)
+        names = [n for n, _ in model.named_parameters()]
+        assert ("blocks.0.attn.q_norm.weight" in names) == qk
+    # Unnormalised, the logits grow with the weights squared; normalised, |q.k|/sqrt(d) <= sqrt(head_dim) = 4.
+    assert stats[False]["max_logit"].min() > 50
+    assert stats[True]["max_logit"].max() <= 4.0 + 1e-3
+    assert stats[True]["entropy"].min() > stats[False]["entropy"].max()
+    with pytest.raises(ConfigError, match="qk_norm must be true or false"):
+        ModelConfig(qk_norm="yes")
+
+
+def test_z_loss_adds_the_squared_log_z_and_pulls_it_towards_zero(small_corpus, tmp_path):
+    from tuilm.train.losses import z_loss_sum
+
+    logits = torch.tensor([[[0.0, 0.0], [3.0, 1.0]]])
+    targets = torch.tensor([[0, -100]])
+    assert z_loss_sum(logits, targets, 1e-4).item() == pytest.approx(1e-4 * math.log(2) ** 2)
+
+    log_z = {}
+    for coef in ("0", "0.1"):
+        trainer, rec = tiny_trainer(small_corpus, tmp_path / coef, *STEPS, f"z_loss={coef}", "lr=3e-3")
+        trainer.run()
+        log_z[coef] = abs(rec.of(ev.Health)[-1].log_z)
+        assert all(math.isfinite(s.loss) for s in rec.of(ev.Step))
+    assert log_z["0.1"] < log_z["0"]
+
+
+def test_bad_z_loss_is_one_line_exit_2(small_corpus, tmp_path):
+    out = run_tuilm("train", str(small_corpus), "--set", "z_loss=-1", "--headless", "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and "train.z_loss must be 0 (off) or positive" in out.stderr

@@ -53,6 +53,7 @@ class TrainConfig:
     muon_lr: float = 0.02  # muon: peak lr of the Muon groups (the AdamW groups use lr); same schedule
     muon_momentum: float = 0.95  # muon: Nesterov momentum
     grad_clip: float = 1.0  # 0 turns clipping off
+    z_loss: float = 0.0  # coefficient of the mean squared log Z of the output logits added to the loss (PaLM: 1e-4)
     epochs: float = 0  # stopping criteria: 0 means unset; training stops at the first one reached
     max_steps: int = 0
     max_tokens: int = 0
@@ -351,6 +352,7 @@ def validate(config: RunConfig) -> None:
         (0 <= t.min_lr <= t.lr, f"train.min_lr must be between 0 and train.lr ({t.lr}), got {t.min_lr}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be 0 or more, got {t.warmup_steps}"),
         (t.grad_clip >= 0, f"train.grad_clip must be 0 (off) or positive, got {t.grad_clip}"),
+        (t.z_loss >= 0, f"train.z_loss must be 0 (off) or positive, got {t.z_loss}"),
         (t.eval_interval >= 1, f"train.eval_interval must be at least 1, got {t.eval_interval}"),
         (t.checkpoint_interval >= 1, f"train.checkpoint_interval must be at least 1, got {t.checkpoint_interval}"),
         (

@@ -132,6 +132,9 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        # QK-norm (Dehghani et al. 2023, Wortsman et al. 2023): bounded attention logits, no entropy collapse.
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
         # With measure_entropy on, the forward computes the attention weights itself and keeps their mean
         # entropy in `entropy` (GPT.attention_entropy turns it on for one pass).
         self.measure_entropy = False
@@ -141,6 +144,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, rope=None, mask=None, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # keys are stored already rotated, so cached tokens never need re-encoding

@@ -27,6 +27,7 @@ from tuilm.train import events as ev
 from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
 from tuilm.train.health import HealthMonitor, nonfinite_action
+from tuilm.train.losses import z_loss_sum
 from tuilm.train.optim import build_optimizer, lr_at
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
 from tuilm.train.schedule import BatchSource, StopRules, to_device
@@ -166,6 +167,8 @@ class Trainer(Controls):
                     logits = model(x, pos_ids=pos, doc_ids=doc)
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
                 scaled = loss / n_targets
+                if self.tcfg.z_loss:  # reported losses stay the cross-entropy alone
+                    scaled = scaled + z_loss_sum(logits, y, self.tcfg.z_loss) / n_targets
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 loss_sum += loss.detach()
         if self.scaler:
