@@ -32,6 +32,10 @@ ModelPath = Annotated[
 Temperature = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.")]
 TopK = Annotated[int, typer.Option("--top-k", help="Sample among the K most likely tokens; 0 for all.")]
 TopP = Annotated[float, typer.Option("--top-p", help="Sample among the most likely tokens holding P of the mass.")]
+MinP = Annotated[float, typer.Option("--min-p", help="Drop tokens less likely than P times the likeliest; 0: off.")]
+RepetitionPenalty = Annotated[
+    float, typer.Option("--repetition-penalty", help="Divide the logits of tokens already in the context; 1: off.")
+]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible samples.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout instead of tables (README).")]
@@ -160,6 +164,8 @@ def sample(
     temperature: Temperature = DEFAULTS.temperature,
     top_k: TopK = DEFAULTS.top_k,
     top_p: TopP = DEFAULTS.top_p,
+    min_p: MinP = DEFAULTS.min_p,
+    repetition_penalty: RepetitionPenalty = DEFAULTS.repetition_penalty,
     seed: Seed = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the whole context for every token.")] = False,
     truncate: Annotated[
@@ -184,6 +190,8 @@ def sample(
         device,
         truncate,
         allow_nonfinite=allow_nonfinite,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
     )
 
 
@@ -225,6 +233,8 @@ def chat(
     temperature: Temperature = DEFAULTS.temperature,
     top_k: TopK = DEFAULTS.top_k,
     top_p: TopP = DEFAULTS.top_p,
+    min_p: MinP = DEFAULTS.min_p,
+    repetition_penalty: RepetitionPenalty = DEFAULTS.repetition_penalty,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", "-n", help="Tokens per reply.")
     ] = DEFAULTS.max_new_tokens,
@@ -251,6 +261,8 @@ def chat(
         prompt_format,
         device,
         allow_nonfinite=allow_nonfinite,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
     )
     raise typer.Exit(code)
 

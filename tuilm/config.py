@@ -53,6 +53,7 @@ class TrainConfig:
     muon_lr: float = 0.02  # muon: peak lr of the Muon groups (the AdamW groups use lr); same schedule
     muon_momentum: float = 0.95  # muon: Nesterov momentum
     grad_clip: float = 1.0  # 0 turns clipping off
+    z_loss: float = 0.0  # coefficient of the mean squared log Z of the output logits added to the loss (PaLM: 1e-4)
     epochs: float = 0.0  # stopping criteria: 0 means unset; training stops at the first one reached
     max_steps: int = 0
     max_tokens: int = 0
@@ -76,6 +77,32 @@ class TrainConfig:
         return parse_duration(self.time) if self.time else 0.0
 
 
+# Every alert's one-line remedy and the dashboard panel that shows it (page › panel).
+REMEDIES: dict[str, tuple[str, str]] = {
+    "nonfinite": ("lower lr, keep grad_clip on, use bf16 not fp16; rewind past a bad batch", "1 train › loss"),
+    "exploding": (
+        "lower lr or grad_clip; lengthen warmup; try model.qk_norm / train.z_loss",
+        "2 health › gradient norm",
+    ),
+    "vanishing": ("check the layer is used and its init; raise lr for it or use pre-norm", "2 health › layers"),
+    "update_ratio": ("too small: raise lr; too large: lower lr or lengthen warmup", "2 health › layers"),
+    "loss_spike": ("lower lr, lengthen warmup, or skip the batch (health.on_spike)", "1 train › loss"),
+    "dead_units": ("lower lr, use gelu or swiglu instead of relu", "2 health › activations"),
+    "overfitting": ("more data, dropout or weight decay; stop early (train.patience)", "1 train › loss"),
+    "init_loss": (
+        "at init the loss should be near ln(vocab): check the output init, labels and shift",
+        "1 train › loss",
+    ),
+    "grad_eps": ("gradients near Adam's eps stop moving it: lower eps or scale the loss up", "2 health › layers"),
+    "attn_logit": ("attention logits grow unbounded: lower lr, turn on model.qk_norm", "2 health › activations"),
+    "entropy_collapse": (
+        "attention collapsed onto one key: model.qk_norm, lower lr, longer warmup",
+        "2 health › activations",
+    ),
+    "logz_drift": ("output log Z drifts: add train.z_loss (1e-4) or lower lr", "2 health › activations"),
+}
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     interval: int = 25  # steps between per-layer measurements (see benchmarks/health_overhead.py)
@@ -89,6 +116,11 @@ class HealthConfig:
     spike_factor: float = 1.5  # loss above this multiple of its running average
     dead_limit: float = 0.5  # fraction of an MLP's ReLU units that never fire on a batch
     overfit_evals: int = 3  # val loss rising this many evaluations in a row while train loss falls
+    init_tolerance: float = 0.5  # step 1's loss this fraction of ln(vocab) away from ln(vocab): init or data wrong
+    eps_ratio: float = 10.0  # a layer's gradient RMS below this multiple of the optimizer's eps
+    attn_logit_limit: float = 100.0  # largest pre-softmax attention logit (Wortsman et al. 2023: it grows unbounded)
+    entropy_floor: float = 0.05  # a layer's mean attention entropy (nats) below this: collapsed
+    logz_drift: float = 20.0  # output log Z this far from its first measurement
 
     # The per-layer judging rule, for whoever colours a value as the monitor's alerts would judge it: "bad" is
     # what the monitor alerts on, "warn" within a factor of 100 (or a decade) of that.
@@ -463,6 +495,7 @@ def validate(config: RunConfig) -> None:
         (0 <= t.min_lr <= t.lr, f"train.min_lr must be between 0 and train.lr ({t.lr}), got {t.min_lr}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be 0 or more, got {t.warmup_steps}"),
         (t.grad_clip >= 0, f"train.grad_clip must be 0 (off) or positive, got {t.grad_clip}"),
+        (t.z_loss >= 0, f"train.z_loss must be 0 (off) or positive, got {t.z_loss}"),
         (t.eval_interval >= 1, f"train.eval_interval must be at least 1, got {t.eval_interval}"),
         (t.log_interval >= 1, f"train.log_interval must be at least 1, got {t.log_interval}"),
         (t.checkpoint_interval >= 1, f"train.checkpoint_interval must be at least 1, got {t.checkpoint_interval}"),

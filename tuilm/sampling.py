@@ -14,11 +14,23 @@ from tuilm.errors import CheckpointError, ConfigError
 from tuilm.sampling_settings import SamplingSettings
 
 
-def next_token(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
-    """Sample ids (B,) from logits (B, V) with temperature, top-k and top-p (nucleus) filtering."""
+def next_token(
+    logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None, history=None
+) -> torch.Tensor:
+    """Sample ids (B,) from logits (B, V) with temperature, top-k, top-p (nucleus) and min-p filtering; with a
+    repetition penalty, the logits of the ids in `history` (the context so far) are divided by it first (the
+    negative ones multiplied: CTRL, Keskar et al. 2019), greedy decoding included."""
+    if s.repetition_penalty != 1.0 and history:
+        seen = torch.tensor(sorted(set(history)), device=logits.device)
+        logits = logits.float().clone()
+        picked = logits[:, seen]
+        logits[:, seen] = torch.where(picked > 0, picked / s.repetition_penalty, picked * s.repetition_penalty)
     if s.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / s.temperature
+    if s.min_p > 0:  # Nguyen et al. 2024: a floor relative to the likeliest token
+        probs = logits.softmax(dim=-1)
+        logits = logits.masked_fill(probs < s.min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
     if s.top_k and s.top_k < logits.shape[-1]:
         kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -81,7 +93,7 @@ def generate(
                 fed = len(tokens)
             else:
                 logits = model(torch.tensor([tokens], device=device), last_only=True)[:, -1]
-            token = int(next_token(logits, settings, generator).item())
+            token = int(next_token(logits, settings, generator, tokens).item())
             tokens.append(token)
             yield token
             if token in stop_ids:

@@ -216,6 +216,8 @@ COMMANDS = {
         Command("temp", "T", "sampling temperature; 0 is greedy", _setting("temperature", float, "temperature", "/temp 0.7")),
         Command("top-k", "K", "sample among the K most likely tokens; 0 for all", _setting("top_k", int, "top-k", "/top-k 40")),
         Command("top-p", "P", "sample among the likeliest tokens holding P of the mass; 1 for all", _setting("top_p", float, "top-p", "/top-p 0.9")),
+        Command("min-p", "P", "drop tokens less likely than P x the likeliest; 0 for off", _setting("min_p", float, "min-p", "/min-p 0.05")),
+        Command("rep", "R", "repetition penalty on tokens already said; 1 for off", _setting("repetition_penalty", float, "repetition penalty", "/rep 1.2")),
         Command("max", "N", "tokens per reply", _setting("max_new_tokens", int, "max tokens per reply", "/max 100")),
         Command("seed", "S", "seed for reproducible replies; random for none", _seed),
         Command("format", "plain|chat", "how prompts and replies are joined", _format),

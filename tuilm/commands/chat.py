@@ -17,6 +17,8 @@ def chat_command(
     device: str,
     *,
     allow_nonfinite: bool = False,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
 ) -> int:
     import io
 
@@ -26,7 +28,7 @@ def chat_command(
     from tuilm.device import pick_device
     from tuilm.sampling import SamplingSettings
 
-    settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
+    settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens, min_p, repetition_penalty)
     settings.validate()
     check_format(prompt_format)
     ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)

@@ -21,13 +21,15 @@ def sample_command(
     truncate: bool = False,
     *,
     allow_nonfinite: bool = False,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
 ) -> None:
     from tuilm.checkpoint import load_checkpoint
     from tuilm.device import pick_device
     from tuilm.formatting import valid_text, visible
     from tuilm.sampling import SamplingSettings, generate, make_generator
 
-    settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens)
+    settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens, min_p, repetition_penalty)
     settings.validate()
     prompt, changed = valid_text(prompt)
     if changed:

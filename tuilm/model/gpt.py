@@ -132,14 +132,20 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        # QK-norm (Dehghani et al. 2023, Wortsman et al. 2023): bounded attention logits, no entropy collapse.
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
         # With measure_entropy on, the forward computes the attention weights itself and keeps their mean
         # entropy in `entropy` (GPT.attention_entropy turns it on for one pass).
         self.measure_entropy = False
         self.entropy: torch.Tensor | None = None
+        self.max_logit: torch.Tensor | None = None  # the largest pre-softmax attention logit of that pass
 
     def forward(self, x, rope=None, mask=None, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # keys are stored already rotated, so cached tokens never need re-encoding
@@ -147,8 +153,10 @@ class CausalSelfAttention(nn.Module):
         if mask is not None:
             mask = mask.to(q.dtype)  # no-op unless autocast changed q's dtype
         if self.measure_entropy:  # slow path: the fused kernel does not return its weights
-            att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + mask, dim=-1)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + mask
+            att = torch.softmax(scores, dim=-1)
             self.entropy = torch.special.entr(att).sum(-1).mean()
+            self.max_logit = scores.detach().amax()  # masked places are -inf: the largest logit attended to
             y = att @ v
         else:
             # mask None means plain causal attention with queries and keys aligned (or one query seeing all keys),
@@ -292,17 +300,29 @@ class GPT(nn.Module):
         Slow (explicit attention weights), so give it a small sub-batch. Runs in eval mode: dropout would only
         add noise to the statistic.
         """
+        return self.attention_stats(idx, pos_ids, doc_ids)["entropy"]
+
+    def attention_stats(self, idx, pos_ids=None, doc_ids=None) -> dict[str, torch.Tensor]:
+        """One explicit-attention pass over a small sub-batch: per layer the mean attention entropy ("entropy")
+        and the largest pre-softmax logit ("max_logit", whose unbounded growth precedes entropy collapse), and
+        the mean log-partition log Z of the output logits ("log_z", what z-loss pulls towards 0)."""
         was_training = self.training
         attention = [block.attn for block in self.blocks]
         self.eval()
         try:
             for a in attention:
                 a.measure_entropy = True
-            self._hidden(idx, pos_ids, None, doc_ids, None)
-            return torch.stack([a.entropy for a in attention]).float()
+            with torch.no_grad():
+                x = self._hidden(idx, pos_ids, None, doc_ids, None)
+                log_z = torch.logsumexp(self.head(self.norm_f(x)).float(), dim=-1).mean()
+            return {
+                "entropy": torch.stack([a.entropy for a in attention]).float(),
+                "max_logit": torch.stack([a.max_logit for a in attention]).float(),
+                "log_z": log_z,
+            }
         finally:
             for a in attention:
-                a.measure_entropy, a.entropy = False, None
+                a.measure_entropy, a.entropy, a.max_logit = False, None, None
             self.train(was_training)
 
     def _hidden(self, idx, pos_ids, key_padding_mask, doc_ids, cache) -> torch.Tensor:

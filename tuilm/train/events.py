@@ -93,6 +93,9 @@ class Health(Event):
     dead_fraction: list[float | None] = field(default_factory=list)
     attn_entropy: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    attn_max_logit: list[float] = field(default_factory=list)  # largest pre-softmax attention logit per block
+    log_z: float | None = None  # mean log-partition of the output logits (z-loss's quantity)
+    grad_rms: list[float] = field(default_factory=list)  # per layer, gradient RMS (against the optimizer's eps)
 
     def block_stats(self, i: int) -> tuple[float | None, float]:
         """Block i's dead fraction (None outside the ReLU family) and attention entropy (nan when not measured):
@@ -114,11 +117,14 @@ class Health(Event):
 class Alert(Event):
     kind: ClassVar[str] = "alert"
     step: int
-    code: str  # nonfinite | exploding | vanishing | update_ratio | loss_spike | dead_units | overfitting
+    code: str  # nonfinite | exploding | vanishing | update_ratio | loss_spike | dead_units | overfitting |
+    # init_loss | grad_eps | attn_logit | entropy_collapse | logz_drift
     severity: str  # warn | bad
     message: str
     layer: str | None = None
     value: float | None = None
+    remedy: str = ""  # one line: what to try
+    panel: str = ""  # where the dashboard shows it ("page › panel")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from tuilm.config import REMEDIES
 from tuilm.train import events as ev
 
 MIN_HISTORY = 5  # steps of running averages before a value can be called abnormal relative to them
@@ -28,7 +29,7 @@ ENTROPY_ROWS = 4
 
 
 def group_name(param_name: str) -> str:
-    """`blocks.3.attn.qkv.weight` -> `block3.attn`; norms of a block share one group."""
+    """`blocks.3.attn.qkv.weight` -> `block3.attn`; norms of a block share one group (tuilm's GPT)."""
     parts = param_name.split(".")
     if parts[0] in ("tok_emb", "pos_emb"):
         return "embedding"
@@ -36,6 +37,71 @@ def group_name(param_name: str) -> str:
         part = parts[2]
         return f"block{parts[1]}.{'norm' if part.startswith('norm') else part}"
     return parts[0]  # norm_f, head
+
+
+NORM_NAMES = ("norm", "ln", "layernorm", "layer_norm", "rms")
+
+
+def find_blocks(model) -> tuple[str, list] | None:
+    """The model's repeated blocks: the largest ModuleList (or Sequential) of two or more modules of one type,
+    as (its dotted path, its children); None for a model without one."""
+    import torch.nn as nn
+
+    best: tuple[str, list] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList | nn.Sequential):
+            continue
+        children = list(module.children())
+        if (
+            len(children) < 2
+            or len({type(c) for c in children}) != 1
+            or not any(True for _ in children[0].parameters())
+        ):
+            continue
+        if best is None or len(children) > len(best[1]):
+            best = (name, children)
+    return best
+
+
+class LayerGroups:
+    """Parameter (or module) names -> layer groups, from the module tree of any model: each repeated block's
+    direct children (`block3.attn`, `block3.mlp`; its norms share `block3.norm`), embeddings as `embedding`,
+    everything else by its top-level child (`head`, `ln_f`). For tuilm's GPT this is `group_name`."""
+
+    def __init__(self, model):
+        import torch.nn as nn
+
+        found = find_blocks(model)
+        self.prefix = found[0] + "." if found else None
+        self.blocks = found[1] if found else []
+        self.embeddings = {n for n, m in model.named_modules() if n and isinstance(m, nn.Embedding)}
+
+    def __call__(self, name: str) -> str:
+        if self.prefix is not None and name.startswith(self.prefix):
+            rest = name[len(self.prefix) :].split(".")
+            if len(rest) < 3:  # a parameter of the block itself
+                return f"block{rest[0]}"
+            part = rest[1]
+            return f"block{rest[0]}.{'norm' if part.lower().startswith(NORM_NAMES) else part}"
+        module = name.rsplit(".", 1)[0] if "." in name else name
+        if any(module == e or module.startswith(e + ".") for e in self.embeddings):
+            return "embedding"
+        parts = name.split(".")
+        # Wrappers (`transformer.`, `model.`) hold everything: name by the first level that is not the only one.
+        return parts[1] if len(parts) > 2 and self.prefix and self.prefix.startswith(parts[0] + ".") else parts[0]
+
+
+def mlp_activation(block):
+    """A block's MLP activation module (for hidden-layer statistics), or None."""
+    import torch.nn as nn
+
+    kinds = (nn.ReLU, nn.GELU, nn.SiLU, nn.Mish, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.Tanh)
+    for name, module in block.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        named = last in ("act", "act_fn", "activation", "activation_fn")
+        if (named or isinstance(module, kinds)) and not any(module.children()):
+            return module
+    return None
 
 
 def nonfinite_action(policy: str, skips: int, max_skips: int) -> tuple[str, bool]:
@@ -49,16 +115,35 @@ def nonfinite_action(policy: str, skips: int, max_skips: int) -> tuple[str, bool
 
 
 class HealthMonitor:
-    def __init__(self, model, optimizer, cfg, emit: Callable[[ev.Event], None], warmup_steps: int = 0):
-        """`cfg` is a HealthConfig; `emit` publishes Health and Alert events."""
+    def __init__(
+        self,
+        model,
+        optimizer,
+        cfg,
+        emit: Callable[[ev.Event], None],
+        warmup_steps: int = 0,
+        init_vocab: int | None = None,
+    ):
+        """`cfg` is a HealthConfig; `emit` publishes Health and Alert events; `init_vocab`: the vocabulary of a
+        model trained from scratch, whose first loss should be near ln(vocab) (None: not checked)."""
+        self.init_vocab = init_vocab
+        self._logz_first: float | None = None
         self.model, self.optimizer, self.cfg, self.emit = model, optimizer, cfg, emit
         self.warmup_steps = warmup_steps
         self.names = [n for n, _ in model.named_parameters()]
         self.params = [p for _, p in model.named_parameters()]
-        self.groups = list(dict.fromkeys(group_name(n) for n in self.names))
+        self.group_of = LayerGroups(model)
+        self.groups = list(dict.fromkeys(self.group_of(n) for n in self.names))
         index = {g: i for i, g in enumerate(self.groups)}
-        self._group_of = torch.tensor([index[group_name(n)] for n in self.names])
-        self.relu_family = model.cfg.act in ("relu", "relu2")
+        self._group_of = torch.tensor([index[self.group_of(n)] for n in self.names])
+        self._numel = self._sum_groups(torch.tensor([float(p.numel()) for p in self.params]))
+        cfg = getattr(model, "cfg", None)
+        acts = [mlp_activation(b) for b in self.group_of.blocks]
+        self._act_modules = acts
+        if cfg is not None and hasattr(cfg, "act"):
+            self.relu_family = cfg.act in ("relu", "relu2")
+        else:
+            self.relu_family = bool(acts) and all(isinstance(a, torch.nn.ReLU) for a in acts)
         self.grad_ema: float | None = None
         self.loss_ema: float | None = None
         self.seen = 0
@@ -67,6 +152,8 @@ class HealthMonitor:
         self._grads: torch.Tensor | None = None
         self._before: list[torch.Tensor] | None = None
         self._acts: dict[str, list] = {}
+        self._armed = False  # activation hooks record only on a measured step's forward pass
+        self._kept: list = []  # hooks left in place (keep_hooks) for loops the monitor does not run
 
     # -- every step -------------------------------------------------------------------------------------------
 
@@ -76,6 +163,14 @@ class HealthMonitor:
     def check_step(self, step: int, loss: float, grad_norm: float) -> None:
         c = self.cfg
         self.seen += 1
+        if self.seen == 1 and self.init_vocab and self.init_vocab > 1 and c.init_tolerance > 0:
+            expected = math.log(self.init_vocab)
+            if abs(loss - expected) > c.init_tolerance * expected:
+                message = (
+                    f"step {step} loss {loss:.3f} is far from ln(vocab {self.init_vocab}) = {expected:.3f}: "
+                    "the init or the data is wrong"
+                )
+                self._alert(step, "init_loss", "warn", message, None, loss)
         if grad_norm > c.explode_limit:
             message = f"gradient norm {grad_norm:.3g} is above the limit {c.explode_limit:g}"
             self._alert(step, "exploding", "bad", message, None, grad_norm)
@@ -99,7 +194,7 @@ class HealthMonitor:
         else:
             what = f"gradient norm ({grad_norm}: the squares overflow although each value is finite)"
         place = f" in {where}" if where else ""
-        layer = group_name(where.split(" ")[0]) if where else None
+        layer = self.group_of(where.split(" ")[0]) if where else None
         self._alert(step, "nonfinite", "bad", f"non-finite {what}{place}; {action}", layer, grad_norm)
 
     def first_nonfinite(self, forward: Callable[[], object] | None = None) -> str | None:
@@ -142,20 +237,45 @@ class HealthMonitor:
             yield
             return
         self._acts = {}
-        handles = []
-        for i, block in enumerate(self.model.blocks):
-            handles.append(block.register_forward_hook(self._hook(f"block{i}", "out")))
-            handles.append(block.mlp.act.register_forward_hook(self._hook(f"block{i}", "mlp")))
+        self._armed = True
+        handles = self._register_hooks()
         try:
             yield
         finally:
+            self._armed = False
             for h in handles:
                 h.remove()
+
+    def _register_hooks(self) -> list:
+        handles = []
+        for i, (block, act) in enumerate(zip(self.group_of.blocks, self._act_modules, strict=True)):
+            handles.append(block.register_forward_hook(self._hook(f"block{i}", "out")))
+            if act is not None:
+                handles.append(act.register_forward_hook(self._hook(f"block{i}", "mlp")))
+        return handles
+
+    def keep_hooks(self) -> None:
+        """Leave the activation hooks in place, recording only after `arm()` (the first forward pass after it):
+        for a loop whose forward passes the monitor does not run (tuilm.Monitor)."""
+        if not self._kept:
+            self._kept = self._register_hooks()
+
+    def arm(self) -> None:
+        self._acts, self._armed = {}, True
+
+    def remove_hooks(self) -> None:
+        for h in self._kept:
+            h.remove()
+        self._kept, self._armed = [], False
 
     def _hook(self, block: str, kind: str):
         def hook(module, inputs, output):
             key = (block, kind)
-            if key in self._acts:
+            if not self._armed or key in self._acts:
+                return
+            if isinstance(output, tuple | list):  # Hugging Face blocks return (hidden, ...)
+                output = output[0] if output and isinstance(output[0], torch.Tensor) else None
+            if not isinstance(output, torch.Tensor) or output.dim() < 2:
                 return
             with torch.no_grad():
                 a = output.detach().float().flatten(0, -2)  # (tokens, features)
@@ -178,8 +298,9 @@ class HealthMonitor:
     def snapshot(self) -> None:
         self._before = [p.detach().clone() for p in self.params]
 
-    def measure(self, step: int, batch, to_tensors) -> None:
-        """After the optimizer step: update ratios, weights, moments, activations, entropy; then alerts."""
+    def measure(self, step: int, batch=None, to_tensors=None) -> None:
+        """After the optimizer step: update ratios, weights, moments, activations, entropy (for a model with
+        `attention_entropy`, given the step's batch); then alerts."""
         import time
 
         t0 = time.perf_counter()
@@ -194,12 +315,19 @@ class HealthMonitor:
         u = self._by_group(updates)
         ratio = torch.log10(u / w.clamp_min(1e-12)).clamp_min(-12.0)
         m_norm, v_norm, snr = self._moments()
-        blocks = [f"block{i}" for i in range(len(self.model.blocks))]
-        x, _, pos, doc = to_tensors(batch)
-        rows = slice(0, ENTROPY_ROWS)
-        entropy = self.model.attention_entropy(
-            x[rows], None if pos is None else pos[rows], None if doc is None else doc[rows]
-        ).tolist()
+        blocks = [f"block{i}" for i in range(len(self.group_of.blocks))]
+        entropy: list[float] = []
+        max_logit: list[float] = []
+        log_z: float | None = None
+        if batch is not None and to_tensors is not None and hasattr(self.model, "attention_stats"):
+            x, _, pos, doc = to_tensors(batch)
+            rows = slice(0, ENTROPY_ROWS)
+            stats = self.model.attention_stats(
+                x[rows], None if pos is None else pos[rows], None if doc is None else doc[rows]
+            )
+            entropy, max_logit = stats["entropy"].tolist(), stats["max_logit"].tolist()
+            log_z = float(stats["log_z"])
+        rms = (self._grads / self._numel.clamp_min(1).sqrt()).tolist()
         acts = {k: [float(s) for s in v] for k, v in self._acts.items()}
         event = ev.Health(
             step=step,
@@ -218,8 +346,11 @@ class HealthMonitor:
             dead_fraction=[acts[(b, "mlp")][3] if self.relu_family and (b, "mlp") in acts else None for b in blocks],
             attn_entropy=entropy,
             seconds=time.perf_counter() - t0,
+            attn_max_logit=max_logit,
+            log_z=log_z,
+            grad_rms=rms,
         )
-        self._grads, self._acts = None, {}
+        self._grads, self._acts, self._armed = None, {}, False
         self.emit(event)
         self._layer_alerts(event)
 
@@ -282,6 +413,28 @@ class HealthMonitor:
                 self._alert(
                     h.step, "update_ratio", "warn", f"{layer} update/weight ratio 10^{r:.1f} is too {side}", layer, r
                 )
+        eps = self._eps()
+        if eps and c.eps_ratio > 0:
+            for layer, g, rms in zip(h.layers, h.grad_norm, h.grad_rms, strict=False):
+                if g >= c.vanish_floor and rms < c.eps_ratio * eps:
+                    message = (
+                        f"{layer} gradient RMS {rms:.2g} is within {c.eps_ratio:g}x of the optimizer's eps {eps:g}"
+                    )
+                    self._alert(h.step, "grad_eps", "warn", message, layer, rms)
+        for block, top in zip(h.blocks, h.attn_max_logit, strict=False):
+            if math.isfinite(top) and top > c.attn_logit_limit:
+                message = f"{block} largest attention logit {top:.3g} is above {c.attn_logit_limit:g}"
+                self._alert(h.step, "attn_logit", "bad", message, f"{block}.attn", top)
+        for block, entropy in zip(h.blocks, h.attn_entropy, strict=False):
+            if math.isfinite(entropy) and entropy < c.entropy_floor:
+                message = f"{block} attention entropy {entropy:.3f} nats is below {c.entropy_floor:g}: collapsed"
+                self._alert(h.step, "entropy_collapse", "bad", message, f"{block}.attn", entropy)
+        if h.log_z is not None and math.isfinite(h.log_z):
+            if self._logz_first is None:
+                self._logz_first = h.log_z
+            elif abs(h.log_z - self._logz_first) > c.logz_drift:
+                message = f"output log Z {h.log_z:.3g} drifted from {self._logz_first:.3g} at the first measurement"
+                self._alert(h.step, "logz_drift", "warn", message, None, h.log_z)
         for block, dead in zip(h.blocks, h.dead_fraction, strict=True):
             if dead is not None and dead > c.dead_limit:
                 self._alert(
@@ -317,15 +470,29 @@ class HealthMonitor:
         if last is not None and step - last < REPEAT_AFTER:
             return
         self._last_alert[key] = step
-        self.emit(ev.Alert(step, code, severity, message, layer, float(value)))
+        remedy, panel = REMEDIES.get(code, ("", ""))
+        self.emit(ev.Alert(step, code, severity, message, layer, float(value), remedy, panel))
+
+    def _eps(self) -> float:
+        """The optimizer's eps (Adam-like: its first group's), 0 for optimizers without one."""
+        groups = getattr(self.optimizer, "param_groups", [])
+        eps = groups[0].get("eps", 0.0) if groups else 0.0
+        return float(eps) if isinstance(eps, int | float) else 0.0
 
     # -- resume -------------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {"grad_ema": self.grad_ema, "loss_ema": self.loss_ema, "seen": self.seen, "evals": self._evals}
+        return {
+            "grad_ema": self.grad_ema,
+            "loss_ema": self.loss_ema,
+            "seen": self.seen,
+            "evals": self._evals,
+            "logz_first": self._logz_first,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.grad_ema = state.get("grad_ema")
         self.loss_ema = state.get("loss_ema")
         self.seen = state.get("seen", 0)
         self._evals = [tuple(e) for e in state.get("evals", [])]
+        self._logz_first = state.get("logz_first")

@@ -10,7 +10,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from tuilm.config import HealthConfig
+from tuilm.config import REMEDIES, HealthConfig
 from tuilm.train import events as ev
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -97,11 +97,14 @@ def render(run: Path, summary: dict, console: Console) -> None:
     alerts = summary["alerts"]
     if alerts:
         table = Table(title=f"alerts ({len(alerts)})", title_justify="left")
-        for column in ("step", "kind", "layer", "message"):
+        for column in ("step", "kind", "layer", "message", "remedy", "panel"):
             table.add_column(column, justify="right" if column == "step" else "left")
         for a in alerts:
             style = "red" if a.severity == "bad" else "yellow"
-            table.add_row(str(a.step), Text(a.code, style=style), a.layer or "", a.message)
+            remedy, panel = a.remedy, a.panel
+            if not remedy:  # a metrics.jsonl from before alerts carried their remedy
+                remedy, panel = REMEDIES.get(a.code, ("", ""))
+            table.add_row(str(a.step), Text(a.code, style=style), a.layer or "", a.message, remedy, panel)
         parts.append(table)
     else:
         parts.append(Text("no alerts raised", style="green"))

@@ -29,6 +29,7 @@ from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
 from tuilm.train.health import HealthMonitor, nonfinite_action
 from tuilm.train.lean import Pending, lean_possible, step_on_device
+from tuilm.train.losses import z_loss_sum
 from tuilm.train.optim import build_optimizer, lr_at
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
 from tuilm.train.schedule import BatchSource, StopRules, to_device
@@ -77,7 +78,8 @@ class Trainer(Controls):
         self.forward = torch.compile(self.ddp) if t.compile else self.ddp
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
-        self.health = HealthMonitor(self.model, self.optimizer, config.health, self._emit, t.warmup_steps)
+        init_vocab = None if t.init else self.config.model.vocab_size  # pre-trained weights start below ln(vocab)
+        self.health = HealthMonitor(self.model, self.optimizer, config.health, self._emit, t.warmup_steps, init_vocab)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.lean = lean_possible(self.optimizer, self.scaler, self.dist, t.log_interval)  # see train/lean.py
         self.pending = Pending()
@@ -233,6 +235,8 @@ class Trainer(Controls):
                         logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum"
                     )
                     scaled = loss * weight
+                    if self.tcfg.z_loss:  # reported losses stay the cross-entropy alone
+                        scaled = scaled + z_loss_sum(logits, y, self.tcfg.z_loss) * weight
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 loss_sum += loss.detach()
         if self.scaler:
