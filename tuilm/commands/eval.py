@@ -8,8 +8,6 @@ from pathlib import Path
 def eval_command(
     model_path: Path, data: str | None, device: str, *, allow_nonfinite: bool = False, as_json: bool = False
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     from tuilm.checkpoint import load_checkpoint
     from tuilm.device import pick_device
@@ -23,16 +21,26 @@ def eval_command(
 
         print_json("eval", _numbers(ckpt.name, str(model_path), what, result))
         return
-    table = Table(title=f"{ckpt.name} on {what}", title_justify="left")
-    for name in ("val loss", "perplexity", "bits/char", "tokens", "characters"):
+    print_result(f"{ckpt.name} on {what}", result, "val loss")
+
+
+def print_result(title: str, result, loss_name: str, **more: int) -> None:
+    """One table row: loss, perplexity, bits/char, tokens, characters (and any extra counts)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    cells = {
+        loss_name: f"{result.loss:.4f}",
+        "perplexity": f"{result.ppl:.2f}",
+        "bits/char": f"{result.bpc:.4f}",
+        "tokens": f"{result.tokens:,}",
+        "characters": f"{result.characters:,}",
+        **{k: f"{v:,}" for k, v in more.items()},
+    }
+    for name in cells:
         table.add_column(name, justify="right")
-    table.add_row(
-        f"{result.loss:.4f}",
-        f"{result.ppl:.2f}",
-        f"{result.bpc:.4f}",
-        f"{result.tokens:,}",
-        f"{result.characters:,}",
-    )
+    table.add_row(*cells.values())
     Console().print(table)
 
 
@@ -115,8 +123,6 @@ def sliding_eval_command(
     import math
 
     import numpy as np
-    from rich.console import Console
-    from rich.table import Table
 
     from tuilm.device import pick_device
     from tuilm.errors import ConfigError
@@ -149,16 +155,5 @@ def sliding_eval_command(
         extra = {"context": model.cfg.seq_len, "stride": stride, "windows": windows}
         print_json("eval", _numbers(name, str(model_path or init), what, result, **extra))
         return result
-    table = Table(title=f"{name} on {what}, context {model.cfg.seq_len}, stride {stride}", title_justify="left")
-    for col in ("loss", "perplexity", "bits/char", "tokens", "characters", "windows"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        f"{result.loss:.4f}",
-        f"{result.ppl:.2f}",
-        f"{result.bpc:.4f}",
-        f"{result.tokens:,}",
-        f"{result.characters:,}",
-        f"{result.windows:,}",
-    )
-    Console().print(table)
+    print_result(f"{name} on {what}, context {model.cfg.seq_len}, stride {stride}", result, "loss", windows=windows)
     return result
