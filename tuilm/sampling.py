@@ -112,7 +112,8 @@ def make_generator(seed: int | None, device) -> torch.Generator | None:
     if seed is None:
         return None
     if isinstance(seed, bool) or not 0 <= seed <= 2**63 - 1:
-        raise ConfigError(f"--seed must be an integer in [0, {2**63 - 1}], got {seed}")
+        why = "is negative" if seed < 0 else "does not fit in 64 bits"
+        raise ConfigError(f"seed {seed} {why}; use an integer in [0, {2**63 - 1}]")
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
