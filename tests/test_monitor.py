@@ -4,6 +4,7 @@ metrics.jsonl as tuilm's trainer, read back by `tuilm health` and `tuilm watch`.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 
@@ -117,7 +118,7 @@ def test_plain_loop_with_a_planted_explosion_alerts_and_health_shows_it(tmp_path
     assert not [a for a in alerts if a.step < 30]  # silent while healthy
     assert [e.step for e in events if isinstance(e, ev.Eval)] == [10, 20, 30, 40]
 
-    out = run_tuilm("health", str(run), timeout=60)
+    out = run_tuilm("health", str(run), env={**os.environ, "COLUMNS": "250"}, timeout=60)  # no wrapped cells
     assert out.returncode == 0, out.stderr
     assert "exploding" in out.stdout and "block1.attn" in out.stdout and "is above the limit" in out.stdout
 
