@@ -480,6 +480,33 @@ def validate(config: RunConfig) -> None:
     t.time_budget  # noqa: B018 - raises ConfigError for a time that is not a duration
 
 
+# What `--resume` may change: when to stop, how often to evaluate and save, the lr schedule (computed every step),
+# where and how fast it runs, and the health thresholds. Everything else is fixed by the checkpoint: the data and
+# tokenizer, the model's shape, the batch, the optimizer and the hyper-parameters its state carries (betas,
+# weight decay, momentum), the seed that orders the batches.
+RESUME_MAY_CHANGE = {
+    *(f"train.{k}" for k in ("max_steps", "max_tokens", "epochs", "time", "patience", "eval_interval")),
+    *(f"train.{k}" for k in ("checkpoint_interval", "sample_prompt", "sample_tokens", "device", "dtype")),
+    *(f"train.{k}" for k in ("compile", "threads", "micro_batch_size", "lr", "min_lr", "schedule")),
+    *(f"train.{k}" for k in ("warmup_steps", "grad_clip")),
+    *(f"health.{f.name}" for f in fields(HealthConfig)),
+}
+
+
+def check_resume_changes(saved: RunConfig, new: RunConfig, run_dir: Path) -> None:
+    """ConfigError for the first setting a resume of `saved` may not change, with the way out; before any write."""
+    for key in all_keys():
+        section, name = key.split(".")
+        before, after = getattr(getattr(saved, section), name), getattr(getattr(new, section), name)
+        if before != after and key not in RESUME_MAY_CHANGE:
+            raise ConfigError(
+                f"--resume cannot change {key} ({_short(before)} -> {_short(after)}): the checkpoint in {run_dir} "
+                f"was trained with {_short(before)}; drop that --set to continue, or start a new run with it "
+                "(--out or --name); a resume may change when it stops, the lr schedule, intervals, device and "
+                "health thresholds"
+            )
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
 
 
