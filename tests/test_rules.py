@@ -171,9 +171,11 @@ def test_an_alert_highlights_its_panels_and_page_for_a_while():
 
 def test_a_bad_alert_outranks_a_warning_on_the_same_page():
     rule = AlertHighlights()
-    rule.add(alert(1, "exploding", "bad"))  # grad, health page
+    rule.add(alert(1, "vanishing", "bad"))  # layers and heatmap, health page
     rule.add(alert(2, "dead_units", "warn"))  # acts, health page
     assert rule.at(3).pages == {"health": "bad"}
+    rule.add(alert(3, "exploding", "bad"))  # the gradient norm sits on the first page
+    assert rule.at(4).pages == {"health": "bad", "train": "bad"}
 
 
 def test_the_judging_rule_follows_the_thresholds():

@@ -116,7 +116,7 @@ class RunHeader(Widget):
         elapsed = self.end.elapsed if isinstance(self.end, ev.Finished) else s.elapsed
         eta = fmt_duration(eta_seconds(s)) if self.end is None else "done" if isinstance(self.end, ev.Finished) else "-"
         tail = f"  epoch {s.epoch:.2f}  elapsed {fmt_duration(elapsed)}  eta {eta}   "
-        percent = f" {fraction:4.0%}" if known else ""
+        percent = f" {min(fraction, 1.0):4.0%}" if known else ""  # a time budget is checked between steps
         bar_width = max(0, min(40, self.size.width - len(count) - len(percent) - len(tail) - len(status) - 2))
         text = Text(count, style="bold", no_wrap=True, overflow="ellipsis")
         if known and bar_width >= 5:
