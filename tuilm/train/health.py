@@ -135,7 +135,7 @@ class HealthMonitor:
         self.group_of = LayerGroups(model)
         self.groups = list(dict.fromkeys(self.group_of(n) for n in self.names))
         index = {g: i for i, g in enumerate(self.groups)}
-        self._group_of = torch.tensor([index[self.group_of(n)] for n in self.names])
+        self._group_of = torch.tensor([index[self.group_of(n)] for n in self.names], dtype=torch.long)
         self._numel = self._sum_groups(torch.tensor([float(p.numel()) for p in self.params]))
         cfg = getattr(model, "cfg", None)
         acts = [mlp_activation(b) for b in self.group_of.blocks]
