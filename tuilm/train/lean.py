@@ -11,9 +11,16 @@ gradients) see the logged steps' values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, replace
 
 import torch
+
+from tuilm.data.pipeline import Batch
+from tuilm.train.backward import healing_backward
+from tuilm.train.optim import lr_at
+from tuilm.train.reports import step_event
 
 
 def lean_possible(optimizer, scaler, dist, log_interval: int) -> bool:
@@ -57,3 +64,39 @@ class Pending:
         out = (loss, self.tokens, self.steps, self.seconds, int(bad))
         self.loss, self.bad, self.tokens, self.steps, self.seconds = None, None, 0, 0, 0.0
         return out
+
+
+# -- the Trainer's lean steps (tuilm/train/trainer.py calls these with itself) --------------------------------
+
+
+def logged(trainer, step: int) -> bool:
+    t = trainer.tcfg
+    return (
+        step % t.log_interval == 0
+        or step % t.eval_interval == 0
+        or step % t.checkpoint_interval == 0
+        or (step == trainer.rules.max_steps)
+    )
+
+
+def lean_step(trainer, micro: list[Batch], n_targets: int, t0: float) -> None:
+    """A step between logged steps: nothing is read back from the device (train/lean.py)."""
+    s = trainer.state
+    loss_sum, norm = healing_backward(trainer, micro, n_targets, False, lean=True)
+    trainer._set_lr(lr_at(s.step, trainer.progress, trainer.tcfg))
+    bad = step_on_device(trainer.optimizer, loss_sum, norm)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    s.step += 1
+    s.tokens += n_targets
+    step_time = time.perf_counter() - t0
+    s.elapsed += step_time
+    trainer.pending.add(loss_sum, bad, n_targets, step_time)
+
+
+def flush(trainer) -> None:
+    """The Step event of unlogged lean steps, when the run stops (or is asked for something) between two."""
+    loss, tokens, steps, seconds, bad = trainer.pending.take()
+    if steps:
+        lr = lr_at(trainer.step - 1, trainer.progress, trainer.tcfg)
+        event = step_event(trainer, tokens, loss / max(1, tokens), lr, seconds, math.nan, bad > 0)
+        trainer._emit(replace(event, step_time=seconds / steps))

@@ -15,27 +15,23 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from tuilm.config import RunConfig
 from tuilm.data.dataset import Dataset
-from tuilm.data.pipeline import IGNORE, Batch
-from tuilm.device import free_memory, pick_device, pick_precision
+from tuilm.device import pick_device, pick_precision
 from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
 from tuilm.train import distributed
 from tuilm.train import events as ev
+from tuilm.train.backward import healing_backward, non_finite
 from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
-from tuilm.train.health import HealthMonitor, nonfinite_action
-from tuilm.train.lean import Pending, lean_possible, step_on_device
-from tuilm.train.losses import z_loss_sum
+from tuilm.train.health import HealthMonitor
+from tuilm.train.lean import Pending, flush, lean_possible, lean_step, logged
 from tuilm.train.optim import build_optimizer, lr_at
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
 from tuilm.train.schedule import BatchSource, StopRules, to_device
 from tuilm.train.state import RunFiles, TrainState
-
-MAX_SKIPS = 10  # non-finite steps in a row before a `skip` policy gives up
 
 
 class Trainer(Controls):
@@ -148,9 +144,9 @@ class Trainer(Controls):
         micro = self.batches.next_step(s)  # this rank's shard of the step
         n_targets = self.dist.sum_int(sum(b.n_targets for b in micro), self.device)
         health_step = self.dist.main and self.health.due(s.step + 1)
-        if self.lean and not (health_step or self._logged(s.step + 1)):
-            return self._lean_step(micro, n_targets, t0)
-        loss_sum, grad_norm = self._healing_backward(micro, n_targets, health_step)
+        if self.lean and not (health_step or logged(self, s.step + 1)):
+            return lean_step(self, micro, n_targets, t0)
+        loss_sum, grad_norm = healing_backward(self, micro, n_targets, health_step)
         lr = lr_at(s.step, self.progress, self.tcfg)
         skipped = self._optimizer_step(lr, float(loss_sum) / max(1, n_targets), grad_norm, health_step)
         s.step += 1
@@ -174,94 +170,12 @@ class Trainer(Controls):
         event = step_event(self, tokens, loss_value, lr, seconds, grad_norm, skipped or p_bad > 0)
         self._emit(replace(event, step_time=seconds / (1 + p_steps)) if p_steps else event)
 
-    def _logged(self, step: int) -> bool:
-        t = self.tcfg
-        return (
-            step % t.log_interval == 0
-            or step % t.eval_interval == 0
-            or step % t.checkpoint_interval == 0
-            or (step == self.rules.max_steps)
-        )
-
-    def _lean_step(self, micro: list[Batch], n_targets: int, t0: float) -> None:
-        """A step between logged steps: nothing is read back from the device (train/lean.py)."""
-        s = self.state
-        loss_sum, norm = self._healing_backward(micro, n_targets, False, lean=True)
-        self._set_lr(lr_at(s.step, self.progress, self.tcfg))
-        bad = step_on_device(self.optimizer, loss_sum, norm)
-        self.optimizer.zero_grad(set_to_none=True)
-        s.step += 1
-        s.tokens += n_targets
-        step_time = time.perf_counter() - t0
-        s.elapsed += step_time
-        self.pending.add(loss_sum, bad, n_targets, step_time)
-
-    def _healing_backward(self, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
-        """_forward_backward; on an out-of-memory error, free, halve the micro-batch and redo the step (its rows,
-        hence its exact gradient, stay the same). One process only: under DDP the error ends the job."""
-        while True:
-            try:
-                return self._forward_backward(micro, n_targets, health_step, lean)
-            except torch.OutOfMemoryError:
-                old = self.batches.micro
-                if self.dist.active or old <= 1:
-                    raise
-                self.optimizer.zero_grad(set_to_none=True)
-                free_memory(self.device)
-                self.batches.micro = old // 2
-                micro = self.batches.split(self.batches.last_index)
-                message = f"out of memory at micro-batch {old} rows: now {old // 2}, step {self.step + 1} redone"
-                self._emit(ev.Log(self.step + 1, message, "warning"))
-
-    def _forward_backward(self, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
-        """Gradients of the step's mean loss, unscaled and clipped; returns (this rank's summed loss, on the device;
-        gradient norm before clipping).
-
-        The loss is the sum over every target token of the step divided by their count (all ranks' together),
-        whatever the padding or accumulation: each micro-batch adds its summed loss / the step's total, so the
-        gradient is exactly the full batch's (times the world size, which DDP's mean over ranks divides out).
-        `lean`: the norm stays a device tensor and clipping happens whatever it is (a non-finite step is skipped).
-        """
-        loss_sum = torch.zeros((), device=self.device)
-        model = self.ddp if health_step else self.forward  # hooks need the eager module
-        weight = self.dist.world / n_targets
-        with self.health.activation_hooks(health_step):
-            for i, batch in enumerate(micro):
-                x, y, pos, doc = self._last_batch = to_device(batch, self.device)
-                with distributed.no_sync(self.ddp, last=i == len(micro) - 1):
-                    with self.precision.autocast(self.device):
-                        logits = model(x, pos_ids=pos, doc_ids=doc)
-                    loss = F.cross_entropy(
-                        logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum"
-                    )
-                    scaled = loss * weight
-                    if self.tcfg.z_loss:  # reported losses stay the cross-entropy alone
-                        scaled = scaled + z_loss_sum(logits, y, self.tcfg.z_loss) * weight
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                loss_sum += loss.detach()
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        if health_step:
-            self.health.record_grads()
-        params = [p for p in self.params if p.grad is not None]
-        # Norm first, clip after the finiteness check: clipping by a NaN norm would turn every gradient into
-        # NaN and hide which parameter was the source.
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-        if lean:
-            if self.tcfg.grad_clip:
-                torch.nn.utils.clip_grads_with_norm_(params, self.tcfg.grad_clip, norm, foreach=True)
-            return loss_sum, norm
-        grad_norm = float(norm)
-        if self.tcfg.grad_clip and math.isfinite(grad_norm):
-            torch.nn.utils.clip_grads_with_norm_(params, self.tcfg.grad_clip, norm, foreach=True)
-        return loss_sum, grad_norm
-
     def _optimizer_step(self, lr: float, loss_value: float, grad_norm: float, health_step: bool) -> bool:
         """Apply the gradients at learning rate `lr`, or skip a non-finite step; returns True when skipped."""
         self._set_lr(lr)
         skipped = False
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) and self.scaler is None:
-            skipped = self._non_finite(loss_value, grad_norm)
+            skipped = non_finite(self, loss_value, grad_norm)
         else:
             self._skips = 0
             if health_step:
@@ -278,34 +192,10 @@ class Trainer(Controls):
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # muon: its Muon group runs at muon_lr / lr times lr
 
-    def _non_finite(self, loss_value: float, grad_norm: float) -> bool:
-        """A NaN/Inf loss or gradient: alert, then skip the step, or stop (health.nonfinite = stop).
-
-        Skipping helps with a rare bad batch; when every step is non-finite the weights themselves are gone,
-        so after MAX_SKIPS in a row training stops as diverged instead of spinning.
-        """
-        self._skips += 1
-        action, stop = nonfinite_action(self.config.health.nonfinite, self._skips, MAX_SKIPS)
-        x, _, pos, doc = self._last_batch
-        self.health.non_finite(
-            self.step + 1, loss_value, grad_norm, action, lambda: self.model(x, pos_ids=pos, doc_ids=doc)
-        )
-        if stop:
-            self.stop("nonfinite")
-        return True
-
     # -- evaluation, samples, checkpoints ------------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        """The Step event of unlogged lean steps, when the run stops (or is asked for something) between two."""
-        loss, tokens, steps, seconds, bad = self.pending.take()
-        if steps:
-            lr = lr_at(self.step - 1, self.progress, self.tcfg)
-            event = step_event(self, tokens, loss / max(1, tokens), lr, seconds, math.nan, bad > 0)
-            self._emit(replace(event, step_time=seconds / steps))
-
     def _evaluate(self) -> ev.Eval:
-        self._flush()
+        flush(self)
         self._emit(ev.Status(self.step, "evaluating"))
         t0 = time.perf_counter()
         result = evaluate(self.model, self.dataset, self.device, self.precision, dist=self.dist)
@@ -348,7 +238,7 @@ class Trainer(Controls):
 
     def _save(self, reason: str) -> Path:
         """last.safetensors and train_state.safetensors, the pair a resume needs."""
-        self._flush()
+        flush(self)
         self._emit(ev.Status(self.step, "saving"))
         extra = {**self.state.to_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
         extra["health"] = self.health.state_dict()
@@ -376,7 +266,7 @@ class Trainer(Controls):
                 self._sample(kwargs.get("prompt") or self.tcfg.sample_prompt)
 
     def _finish(self, reason: str) -> ev.Finished:
-        self._flush()
+        flush(self)
         self._emit(ev.Status(self.step, "stopping"))
         if self.step > 0 and (self.last_eval is None or self.last_eval.step != self.step):
             self._evaluate()

@@ -1,0 +1,97 @@
+"""A step's gradients: forward and backward over its micro-batches, the exact token-weighted loss, clipping, and
+the out-of-memory retry that halves the micro-batch. Functions of the Trainer (tuilm/train/trainer.py), kept
+apart so the loop itself reads in one sitting."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tuilm.data.pipeline import IGNORE, Batch
+from tuilm.device import free_memory
+from tuilm.train import distributed
+from tuilm.train import events as ev
+from tuilm.train.health import nonfinite_action
+from tuilm.train.losses import z_loss_sum
+from tuilm.train.schedule import to_device
+
+MAX_SKIPS = 10  # non-finite steps in a row before a `skip` policy gives up
+
+
+def healing_backward(trainer, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
+    """_forward_backward; on an out-of-memory error, free, halve the micro-batch and redo the step (its rows,
+    hence its exact gradient, stay the same). One process only: under DDP the error ends the job."""
+    while True:
+        try:
+            return forward_backward(trainer, micro, n_targets, health_step, lean)
+        except torch.OutOfMemoryError:
+            old = trainer.batches.micro
+            if trainer.dist.active or old <= 1:
+                raise
+            trainer.optimizer.zero_grad(set_to_none=True)
+            free_memory(trainer.device)
+            trainer.batches.micro = old // 2
+            micro = trainer.batches.split(trainer.batches.last_index)
+            message = f"out of memory at micro-batch {old} rows: now {old // 2}, step {trainer.step + 1} redone"
+            trainer._emit(ev.Log(trainer.step + 1, message, "warning"))
+
+
+def forward_backward(trainer, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
+    """Gradients of the step's mean loss, unscaled and clipped; returns (this rank's summed loss, on the device;
+    gradient norm before clipping).
+
+    The loss is the sum over every target token of the step divided by their count (all ranks' together),
+    whatever the padding or accumulation: each micro-batch adds its summed loss / the step's total, so the
+    gradient is exactly the full batch's (times the world size, which DDP's mean over ranks divides out).
+    `lean`: the norm stays a device tensor and clipping happens whatever it is (a non-finite step is skipped).
+    """
+    loss_sum = torch.zeros((), device=trainer.device)
+    model = trainer.ddp if health_step else trainer.forward  # hooks need the eager module
+    weight = trainer.dist.world / n_targets
+    with trainer.health.activation_hooks(health_step):
+        for i, batch in enumerate(micro):
+            x, y, pos, doc = trainer._last_batch = to_device(batch, trainer.device)
+            with distributed.no_sync(trainer.ddp, last=i == len(micro) - 1):
+                with trainer.precision.autocast(trainer.device):
+                    logits = model(x, pos_ids=pos, doc_ids=doc)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+                scaled = loss * weight
+                if trainer.tcfg.z_loss:  # reported losses stay the cross-entropy alone
+                    scaled = scaled + z_loss_sum(logits, y, trainer.tcfg.z_loss) * weight
+                (trainer.scaler.scale(scaled) if trainer.scaler else scaled).backward()
+            loss_sum += loss.detach()
+    if trainer.scaler:
+        trainer.scaler.unscale_(trainer.optimizer)
+    if health_step:
+        trainer.health.record_grads()
+    params = [p for p in trainer.params if p.grad is not None]
+    # Norm first, clip after the finiteness check: clipping by a NaN norm would turn every gradient into
+    # NaN and hide which parameter was the source.
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    if lean:
+        if trainer.tcfg.grad_clip:
+            torch.nn.utils.clip_grads_with_norm_(params, trainer.tcfg.grad_clip, norm, foreach=True)
+        return loss_sum, norm
+    grad_norm = float(norm)
+    if trainer.tcfg.grad_clip and math.isfinite(grad_norm):
+        torch.nn.utils.clip_grads_with_norm_(params, trainer.tcfg.grad_clip, norm, foreach=True)
+    return loss_sum, grad_norm
+
+
+def non_finite(trainer, loss_value: float, grad_norm: float) -> bool:
+    """A NaN/Inf loss or gradient: alert, then skip the step, or stop (health.nonfinite = stop).
+
+    Skipping helps with a rare bad batch; when every step is non-finite the weights themselves are gone,
+    so after MAX_SKIPS in a row training stops as diverged instead of spinning.
+    """
+    trainer._skips += 1
+    action, stop = nonfinite_action(trainer.config.health.nonfinite, trainer._skips, MAX_SKIPS)
+    x, _, pos, doc = trainer._last_batch
+    trainer.health.non_finite(
+        trainer.step + 1, loss_value, grad_norm, action, lambda: trainer.model(x, pos_ids=pos, doc_ids=doc)
+    )
+    if stop:
+        trainer.stop("nonfinite")
+    return True
