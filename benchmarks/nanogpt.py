@@ -140,6 +140,27 @@ def batch(data: torch.Tensor, cfg: NanoConfig) -> tuple[torch.Tensor, torch.Tens
     return x, y
 
 
+def reference_step(vocab: int, shape: dict, bias: bool):
+    """One nanoGPT training step on random ids at `shape` (n_layers, n_heads, d_model, seq_len, batch_size), as a
+    function to time: what benchmarks compare tuilm's Trainer against."""
+    torch.manual_seed(0)
+    cfg = NanoConfig(vocab, shape["seq_len"], shape["n_layers"], shape["n_heads"], shape["d_model"], bias=bias)
+    cfg = NanoConfig(**{**asdict(cfg), "batch_size": shape["batch_size"]})
+    model = NanoGPT(cfg)
+    optimizer = make_optimizer(model, cfg)
+    data = torch.randint(0, vocab, (200_000,))
+
+    def step() -> float:
+        loss = loss_of(model, *batch(data, cfg))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
 def loss_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     logits = model(x)
     return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))

@@ -25,30 +25,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nanogpt import NanoConfig, NanoGPT, loss_of, make_optimizer
+from nanogpt import reference_step
 from train_throughput import synthetic_corpus
 
 SHAPE = {"n_layers": 1, "n_heads": 2, "d_model": 16, "seq_len": 16, "batch_size": 4}
 
 
 def reference(steps: int) -> dict:
-    torch.manual_seed(0)
-    s = SHAPE
-    cfg = NanoConfig(258, s["seq_len"], s["n_layers"], s["n_heads"], s["d_model"], bias=False)
-    model = NanoGPT(cfg)
-    opt = make_optimizer(model, cfg)
-    data = torch.randint(0, 258, (200_000,))
-
-    def step():
-        ix = torch.randint(len(data) - s["seq_len"] - 1, (s["batch_size"],))
-        x = torch.stack([data[i : i + s["seq_len"]] for i in ix])
-        y = torch.stack([data[i + 1 : i + 1 + s["seq_len"]] for i in ix])
-        loss = loss_of(model, x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+    step = reference_step(258, SHAPE, bias=False)
 
     for _ in range(20):
         step()

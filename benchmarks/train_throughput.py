@@ -27,31 +27,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nanogpt import NanoConfig, NanoGPT, loss_of, make_optimizer
+from nanogpt import reference_step
 
 SHAPE = {"n_layers": 4, "n_heads": 4, "d_model": 128, "seq_len": 64, "batch_size": 12}
 
 
 def reference(steps: int) -> dict:
-    torch.manual_seed(0)
-    s = SHAPE
-    cfg = NanoConfig(65, s["seq_len"], s["n_layers"], s["n_heads"], s["d_model"], bias=True)
-    model = NanoGPT(cfg)
-    opt = make_optimizer(model, cfg)
-    data = torch.randint(0, 65, (200_000,))
+    step = reference_step(65, SHAPE, bias=True)
 
-    def step():
-        ix = torch.randint(len(data) - s["seq_len"] - 1, (s["batch_size"],))
-        x = torch.stack([data[i : i + s["seq_len"]] for i in ix])
-        y = torch.stack([data[i + 1 : i + 1 + s["seq_len"]] for i in ix])
-        loss = loss_of(model, x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
-
-    return timed(step, steps, s["batch_size"] * s["seq_len"])
+    return timed(step, steps, SHAPE["batch_size"] * SHAPE["seq_len"])
 
 
 def timed(step, steps: int, tokens_per_step: int) -> dict:
