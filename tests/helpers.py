@@ -71,3 +71,21 @@ def run_tuilm(*args: str, input: str | None = None, env: dict | None = None, cwd
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def hold_lock_in_child(run_dir):
+    """A child process that takes the run lock of `run_dir`, says so, and then sleeps until killed."""
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import time
+        from tuilm.runlock import RunLock
+        RunLock({str(run_dir)!r}).acquire()
+        print("locked", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "locked"
+    return child

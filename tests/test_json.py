@@ -7,9 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
@@ -17,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import SMALL_TEXT
-from tests.helpers import tiny_trainer
+from tests.helpers import hold_lock_in_child, tiny_trainer
 from tuilm.cli import app
 from tuilm.sweep.runinfo import summarize_run
 from tuilm.train import events as ev
@@ -120,21 +117,6 @@ def _unfinished_run(run_dir, end=None):
     metrics.close()
 
 
-def _hold_lock_in_child(run_dir):
-    code = textwrap.dedent(
-        f"""
-        import time
-        from tuilm.runlock import RunLock
-        RunLock({str(run_dir)!r}).acquire()
-        print("locked", flush=True)
-        time.sleep(60)
-        """
-    )
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "locked"
-    return child
-
-
 def statuses(folder) -> dict[str, str]:
     return {r["run"]: r["status"] for r in run_json("runs", str(folder))["runs"]}
 
@@ -146,7 +128,7 @@ def test_runs_and_health_tell_running_finished_failed_and_dead_apart(tmp_path):
     _unfinished_run(tmp_path / "crashed", ev.Failed(2, "ValueError: x"))
     finished = ev.Finished(2, "max_steps", "completed", 1.0, 64, None, None, None, None, 1e3, None, None)
     _unfinished_run(tmp_path / "done", finished)
-    holders = [_hold_lock_in_child(live), _hold_lock_in_child(killed)]
+    holders = [hold_lock_in_child(live), hold_lock_in_child(killed)]
     try:
         assert statuses(tmp_path) == {"live": "running", "killed": "running", "crashed": "failed", "done": "completed"}
         os.kill(holders[1].pid, signal.SIGKILL)  # no end event can be written

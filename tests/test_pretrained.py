@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tests import helpers  # noqa: E402
 from tuilm.model import pretrained  # noqa: E402
 from tuilm.train.sliding import sliding_window_nats  # noqa: E402
 
@@ -110,16 +108,7 @@ def test_sliding_window_matches_the_hf_guide(hf_dir):
 
 
 def run_tuilm(*args, input=None, cwd=None):
-    env = dict(os.environ)
-    return subprocess.run(
-        [sys.executable, "-m", "tuilm", *args],
-        capture_output=True,
-        text=True,
-        input=input,
-        env=env,
-        cwd=cwd,
-        timeout=240,
-    )
+    return helpers.run_tuilm(*args, input=input, cwd=cwd, timeout=240)
 
 
 def test_fine_tune_save_chat_resume_eval(hf_dir, tmp_path, capsys):

@@ -2,33 +2,15 @@
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
+from tests.helpers import hold_lock_in_child
 from tuilm.runlock import RunLock, RunLockedError, holder
 
 
-def _hold_in_child(run_dir):
-    """A child process that takes the lock, says so, and then sleeps until killed."""
-    code = textwrap.dedent(
-        f"""
-        import sys, time
-        from tuilm.runlock import RunLock
-        RunLock({str(run_dir)!r}).acquire()
-        print("locked", flush=True)
-        time.sleep(60)
-        """
-    )
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "locked"
-    return child
-
-
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
-    child = _hold_in_child(tmp_path)
+    child = hold_lock_in_child(tmp_path)
     try:
         with pytest.raises(RunLockedError) as err:
             RunLock(tmp_path).acquire()
@@ -40,7 +22,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
 
 
 def test_a_lock_left_by_kill_9_is_taken_over(tmp_path):
-    child = _hold_in_child(tmp_path)
+    child = hold_lock_in_child(tmp_path)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     assert (tmp_path / ".lock").exists()  # the file stays behind ...
