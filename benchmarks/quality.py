@@ -83,7 +83,7 @@ def run_tuilm(recipe: str, overrides: list[str], folder: Path, n_val_chars: int)
     config = from_dict(ckpt.run_config, ckpt.run_config.get("recipe", "custom"))
     if config.data.split != "tail":
         sys.exit(f"{recipe} validates on a '{config.data.split}' split; only 'tail' is nanoGPT's val text")
-    dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, progress=False)
+    dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, progress=False, tokenizer=ckpt.tokenizer)
     result = evaluate(ckpt.model, dataset, "cpu")
     nats = result.loss * result.tokens
     return {

@@ -4,10 +4,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tuilm.config import DataConfig, load_toml
+from tuilm.data.dataset import prepare
 from tuilm.data.sources import load_corpus
 from tuilm.data.tokenizer import EOS_ID, PAD_ID, Tokenizer, TokenizerSettings, load_or_train, train_tokenizer
 from tuilm.errors import ConfigError, DataError
-from tuilm.resources import shipped_dirs
+from tuilm.resources import recipe_path, shipped_dirs
 
 CORPUS = ["To be, or not to be: that is the question.", "Ünïcödé — 日本語 🙂 and plain ASCII", "x" * 50] * 20
 
@@ -81,10 +83,23 @@ def test_trained_once_then_cached(small_corpus, tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
-def test_shipped_tiny_shakespeare_vocab_is_used(shakespeare_path):
-    assert any(shipped_dirs("vocab")), "vocab/ must ship the trained tiny_shakespeare tokenizer"
-    corpus = load_corpus("tiny_shakespeare")
+@pytest.mark.parametrize("recipe", ["tiny_shakespeare", "tiny_shakespeare_cpu"])
+def test_shipped_tiny_shakespeare_vocab_is_used(shakespeare_path, recipe):
+    assert any(shipped_dirs("vocab")), "vocab/ must ship the recipes' trained tiny_shakespeare tokenizers"
+    data = load_toml(recipe_path(recipe), recipe).data
     calls = []
-    tokenizer = load_or_train(corpus, TokenizerSettings(10_000), on_train=calls.append)
+    dataset = prepare(data, 128, progress=False, on_status=calls.append)
     assert calls == []  # found in vocab/, not trained
-    assert tokenizer.vocab_size == 10_000
+    assert dataset.tokenizer.vocab_size == data.vocab_size
+
+
+def test_bpe_learns_from_training_documents_only(tmp_path, monkeypatch):
+    # The val text (the tail) is a word the training documents never contain: no merge may spell it.
+    train = [f"the cat sat on mat number {i} and the dog ran" for i in range(300)]
+    text = "\n\n".join(train + ["zyxwvzyxwv " * 40] * 2) + "\n"  # 880 of 14,400 characters: all in the tail
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    dataset = prepare(DataConfig(source=str(tmp_path / "c.txt"), vocab_size=300, split="tail"), 32, progress=False)
+    assert dataset.val.n_tokens > 0
+    vocab = dataset.tokenizer.inner.get_vocab()
+    assert not any("zyx" in token for token in vocab)
+    assert any("cat" in token for token in vocab)  # merges do come from the training text

@@ -179,17 +179,20 @@ def release_run_dir(trainer) -> None:
 
 
 def pretrained_start(config: RunConfig, run_dir: Path, resume: bool):
-    """(config, tokenizer, weights folder) for a run from pre-trained GPT-2 (train.init) or with a given tokenizer
-    (data.tokenizer); (config, None, None) otherwise, and the tokenizer is tuilm's own BPE."""
-    if not (config.train.init or config.data.tokenizer):
-        return config, None, None
-    from tuilm.model import pretrained
-
-    if resume:  # the checkpoint has the architecture, the weights and the tokenizer already
+    """(config, tokenizer, weights folder) for a resumed run, a run from pre-trained GPT-2 (train.init) or one
+    with a given tokenizer (data.tokenizer); (config, None, None) otherwise: the tokenizer is tuilm's own BPE."""
+    if resume:
+        # The checkpoint has the architecture, the weights and the tokenizer already. Its own tokenizer, not
+        # one trained again: another tuilm version's rule (or a changed cache) could learn other merges and
+        # scramble the token ids the weights were trained on.
         from tuilm.checkpoint import read_metadata
         from tuilm.data.tokenizer import Tokenizer
 
         return config, Tokenizer.from_json(read_metadata(run_dir / "last.safetensors")["tokenizer"]), None
+    if not (config.train.init or config.data.tokenizer):
+        return config, None, None
+    from tuilm.model import pretrained
+
     folder = None
     if config.train.init:
         config, folder = pretrained.init_config(config, config.train.init)

@@ -49,6 +49,11 @@ def split_corpus(corpus, data) -> tuple[np.ndarray, np.ndarray]:
     return split_indices(lengths, data.split, data.val_fraction, data.split_seed)
 
 
+def tokenizer_part(data) -> str:
+    """The training documents a corpus's BPE is trained on, in its cache key: the split that chose them."""
+    return f"|train:{data.split}:{data.val_fraction}:{data.split_seed}"
+
+
 def prepare(
     data,
     seq_len: int,
@@ -92,12 +97,21 @@ def _tokenized_split(data, progress, on_status, tokenizer):
     if own_split is not None or is_streamed(data.source):
         return streamed_split(data, progress=progress, on_status=on_status, tokenizer=tokenizer, corpus=own_split)
     corpus = load_corpus(data.source, progress=progress)
-    tokenizer = tokenizer or load_or_train(corpus, TokenizerSettings(data.vocab_size), on_train=on_status)
     train_idx, val_idx = split_corpus(corpus, data)
+    docs = corpus.documents
+    if tokenizer is None:
+        # The BPE learns its merges from the training documents only: merges fitted to the val text would
+        # lower val bits/char a little, and figures set beside nanoGPT's must not see its val text at all.
+        tokenizer = load_or_train(
+            corpus,
+            TokenizerSettings(data.vocab_size),
+            on_train=on_status,
+            part=tokenizer_part(data),
+            documents=lambda: [docs[i] for i in train_idx],
+        )
     if data.train_fraction < 1:
         keep = max(1, round(len(train_idx) * data.train_fraction))
         train_idx = np.sort(np.random.default_rng(data.split_seed + 1).choice(train_idx, keep, replace=False))
-    docs = corpus.documents
     train_texts = [docs[i] for i in train_idx]
     val_texts = [docs[i] for i in val_idx]
     train = tokenize(tokenizer.encode_batch(train_texts), train_texts, tokenizer.eos_id)
