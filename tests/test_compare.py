@@ -130,7 +130,8 @@ async def test_c_without_a_comparison_asks_for_a_run_and_refuses_a_bad_one(tmp_p
         field = app.screen.query_one(Input)
         assert field.value == str(tmp_path / "runs" / "sibling")  # the newest sibling run, offered
         field.value = str(tmp_path / "nowhere")
-        await pilot.press("enter")
+        await pilot.press("enter")  # the prompt's, not the finished dashboard's (chat)
+        await pilot.pause()
         assert isinstance(app.screen, ComparePrompt)  # stays open, saying why
         assert "no such run directory" in str(app.screen.query_one("#compare-hint", Static).content)
         field.value = str(tmp_path / "runs" / "sibling")

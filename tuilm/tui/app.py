@@ -233,8 +233,8 @@ class Dashboard(App[OpenChat | None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("pause", "request"):
             return self.training and not self.stopping and not self.ended
-        if action == "chat":
-            return self.ended and self.chat_path() is not None
+        if action == "chat":  # not while a dialog (the compare prompt) wants its own Enter
+            return self.ended and self.chat_path() is not None and len(self.screen_stack) == 1
         return True
 
     def action_pause(self) -> None:
