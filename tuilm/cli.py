@@ -89,6 +89,13 @@ def train(
     wandb: Annotated[bool, typer.Option("--wandb", help="Also log to Weights & Biases.")] = False,
     wandb_project: Annotated[str, typer.Option("--wandb-project", help="wandb project.")] = "tuilm",
     wandb_name: Annotated[str | None, typer.Option("--wandb-name", help="wandb run name.")] = None,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="Also write TensorBoard event files to <run>/tensorboard.")
+    ] = False,
+    compare: Annotated[
+        Path | None,
+        typer.Option("--compare", help="Overlay this other run's loss and val curves (the dashboard's c key)."),
+    ] = None,
     init: Annotated[
         str | None,
         typer.Option(
@@ -120,6 +127,8 @@ def train(
         wandb=wandb,
         wandb_project=wandb_project,
         wandb_name=wandb_name,
+        tensorboard=tensorboard,
+        compare=compare,
         init=init,
         nproc=nproc,
     )
@@ -278,11 +287,16 @@ def health(
 
 
 @app.command()
-def watch(run: Annotated[Path, typer.Argument(help="A run directory being written by another process.")]) -> None:
+def watch(
+    run: Annotated[Path, typer.Argument(help="A run directory being written by another process.")],
+    compare: Annotated[
+        Path | None, typer.Option("--compare", help="Overlay this other run's loss and val curves.")
+    ] = None,
+) -> None:
     """Follow a run written by another process in the dashboard (read-only)."""
     from tuilm.commands.watch import watch_command
 
-    raise typer.Exit(watch_command(run))
+    raise typer.Exit(watch_command(run, compare))
 
 
 @app.command()

@@ -23,6 +23,7 @@ from tuilm.session import (
     resolve_config,
     train_until_done,
 )
+from tuilm.train.comparison import compare_metrics
 
 
 @dataclass
@@ -40,6 +41,8 @@ class TrainOptions:
     wandb: bool = False
     wandb_project: str = "tuilm"
     wandb_name: str | None = None
+    tensorboard: bool = False  # TensorBoard event files under <run>/tensorboard
+    compare: Path | None = None  # another run whose loss and val curves the dashboard overlays
     init: str | None = None  # --init gpt2 | gpt2-medium | ... | a Hugging Face model directory
     nproc: int = 1  # > 1: launch this many ranks on this machine through torch.distributed.run
 
@@ -49,7 +52,12 @@ def launcher_args(options: TrainOptions) -> list[str]:
     args = [options.source] if options.source else []
     for override in options.overrides:
         args += ["--set", override]
-    flags = {"--headless": True, "--compile": options.compile, "--wandb": options.wandb}
+    flags = {
+        "--headless": True,
+        "--compile": options.compile,
+        "--wandb": options.wandb,
+        "--tensorboard": options.tensorboard,
+    }
     args += [flag for flag, on in flags.items() if on]
     values = {
         "--resume": options.resume,
@@ -60,6 +68,7 @@ def launcher_args(options: TrainOptions) -> list[str]:
         "--steps": options.steps,
         "--init": options.init,
         "--wandb-name": options.wandb_name,
+        "--compare": options.compare,
     }
     for flag, value in values.items():
         if value is not None:
@@ -110,6 +119,7 @@ def run_dir_for(config: RunConfig, options: TrainOptions) -> Path:
 
 
 def train_command(options: TrainOptions) -> int:
+    check_sinks(options)  # a missing package or a bad --compare path: one line, before anything starts
     from tuilm.checkpoint import read_metadata
     from tuilm.train import distributed
 
@@ -135,11 +145,22 @@ def train_command(options: TrainOptions) -> int:
             refuse_if_live(run_dir)
         if (run_dir / "last.safetensors").exists():
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick --name")
+    if options.compare:
+        compare_metrics(options.compare, run_dir)
     dist = distributed.init(config.train.device)
     try:
         return train_ranked(config, run_dir, options, dist)
     finally:
         distributed.shutdown()
+
+
+def check_sinks(options: TrainOptions) -> None:
+    if options.tensorboard:
+        from tuilm.train.sinks import require_tensorboard
+
+        require_tensorboard()
+    if options.compare:
+        compare_metrics(options.compare)
 
 
 def train_ranked(config: RunConfig, run_dir: Path, options: TrainOptions, dist) -> int:
@@ -155,20 +176,31 @@ def train_ranked(config: RunConfig, run_dir: Path, options: TrainOptions, dist) 
         from tuilm.train.sinks import WandbLogger
 
         trainer.bus.subscribe(WandbLogger(options.wandb_project, options.wandb_name, run_dir, console=not dashboard))
+    tensorboard = None
+    if options.tensorboard:
+        from tuilm.train.sinks import TensorBoardLogger
+
+        tensorboard = TensorBoardLogger(run_dir)
+        trainer.bus.subscribe(tensorboard)
+    compare = compare_metrics(options.compare, run_dir) if options.compare else None
     try:
         if dashboard:
-            return run_dashboard(trainer)
-        return run_headless(trainer)
+            return run_dashboard(trainer, compare)
+        return run_headless(trainer, compare=compare)
     finally:
         metrics.close()
+        if tensorboard is not None:  # a second Ctrl-C leaves before the Finished event: close it here too
+            tensorboard.close()
         release_run_dir(trainer)
 
 
-def run_headless(trainer, progress=None) -> int:
-    """Train in a background thread with a progress bar (or log lines); Ctrl-C as `Interrupt` says."""
+def run_headless(trainer, progress=None, compare: Path | None = None) -> int:
+    """Train in a background thread with a progress bar (or log lines); Ctrl-C as `Interrupt` says. `compare`:
+    the metrics.jsonl of another run, whose val loss each eval line adds."""
+    from tuilm.train.comparison import OtherRun
     from tuilm.train.sinks import HeadlessProgress
 
-    trainer.bus.subscribe(progress or HeadlessProgress())
+    trainer.bus.subscribe(progress or HeadlessProgress(compare=OtherRun(compare) if compare else None))
     interrupt = Interrupt(
         lambda: print("\nstopping after this step and saving (Ctrl-C again to quit at once)", file=sys.stderr),
         lambda: print("\nstopping now without saving", file=sys.stderr),
@@ -181,7 +213,7 @@ def run_headless(trainer, progress=None) -> int:
     return report_outcome(trainer)
 
 
-def run_dashboard(trainer) -> int:
+def run_dashboard(trainer, compare: Path | None = None) -> int:
     """Train with the dashboard; the exit status is report_outcome's (0, or 1 when training failed)."""
     from tuilm.commands.chat import open_chat
     from tuilm.tui.app import Dashboard, OpenChat
@@ -190,7 +222,7 @@ def run_dashboard(trainer) -> int:
     # Torch keeps its default thread count (every core). On 2 cores benchmarks/dashboard_overhead.py measured one
     # thread, which would leave a core to the UI, at 69% of two threads' tokens/s, while the paced UI costs two
     # threads nothing the VM's noise resolves, and keys are still handled within a millisecond.
-    app = Dashboard(trainer)
+    app = Dashboard(trainer, compare=compare)
     freeze_startup_objects()
     try:
         with _signals_quit(app):

@@ -7,7 +7,7 @@ from pathlib import Path
 from tuilm.errors import TuilmError
 
 
-def watch_command(run: Path) -> int:
+def watch_command(run: Path, compare: Path | None = None) -> int:
     from tuilm.commands.chat import open_chat
     from tuilm.tui.app import Dashboard, OpenChat
     from tuilm.tui.startup import freeze_startup_objects
@@ -18,7 +18,10 @@ def watch_command(run: Path) -> int:
     metrics = run / "metrics.jsonl"
     if not metrics.is_file():
         raise TuilmError(f"{run}: no metrics.jsonl in it (a run writes one as soon as training starts)")
-    app = Dashboard(follow=metrics)
+    from tuilm.train.comparison import compare_metrics
+
+    other = compare_metrics(compare, run) if compare is not None else None
+    app = Dashboard(follow=metrics, compare=other)
     freeze_startup_objects()
     choice = app.run()
     if isinstance(choice, OpenChat):

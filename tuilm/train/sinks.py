@@ -219,7 +219,14 @@ class HeadlessProgress:
     transient = False  # the bar stays on the terminal when the run ends
     refresh_per_second = 4
 
-    def __init__(self, stream: TextIO | None = None, interval: float | None = None, force_plain: bool | None = None):
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        interval: float | None = None,
+        force_plain: bool | None = None,
+        compare=None,
+    ):
+        """`compare`: another run (tuilm.train.comparison.OtherRun) whose val loss each eval line adds."""
         from rich.console import Console
 
         self.stream = stream or sys.stdout
@@ -233,6 +240,7 @@ class HeadlessProgress:
         self._last_step: ev.Step | None = None
         self._config: dict | None = None
         self._val: float | None = None
+        self.compare = compare
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
@@ -241,7 +249,7 @@ class HeadlessProgress:
             self._step(event)
         elif isinstance(event, ev.Eval):
             self._val = event.val_loss
-            self._print(self.eval_line(event))
+            self._print(self.eval_line(event) + self._versus(event))
         elif isinstance(event, ev.Alert):
             self.on_alert(event)
         elif isinstance(event, ev.Sample):
@@ -270,6 +278,14 @@ class HeadlessProgress:
         best = " (best)" if e.is_best else ""
         return f"step {e.step}: {eval_summary(e)}{best}  train loss {e.train_loss:.4f}"
 
+    def _versus(self, e: ev.Eval) -> str:
+        if self.compare is None:
+            return ""
+        self.compare.refresh()  # the other run may still be training: read what it appended since
+        s = self._last_step
+        vs = self.compare.vs_text(self._config, e.step, s.tokens if s is not None and s.step == e.step else math.nan)
+        return f"  {vs}" if vs else ""
+
     def on_alert(self, e: ev.Alert) -> None:
         self._print(f"[{'red' if e.severity == 'bad' else 'yellow'}]alert[/] step {e.step}: {e.message}", markup=True)
 
@@ -293,6 +309,7 @@ class HeadlessProgress:
     def _start(self, e: ev.RunStarted) -> None:
         for line in self.start_lines(e):
             self._print(line)
+        self._config = e.config
         if self.plain:
             return
         from rich.progress import Progress
@@ -300,7 +317,6 @@ class HeadlessProgress:
         self._progress = Progress(
             *self.columns(), console=self.console, transient=self.transient, refresh_per_second=self.refresh_per_second
         )
-        self._config = e.config
         self._task = self._progress.add_task("train", total=None, completed=0, stats="", eta="?", limit="")
         self._progress.start()
 
@@ -348,6 +364,85 @@ def bar_columns(label: str, *eta) -> tuple:
     )
 
 
+def scalars(event: ev.Event) -> tuple[int, dict[str, float | None]] | None:
+    """(step, {name: value}) of what an event logs as scalars, under the names the wandb and TensorBoard sinks both
+    use (`train/loss`, `val/bpc`, `health/grad_norm/block0.attn`, `alerts/exploding`, ...); None for the rest."""
+    if isinstance(event, ev.Step):
+        return event.step, {
+            "train/loss": event.loss,
+            "train/lr": event.lr,
+            "train/tokens_per_s": event.tokens_per_s,
+            "train/grad_norm": event.grad_norm,
+            "train/tokens": event.tokens,
+        }
+    if isinstance(event, ev.Eval):
+        return event.step, {"val/loss": event.val_loss, "val/ppl": event.val_ppl, "val/bpc": event.val_bpc}
+    if isinstance(event, ev.Health):
+        data: dict[str, float | None] = {}
+        for i, layer in enumerate(event.layers):
+            data[f"health/grad_norm/{layer}"] = event.grad_norm[i]
+            data[f"health/update_ratio/{layer}"] = event.update_ratio[i]
+        for i, block in enumerate(event.blocks):
+            data[f"health/act_std/{block}"] = event.act_std[i]
+            data[f"health/attn_entropy/{block}"] = event.attn_entropy[i] if i < len(event.attn_entropy) else None
+        return event.step, data
+    if isinstance(event, ev.Alert):
+        return event.step, {f"alerts/{event.code}": 1}
+    return None
+
+
+TENSORBOARD_MISSING = "--tensorboard needs the tensorboard package: pip install 'tuilm[tensorboard]'"
+
+
+def require_tensorboard() -> None:
+    """ConfigError (one line, exit 2) before training when the optional tensorboard package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        from tuilm.errors import ConfigError
+
+        raise ConfigError(TENSORBOARD_MISSING)
+
+
+class TensorBoardLogger:
+    """TensorBoard event files under `<run>/tensorboard/`: the scalars of `scalars()`, the names wandb gets too.
+    A resume purges what the earlier session logged after its checkpoint (the newer steps win there as well)."""
+
+    def __init__(self, run_dir: Path):
+        require_tensorboard()
+        self.log_dir = Path(run_dir) / "tensorboard"
+        self.writer = None
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.RunStarted):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.close()
+            purge = event.resumed_step + 1 if event.resumed_step else None
+            with self._lock:
+                self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
+            return
+        if self.writer is None:
+            return
+        if (logged := scalars(event)) is not None:
+            step, data = logged
+            with self._lock:
+                for name, value in data.items():
+                    if value is not None and self.writer is not None:
+                        self.writer.add_scalar(name, value, step)
+        elif isinstance(event, ev.Finished | ev.Failed):
+            self.close()
+
+    def close(self) -> None:
+        """Flush and close the event file (at the end of the run, and by the command on any way out)."""
+        with self._lock:
+            writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.flush()
+            writer.close()
+
+
 class WandbLogger:
     """Weights & Biases: step and eval metrics, per-layer health as scalars. Imported only when asked for."""
 
@@ -376,32 +471,8 @@ class WandbLogger:
             )
         elif self.run is None:
             return
-        elif isinstance(event, ev.Step):
-            self.run.log(
-                {
-                    "train/loss": event.loss,
-                    "train/lr": event.lr,
-                    "train/tokens_per_s": event.tokens_per_s,
-                    "train/grad_norm": event.grad_norm,
-                    "train/tokens": event.tokens,
-                },
-                step=event.step,
-            )
-        elif isinstance(event, ev.Eval):
-            self.run.log(
-                {"val/loss": event.val_loss, "val/ppl": event.val_ppl, "val/bpc": event.val_bpc}, step=event.step
-            )
-        elif isinstance(event, ev.Health):
-            data = {}
-            for i, layer in enumerate(event.layers):
-                data[f"health/grad_norm/{layer}"] = event.grad_norm[i]
-                data[f"health/update_ratio/{layer}"] = event.update_ratio[i]
-            for i, block in enumerate(event.blocks):
-                data[f"health/act_std/{block}"] = event.act_std[i]
-                data[f"health/attn_entropy/{block}"] = event.attn_entropy[i] if i < len(event.attn_entropy) else None
-            self.run.log(data, step=event.step)
-        elif isinstance(event, ev.Alert):
-            self.run.log({f"alerts/{event.code}": 1}, step=event.step)
+        elif (logged := scalars(event)) is not None:
+            self.run.log(logged[1], step=logged[0])
         elif isinstance(event, ev.Finished | ev.Failed):
             if isinstance(event, ev.Finished):
                 self.run.summary.update(

@@ -2,11 +2,11 @@
 metrics.jsonl written by another process).
 
 Threads: the trainer runs in its own thread and hands every event to a `RunStore` (a lock and an append). The UI
-drains it on a timer, four times a second; rare events (eval, alert, end) also post one message to wake it. Each pull updates the header and appends to
-the panes; the panels that cost real time to draw (charts, sparkline, per-layer health) are redrawn at a pace set
-by what the charts cost (tuilm.tui.panels), because every millisecond the UI spends holding the GIL, or a core,
-is one the trainer does not get. Where the events come from (a trainer, a file, a recording) is the `source`'s
-business; what happens after the dashboard closes (chat) is the command's.
+drains it on a timer, four times a second; rare events (eval, alert, end) also post one message to wake it. Each
+pull updates the header and appends to the panes; the slow panels (charts, sparkline, per-layer health) are redrawn
+at a pace set by their cost (tuilm.tui.panels): every millisecond the UI holds the GIL, or a core, the trainer does
+not get. Where events come from (a trainer, a file, a recording) is the `source`'s business; what happens after the
+dashboard closes (chat) is the command's; the comparison overlay is tuilm.tui.compare's.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import Static, Tabs
+from textual.widgets import Tabs
 
 from tuilm.config import HealthConfig
 from tuilm.train import events as ev
 from tuilm.tui import layout
 from tuilm.tui.alerts import AlertHighlights, Highlight
+from tuilm.tui.compare import Overlay
 from tuilm.tui.layout import MIN_SIZE, PAGES, TITLES
-from tuilm.tui.lines import Panes, event_lines, failed_lines, finished_note, outcome_text
+from tuilm.tui.lines import Panes, event_lines
 from tuilm.tui.panels import PanelPacer, Panels
 from tuilm.tui.source import Followed, Live, Recorded
 from tuilm.tui.store import RunStore
@@ -59,22 +60,21 @@ class Dashboard(App[OpenChat | None]):
         Binding("g", "request('sample')", "Sample"),
         Binding("e", "request('eval')", "Eval"),
         Binding("l", "log_scale", "Log"),
+        Binding("c", "compare", "Compare", show=False),  # in the help (?): the footer is full at 80 columns
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit_dashboard", "Quit"),
         Binding("enter", "chat", "Chat", priority=True),
         # Textual binds ctrl+c to a hint about ctrl+q; here both stop training and quit without asking.
         Binding("ctrl+c,ctrl+q", "stop_now", "Quit", show=False, priority=True),
-        Binding("1", "page('train')", show=False),
-        Binding("2", "page('health')", show=False),
-        Binding("3", "page('events')", show=False),
+        *(Binding(str(i), f"page('{page}')", show=False) for i, page in enumerate(PAGES, 1)),  # 1 2 3
     ]
 
     class Wake(Message):
         """Something worth showing at once arrived (posted from the trainer's thread)."""
 
-    def __init__(self, trainer=None, *, follow: Path | None = None, store: RunStore | None = None):
-        """`trainer`: a Trainer, started on mount unless already running. `follow`: a metrics.jsonl to tail.
-        Neither: show what `store` already holds (a recorded run; what the snapshot tests do)."""
+    def __init__(self, trainer=None, *, follow: Path | None = None, store: RunStore | None = None, compare=None):
+        """`trainer`: a Trainer, started on mount unless already running. `follow`: a metrics.jsonl to tail. Neither:
+        what `store` holds (a recorded run: the snapshot tests). `compare`: another run's metrics.jsonl to overlay."""
         super().__init__()
         self.source = Live(trainer) if trainer is not None else Followed(follow) if follow else Recorded()
         self.store = store or RunStore()
@@ -90,6 +90,7 @@ class Dashboard(App[OpenChat | None]):
         self._alerts = AlertHighlights()
         self._shown = Highlight({}, {}, frozenset())  # what the widgets show now
         self._last_status = "running"
+        self.overlay = Overlay(compare)
         self.source.attach(self.store)
 
     def compose(self) -> ComposeResult:
@@ -100,10 +101,11 @@ class Dashboard(App[OpenChat | None]):
             self.query_one(f"#{id_}").border_title = title
         # Looked up once: a query walks the DOM, and these are used at every pull.
         self._header = self.query_one(RunHeader)
-        self._panels = Panels(self)
+        self._panels = Panels(self, self.overlay)
         self.store.on_rare = self._wake
         self._pull_timer = self.set_interval(PULL_INTERVAL, self.pull)
         self.source.start(self)
+        self.overlay.start(self)
         self.pull()
 
     def on_unmount(self) -> None:
@@ -136,6 +138,7 @@ class Dashboard(App[OpenChat | None]):
         self._wake_pending = False
         self._pulled_at = time.monotonic()
         self._pacer.pulled(self._pulled_at)
+        self._pacer.dirty |= self._panels.overlay_due()
         store = self.store
         if (store.generation, store.version) == self._seen:
             self._draw_panels_if_due()
@@ -208,13 +211,7 @@ class Dashboard(App[OpenChat | None]):
     def _show_end(self, end: ev.Finished | ev.Failed) -> None:
         self.ended = True
         self._header.end = end
-        chat = self.chat_path()
-        for line in failed_lines(end) if isinstance(end, ev.Failed) else [finished_note(end, chat)]:
-            self._note(line)
-        outcome = self.query_one("#outcome", Static)
-        outcome.update(outcome_text(end, chat, self.read_only))
-        outcome.set_class(isinstance(end, ev.Failed) or end.status == "diverged", "-failed")
-        outcome.set_class(True, "-shown")
+        layout.show_end(self, end, self.chat_path(), self._note)
         self._header.state = self._state()
         self.refresh_bindings()
 
@@ -236,8 +233,8 @@ class Dashboard(App[OpenChat | None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("pause", "request"):
             return self.training and not self.stopping and not self.ended
-        if action == "chat":
-            return self.ended and self.chat_path() is not None
+        if action == "chat":  # not while a dialog (the compare prompt) wants its own Enter
+            return self.ended and self.chat_path() is not None and len(self.screen_stack) == 1
         return True
 
     def action_pause(self) -> None:
@@ -250,6 +247,9 @@ class Dashboard(App[OpenChat | None]):
 
     def action_log_scale(self) -> None:
         self.query_one("#loss", LineChart).toggle_log_scale(TITLES["loss"])
+
+    def action_compare(self) -> None:
+        self.overlay.key(self)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

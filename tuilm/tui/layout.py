@@ -6,7 +6,9 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, RichLog, Static, Tab, Tabs
 
+from tuilm.train import events as ev
 from tuilm.tui.alerts import PAGE_OF, Highlight
+from tuilm.tui.lines import failed_lines, finished_note, outcome_text
 from tuilm.tui.widgets import ActivationTable, GradHeatmap, GradNorm, LayerBars, LineChart, RunHeader
 
 MIN_SIZE = (60, 18)
@@ -89,3 +91,13 @@ def clear(app) -> None:
     header = app.query_one(RunHeader)
     header.end = None
     header.alert(None)
+
+
+def show_end(app, end: ev.Finished | ev.Failed, chat: str | None, note) -> None:
+    """The run is over: its last lines into the log (through `note`) and the outcome bar under the panels."""
+    for line in failed_lines(end) if isinstance(end, ev.Failed) else [finished_note(end, chat)]:
+        note(line)
+    outcome = app.query_one("#outcome", Static)
+    outcome.update(outcome_text(end, chat, app.read_only))
+    outcome.set_class(isinstance(end, ev.Failed) or end.status == "diverged", "-failed")
+    outcome.set_class(True, "-shown")

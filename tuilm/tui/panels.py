@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 from tuilm.train import events as ev
+from tuilm.tui.compare import Overlay
 from tuilm.tui.store import RunStore, downsample, windowed_rate
 from tuilm.tui.widgets import ActivationTable, GradHeatmap, GradNorm, LayerBars, LineChart, Series
 
@@ -51,7 +54,9 @@ class PanelPacer:
 class Panels:
     """The slow panels' widgets, redrawn from the store."""
 
-    def __init__(self, app):
+    def __init__(self, app, overlay: Overlay):
+        self.overlay = overlay
+        self.overlay_drawn = overlay.state()
         self.charts = {chart.id: chart for chart in app.query(LineChart)}
         self.grad = app.query_one(GradNorm)
         self.layers, self.acts, self.heatmap = (
@@ -60,13 +65,17 @@ class Panels:
             app.query_one(GradHeatmap),
         )
         self.health: ev.Health | None = None  # the latest measurement, not yet drawn
-        self.evals_drawn = -1
+        self.evals_drawn: tuple = ()
+
+    def overlay_due(self) -> bool:
+        """The compared run has news, or was shown or hidden, since the last redraw."""
+        return self.overlay.state() != self.overlay_drawn
 
     def clear(self) -> None:
         self.layers.health = None
         self.heatmap.show([])
         self.acts.clear()
-        self.evals_drawn = -1
+        self.evals_drawn = ()
 
     def draw(self, store: RunStore) -> None:
         if self.health is not None:
@@ -84,18 +93,26 @@ class Panels:
         points = 2 * width if width else 200  # two dots per cell
         step, loss, lr, tokens, elapsed = store.step_series("loss", "lr", "tokens", "elapsed")
         val = store.eval_series()
+        overlay, self.overlay_drawn = self.overlay, self.overlay.state()
+        # Compared with a run of another batch shape, both runs are drawn over tokens (comparison.axis_for).
+        axis = overlay.axis(run) if len(step) else "step"
+        x, val_x = (step, val["step"]) if axis == "step" else (tokens, np.interp(val["step"], step, tokens))
         charts["loss"].show(
             [
-                Series("train", *downsample(step, loss, points), CYAN),
-                Series("val", val["step"], val["val_loss"], ORANGE),
+                Series("train", *downsample(x, loss, points), CYAN),
+                Series("val", val_x, val["val_loss"], ORANGE),
+                *overlay.loss_series(axis, points),
             ]
         )
-        if len(val["step"]) != self.evals_drawn:  # the dearest chart (two axes) changes only at evaluations
-            self.evals_drawn = len(val["step"])
+        legend = overlay.legend(run.name if run else "this run", axis)
+        charts["loss"].border_subtitle = charts["val"].border_subtitle = legend
+        if (len(val["step"]), self.overlay_drawn) != self.evals_drawn:  # the dearest chart (two axes): at evals
+            self.evals_drawn = (len(val["step"]), self.overlay_drawn)
             charts["val"].show(
                 [
-                    Series("bits/char", val["step"], val["val_bpc"], ORANGE),
-                    Series("ppl", val["step"], val["val_ppl"], MAGENTA, yside="right"),
+                    Series("bits/char", val_x, val["val_bpc"], ORANGE),
+                    Series("ppl", val_x, val["val_ppl"], MAGENTA, yside="right"),
+                    *overlay.val_series(axis),
                 ]
             )
         speed = windowed_rate(tokens, elapsed, SPEED_WINDOW)

@@ -137,6 +137,7 @@ class Series:
     y: np.ndarray
     color: tuple[int, int, int]
     yside: str = "left"
+    marker: str = "hd"  # plotext's; another run compared with this one has its own (not colour alone)
 
 
 class LineChart(PlotextPlot):
@@ -167,7 +168,7 @@ class LineChart(PlotextPlot):
         for s in self.series:
             keep = np.isfinite(s.x) & np.isfinite(s.y)  # plotext fails on NaN (a diverged run's last eval)
             if keep.any():
-                series.append(Series(s.label, s.x[keep], s.y[keep], s.color, s.yside))
+                series.append(Series(s.label, s.x[keep], s.y[keep], s.color, s.yside, s.marker))
         if not series or width < 12 or height < 4:
             return Text(self.empty, style="dim")
         plt = self.plt
@@ -186,7 +187,7 @@ class LineChart(PlotextPlot):
                 plt.yscale("log" if log else "linear", yside=side)
                 plt.yticks(*_ticks(float(y.min()), float(y.max()), max(2, height // 3), log=log), yside=side)
         for s in series:
-            plt.plot(s.x.tolist(), s.y.tolist(), label=s.label, color=s.color, marker="hd", yside=s.yside)
+            plt.plot(s.x.tolist(), s.y.tolist(), label=s.label, color=s.color, marker=s.marker, yside=s.yside)
         return super().render()
 
 
@@ -457,6 +458,7 @@ HELP = """\
   [b]g[/b]        generate a sample now (from the recipe's prompt)
   [b]e[/b]        evaluate on the validation set now
   [b]l[/b]        loss chart: log / linear scale
+  [b]c[/b]        compare with another run (asks which; then on/off)
   [b]1 2 3[/b]    pages, on a small terminal
   [b]enter[/b]    after training: chat with the best checkpoint
   [b]q[/b]        stop, save last.safetensors and quit (asks first)
