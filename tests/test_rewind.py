@@ -21,10 +21,10 @@ from tuilm.tui.store import RunStore
 
 BAD = 15  # the planted batch: the 15th the trainer draws
 COMMON = ("max_steps=30", "sample_tokens=0", "eval_interval=1000")
-REWIND = ("health.on_spike=rewind", "health.rewind_interval=5")
+REWIND = ("health.on_spike=rewind", "health.rewind_interval=5", "health.spike_factor=1.2")
 
 
-def plant_bad_batch(trainer, monkeypatch, at: int = BAD, lr_factor: float = 1000.0) -> list[int]:
+def plant_bad_batch(trainer, monkeypatch, at: int = BAD, lr_factor: float = 1e5) -> list[int]:
     """The `at`-th batch drawn gets random targets, and its step a learning rate `lr_factor` times the schedule's:
     its update wrecks the weights, as a poisoned batch at a high learning rate does, and the loss spikes (at once or
     one step later). Returns the count of batches drawn so far (a one-item list)."""
