@@ -27,7 +27,9 @@ app.add_typer(vocab_app, name="vocab")
 
 ModelPath = Annotated[
     Path,
-    typer.Option("--model-path", "-m", help="A .safetensors checkpoint, or a run directory (its best checkpoint)."),
+    typer.Option(
+        "--model-path", "-m", help="A .safetensors checkpoint, a run directory (its best checkpoint) or RUN@STEP."
+    ),
 ]
 Temperature = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.")]
 TopK = Annotated[int, typer.Option("--top-k", help="Sample among the K most likely tokens; 0 for all.")]
@@ -208,7 +210,9 @@ def sample(
 def eval_(
     model_path: Annotated[
         Path | None,
-        typer.Option("--model-path", "-m", help="A .safetensors checkpoint, or a run directory (its best checkpoint)."),
+        typer.Option(
+            "--model-path", "-m", help="A .safetensors checkpoint, a run directory (its best checkpoint) or RUN@STEP."
+        ),
     ] = None,
     data: Annotated[
         str | None,

@@ -61,6 +61,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many evaluations without a new best val loss; 0 means never
     eval_interval: int = 200  # steps
     checkpoint_interval: int = 500  # steps
+    keep_checkpoints: int = 0  # keep the N newest step-<STEP>.safetensors, one per checkpoint_interval; 0: none
     log_interval: int = 1  # steps per Step event; > 1 keeps loss and grad norm on the device in between (issue 12)
     sample_prompt: str = "\n"  # text sampled from at each evaluation
     sample_tokens: int = 80
@@ -87,6 +88,7 @@ REMEDIES: dict[str, tuple[str, str]] = {
     "vanishing": ("check the layer is used and its init; raise lr for it or use pre-norm", "2 health › layers"),
     "update_ratio": ("too small: raise lr; too large: lower lr or lengthen warmup", "2 health › layers"),
     "loss_spike": ("lower lr, lengthen warmup, or skip the batch (health.on_spike)", "1 train › loss"),
+    "rewind": ("one bad batch was skipped; if rewinds repeat, lower lr or lengthen warmup", "1 train › loss"),
     "dead_units": ("lower lr, use gelu or swiglu instead of relu", "2 health › activations"),
     "overfitting": ("more data, dropout or weight decay; stop early (train.patience)", "1 train › loss"),
     "init_loss": (
@@ -107,6 +109,8 @@ REMEDIES: dict[str, tuple[str, str]] = {
 class HealthConfig:
     interval: int = 25  # steps between per-layer measurements (see benchmarks/health_overhead.py)
     nonfinite: str = "skip"  # skip | stop: what a NaN/Inf loss or gradient does
+    on_spike: str = "none"  # none | skip | stop | rewind: what a loss spike does (see tuilm/train/rewind.py)
+    rewind_interval: int = 50  # on_spike = rewind: steps between in-memory copies of the last good state
     explode_factor: float = 10.0  # global grad norm above this multiple of its running average
     explode_limit: float = 1e4  # ... or above this absolute value
     vanish_floor: float = 1e-8  # a layer's grad norm below this
@@ -182,6 +186,7 @@ CHOICES = {
     "train.schedule": ("cosine", "linear", "constant"),
     "train.dtype": ("auto", "fp32", "bf16", "fp16"),
     "health.nonfinite": ("skip", "stop"),
+    "health.on_spike": ("none", "skip", "stop", "rewind"),
 }
 _HIDDEN = {"model.vocab_size"}
 
@@ -259,10 +264,12 @@ RANGES: dict[str, Range] = {
     "train.patience": _count(0),
     "train.eval_interval": _count(1),
     "train.checkpoint_interval": _count(1),
+    "train.keep_checkpoints": _count(0, 10**6),
     "train.sample_tokens": _count(0, 1 << 20),
     "train.seed": SEED,
     "train.threads": _count(0, 4096),
     "health.interval": _count(0),
+    "health.rewind_interval": _count(1),
     "health.explode_factor": POSITIVE,
     "health.explode_limit": POSITIVE,
     "health.vanish_floor": NON_NEGATIVE,
@@ -523,7 +530,7 @@ RESUME_MAY_CHANGE = {
     *(f"train.{k}" for k in ("max_steps", "max_tokens", "epochs", "time", "patience", "eval_interval")),
     *(f"train.{k}" for k in ("checkpoint_interval", "sample_prompt", "sample_tokens", "device", "dtype")),
     *(f"train.{k}" for k in ("compile", "threads", "micro_batch_size", "lr", "min_lr", "schedule")),
-    *(f"train.{k}" for k in ("warmup_steps", "grad_clip")),
+    *(f"train.{k}" for k in ("warmup_steps", "grad_clip", "keep_checkpoints")),
     *(f"health.{f.name}" for f in fields(HealthConfig)),
 }
 

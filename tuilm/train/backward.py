@@ -81,13 +81,16 @@ def forward_backward(trainer, micro: list[Batch], n_targets: int, health_step: b
 
 
 def non_finite(trainer, loss_value: float, grad_norm: float) -> bool:
-    """A NaN/Inf loss or gradient: alert, then skip the step, or stop (health.nonfinite = stop).
+    """A NaN/Inf loss or gradient: alert, then skip the step, or stop (health.nonfinite = stop); under
+    health.on_spike = rewind the step is skipped and the trainer then rewinds (tuilm/train/rewind.py).
 
     Skipping helps with a rare bad batch; when every step is non-finite the weights themselves are gone,
     so after MAX_SKIPS in a row training stops as diverged instead of spinning.
     """
     trainer._skips += 1
-    action, stop = nonfinite_action(trainer.config.health.nonfinite, trainer._skips, MAX_SKIPS)
+    h = trainer.config.health
+    policy = "rewind" if h.on_spike == "rewind" and h.nonfinite != "stop" else h.nonfinite
+    action, stop = nonfinite_action(policy, trainer._skips, MAX_SKIPS)
     x, _, pos, doc = trainer._last_batch
     trainer.health.non_finite(
         trainer.step + 1, loss_value, grad_norm, action, lambda: trainer.model(x, pos_ids=pos, doc_ids=doc)

@@ -118,13 +118,27 @@ class Alert(Event):
     kind: ClassVar[str] = "alert"
     step: int
     code: str  # nonfinite | exploding | vanishing | update_ratio | loss_spike | dead_units | overfitting |
-    # init_loss | grad_eps | attn_logit | entropy_collapse | logz_drift
+    # init_loss | grad_eps | attn_logit | entropy_collapse | logz_drift | rewind
     severity: str  # warn | bad
     message: str
     layer: str | None = None
     value: float | None = None
     remedy: str = ""  # one line: what to try
     panel: str = ""  # where the dashboard shows it ("page › panel")
+
+
+@dataclass(frozen=True)
+class Rewind(Event):
+    """health.on_spike = rewind: the state of `to_step` restored after a bad `step`, whose batches (those of steps
+    to_step + 1 .. step) are skipped; the next step is to_step + 1 again, on the batch after the bad one."""
+
+    kind: ClassVar[str] = "rewind"
+    step: int  # the bad step
+    to_step: int  # the step of the state restored
+    skipped_batches: int  # step - to_step
+    cause: str  # loss_spike | nonfinite
+    in_a_row: int  # rewinds since the last new good state; training stops after MAX_REWINDS
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,7 +202,7 @@ class Failed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (RunStarted, Step, Eval, Health, Alert, Sample, CheckpointSaved, Status, Log, Finished, Failed)
+    for cls in (RunStarted, Step, Eval, Health, Alert, Rewind, Sample, CheckpointSaved, Status, Log, Finished, Failed)
 }
 
 

@@ -109,6 +109,8 @@ def nonfinite_action(policy: str, skips: int, max_skips: int) -> tuple[str, bool
     for the alert, and whether training stops."""
     if policy == "stop":
         return "training stopped", True
+    if policy == "rewind":  # health.on_spike = rewind: tuilm/train/rewind.py bounds it
+        return "rewinding to the last good state", False
     if skips >= max_skips:
         return f"{skips} steps in a row were skipped, training stopped", True
     return "step skipped", False
@@ -160,8 +162,14 @@ class HealthMonitor:
     def due(self, step: int) -> bool:
         return self.cfg.interval > 0 and step % self.cfg.interval == 0
 
-    def check_step(self, step: int, loss: float, grad_norm: float) -> None:
+    def is_spike(self, loss: float) -> bool:
+        """`loss` above spike_factor times its running average (once there is enough history to judge)."""
+        return self.seen >= MIN_HISTORY and loss > self.cfg.spike_factor * self.loss_ema
+
+    def check_step(self, step: int, loss: float, grad_norm: float) -> bool:
+        """The per-step alerts; True when the loss spiked (alerted or not: a repeat may be held back)."""
         c = self.cfg
+        spiked = self.is_spike(loss)
         self.seen += 1
         if self.seen == 1 and self.init_vocab and self.init_vocab > 1 and c.init_tolerance > 0:
             expected = math.log(self.init_vocab)
@@ -177,12 +185,13 @@ class HealthMonitor:
         elif self.seen > MIN_HISTORY and grad_norm > c.explode_factor * self.grad_ema:
             message = f"gradient norm {grad_norm:.3g} is {grad_norm / self.grad_ema:.0f}x its running average {self.grad_ema:.3g}"
             self._alert(step, "exploding", "bad", message, None, grad_norm)
-        if self.seen > MIN_HISTORY and loss > c.spike_factor * self.loss_ema:
+        if spiked:
             message = f"loss {loss:.3f} spiked above {c.spike_factor:g}x its running average {self.loss_ema:.3f}"
             self._alert(step, "loss_spike", "warn", message, None, loss)
         # Slow averages (about 50 steps) so that one spike does not hide the next.
         self.grad_ema = grad_norm if self.grad_ema is None else 0.98 * self.grad_ema + 0.02 * min(grad_norm, 1e30)
         self.loss_ema = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
+        return spiked
 
     def non_finite(self, step: int, loss: float, grad_norm: float, action: str, forward=None) -> None:
         """Alert for a NaN/Inf loss or gradient, naming where it starts (see first_nonfinite)."""

@@ -1,7 +1,7 @@
 """The lean step loop (train.log_interval > 1): between logged steps nothing is read back from the device.
 
 A *logged step* is every log_interval-th step, and also each health-measurement step, each step an evaluation or
-checkpoint follows, the max_steps step and the run's last step: the one Step event of a logged step carries the
+checkpoint follows, each step a rewind copy is kept at, the max_steps step and the run's last step: the one Step event of a logged step carries the
 token-weighted mean loss, the tokens/s and the mean step time of every step since the previous logged step (its
 grad_norm is its own). Steps in between keep their loss, token count and non-finite flag on the device, and skip
 a non-finite update on the device too: fused Adam/AdamW take a `found_inf` tensor (as under a GradScaler) and
@@ -76,6 +76,7 @@ def logged(trainer, step: int) -> bool:
         or step % t.eval_interval == 0
         or step % t.checkpoint_interval == 0
         or (step == trainer.rules.max_steps)
+        or trainer.guard.due(step)  # health.on_spike = rewind keeps only a state it has judged
     )
 
 

@@ -69,7 +69,11 @@ def step_event(trainer, n_targets: int, loss: float, lr: float, step_time: float
 
 
 # How each stopping reason counts as an outcome; every other reason (max_steps, time, early_stop...) completed.
-STATUS_OF = {"nonfinite": "diverged", "stopped": "stopped", "interrupted": "stopped"}
+STATUS_OF = {
+    **dict.fromkeys(("nonfinite", "loss_spike", "rewinds"), "diverged"),  # health stops (health.on_spike)
+    "stopped": "stopped",
+    "interrupted": "stopped",
+}
 
 
 def finished_event(trainer, reason: str, last: Path | None) -> ev.Finished:

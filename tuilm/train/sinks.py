@@ -250,8 +250,10 @@ class HeadlessProgress:
         elif isinstance(event, ev.Eval):
             self._val = event.val_loss
             self._print(self.eval_line(event) + self._versus(event))
-        elif isinstance(event, ev.Alert):
+        elif isinstance(event, ev.Alert) and event.code != "rewind":  # the rewind line below says it all
             self.on_alert(event)
+        elif isinstance(event, ev.Rewind):
+            self._print(f"[yellow]rewind[/] {event.message}", markup=True)
         elif isinstance(event, ev.Sample):
             text = event.text.strip().replace("\n", " / ")
             self._print(f"sample at step {event.step}: {text[:200]}")

@@ -25,6 +25,8 @@ from tuilm.checkpoint import (
     read_weights,
     save_checkpoint,
     save_train_state,
+    step_checkpoints,
+    step_file_name,
 )
 from tuilm.errors import CheckpointError
 
@@ -95,6 +97,16 @@ class RunFiles:
 
     def save_model(self, path: Path, model, meta: dict) -> None:
         save_checkpoint(path, model, self.tokenizer, self.run_config, **meta)
+
+    def keep_step(self, model, meta: dict, keep: int) -> None:
+        """train.keep_checkpoints: the weights as step-<STEP>.safetensors (atomic), then only the `keep` newest
+        step files stay. 0 keeps none and deletes none."""
+        if keep <= 0:
+            return
+        self.save_model(self.run_dir / step_file_name(meta["step"]), model, meta)
+        steps = step_checkpoints(self.run_dir)
+        for step in sorted(steps)[:-keep]:
+            steps[step].unlink(missing_ok=True)
 
     def save_resume_point(self, model, optimizer, meta: dict, extra: dict, device) -> None:
         rng = {"torch": torch.get_rng_state()}

@@ -30,6 +30,7 @@ from tuilm.train.health import HealthMonitor
 from tuilm.train.lean import Pending, flush, lean_possible, lean_step, logged
 from tuilm.train.optim import build_optimizer, lr_at
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
+from tuilm.train.rewind import SpikeGuard
 from tuilm.train.schedule import BatchSource, StopRules, to_device
 from tuilm.train.state import RunFiles, TrainState
 
@@ -79,6 +80,7 @@ class Trainer(Controls):
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.lean = lean_possible(self.optimizer, self.scaler, self.dist, t.log_interval)  # see train/lean.py
         self.pending = Pending()
+        self.guard = SpikeGuard(config.health, self.dist)  # health.on_spike: skip, stop or rewind (train/rewind.py)
 
         self.state = TrainState()  # saved with every checkpoint, restored on resume
         self.last_eval: ev.Eval | None = None
@@ -105,6 +107,7 @@ class Trainer(Controls):
     def run(self) -> ev.Finished | None:
         try:
             self.session_start = (self.state.tokens, self.state.elapsed)
+            self.guard.keep(self)
             self._emit(started_event(self))
             if self.tcfg.compile:
                 self._emit(ev.Log(self.step, "torch.compile: the first step compiles the model, which takes a while"))
@@ -128,8 +131,7 @@ class Trainer(Controls):
             reason = self.rules.reason(self.state)
             if reason:
                 return reason
-            self._train_step()
-            if self._stop.is_set():
+            if self._train_step() or self._stop.is_set():  # rewound: the step it went back to had its turn
                 continue
             if self.step % self.tcfg.eval_interval == 0:
                 self._evaluate()
@@ -138,7 +140,7 @@ class Trainer(Controls):
             if self.step % self.tcfg.checkpoint_interval == 0:
                 self._save("interval")
 
-    def _train_step(self) -> None:
+    def _train_step(self) -> bool:
         t0 = time.perf_counter()
         s = self.state
         micro = self.batches.next_step(s)  # this rank's shard of the step
@@ -163,12 +165,13 @@ class Trainer(Controls):
             if self.config.health.nonfinite == "stop":
                 self.stop("nonfinite")
         tokens, seconds = n_targets + p_tokens, step_time + p_seconds
-        loss_value = (float(loss_sum) + p_loss) / max(1, tokens)
+        loss_value, spiked = (float(loss_sum) + p_loss) / max(1, tokens), False
         if math.isfinite(loss_value) and math.isfinite(grad_norm):
             s.train_losses.append(loss_value)
-            self.health.check_step(s.step, loss_value, grad_norm)
+            spiked = self.health.check_step(s.step, loss_value, grad_norm)
         event = step_event(self, tokens, loss_value, lr, seconds, grad_norm, skipped or p_bad > 0)
         self._emit(replace(event, step_time=seconds / (1 + p_steps)) if p_steps else event)
+        return self.guard.after_step(self, spiked, skipped or p_bad > 0)
 
     def _optimizer_step(self, lr: float, loss_value: float, grad_norm: float, health_step: bool) -> bool:
         """Apply the gradients at learning rate `lr`, or skip a non-finite step; returns True when skipped."""
@@ -176,6 +179,8 @@ class Trainer(Controls):
         skipped = False
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) and self.scaler is None:
             skipped = non_finite(self, loss_value, grad_norm)
+        elif self.guard.skips(self, loss_value):  # health.on_spike = skip: a spiking step's update is dropped
+            skipped = True
         else:
             self._skips = 0
             if health_step:
@@ -244,6 +249,9 @@ class Trainer(Controls):
         extra["health"] = self.health.state_dict()
         if self.dist.main:  # rank 0 alone writes the run directory
             self.files.save_resume_point(self.model, self.optimizer, checkpoint_meta(self), extra, self.device)
+            if reason == "interval":  # train.keep_checkpoints: step-<STEP>.safetensors beside last.safetensors
+                self.files.keep_step(self.model, checkpoint_meta(self), self.tcfg.keep_checkpoints)
+        self.guard.keep(self)  # a resume would start from this state: so does a rewind (train/rewind.py)
         self._emit(ev.CheckpointSaved(self.step, str(self.files.last), reason))
         self._emit(ev.Status(self.step, "paused" if self.paused else "running"))
         return self.files.last

@@ -142,6 +142,8 @@ class RunStore:
                 self.run = event
                 if event.resumed_step:  # the steps after the checkpoint come again: the newest win
                     self._forget_after(event.resumed_step)
+            elif isinstance(event, ev.Rewind):  # its steps come again on other batches; alerts and evals stay
+                self.steps.drop_after("step", event.to_step)
             elif isinstance(event, ev.Status):
                 self.status = event.state
             elif isinstance(event, ev.Health):
