@@ -354,9 +354,9 @@ def test_a_checkpoint_without_a_checksum_loads_with_a_note(original, scratch, ca
 
 def test_the_checksum_is_written_and_covers_the_metadata(original, scratch):
     _, metadata, tensors, reference = original
-    assert metadata[CHECKSUM].startswith("xxh3-128:") and metadata[CHECKSUM] != "xxh3-128:" + "0" * 32
+    assert metadata[CHECKSUM].startswith("xxh3-128.2:") and metadata[CHECKSUM] != "xxh3-128.2:" + "0" * 32
     state = read_header(Path(str(original[3].path).replace("last", "train_state")))
-    assert state.metadata[CHECKSUM].startswith("xxh3-128:")
+    assert state.metadata[CHECKSUM].startswith("xxh3-128.2:")
     path = scratch / "resaved.safetensors"
     save_checkpoint(path, reference.model, reference.tokenizer, reference.run_config, step=4)
     assert outcome(path, original) == "loaded"

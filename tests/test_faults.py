@@ -324,7 +324,10 @@ def test_metrics_readers_skip_lines_that_are_not_event_objects(metrics_run, tmp_
     run_dir = damaged_run(trained_run, tmp_path)
     for line in BAD_LINES:
         assert parse_event(line) is None
+    good = (trained_run / "metrics.jsonl").read_bytes().splitlines()
     expected = read_events(trained_run / "metrics.jsonl")
+    assert [e.kind for e in expected] == [json.loads(line)["event"] for line in good]  # the clean file, all read
+    assert expected[-1].kind == "finished" and sum(e.kind == "step" for e in expected) == 6
     assert read_events(run_dir / "metrics.jsonl") == expected
     tail = MetricsTail(run_dir / "metrics.jsonl")
     events, _ = tail.read()
@@ -337,7 +340,8 @@ def test_metrics_readers_skip_lines_that_are_not_event_objects(metrics_run, tmp_
     assert store.drain() is not None
     from tuilm.sweep.runinfo import summarize_run
 
-    assert summarize_run(run_dir).status == summarize_run(trained_run).status
+    summary = summarize_run(run_dir)
+    assert (summary.status, summary.steps) == ("completed", 6)  # the tiny run of metrics_run: max_steps=6
 
 
 def test_health_runs_and_compare_read_a_damaged_metrics_file(metrics_run, tmp_path):

@@ -1,6 +1,7 @@
 """train.optimizer = "muon": the blocks' matrices step exactly as torch's Muon, the rest as AdamW; resume is exact."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -91,4 +92,5 @@ def test_health_reports_muons_momentum(small_corpus, tmp_path):
     health = rec.of(ev.Health)[-1]
     blocks = [i for i, g in enumerate(health.layers) if ".attn" in g or ".mlp" in g]
     assert blocks and all(health.adam_m_norm[i] > 0 for i in blocks)
-    assert all(r == r for r in health.update_ratio)  # every group's update ratio is measured (no NaN)
+    assert len(health.update_ratio) == len(health.layers)  # every group's update ratio is measured
+    assert not any(math.isnan(r) for r in health.update_ratio)

@@ -8,7 +8,9 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _read_umask() -> int:
@@ -30,21 +32,26 @@ def temp_file(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Atomically replace `path` with what `fill` writes into the open file it is given (it may seek back)."""
     path = Path(path)
     try:
-        _write(path, data)
+        _write(path, fill)
     except OSError as e:
         if e.errno == errno.ENOSPC and not e.filename:  # say which file could not be written
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
         raise
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, fill: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

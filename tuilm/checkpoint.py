@@ -21,43 +21,28 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import xxhash
-from safetensors.torch import load, save
+from safetensors.torch import load
 
-from tuilm import __version__, atomic
-from tuilm.atomic import atomic_write_bytes
+from tuilm import __version__, atomic, integrity
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
+from tuilm.integrity import CHECKSUM, tensors_digest  # noqa: F401 (part of the checkpoint API)
 
 FORMAT = "tuilm-checkpoint"
 STATE_FORMAT = "tuilm-train-state"
 VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
-CHECKSUM = "checksum"  # metadata key: "xxh3-128:<hex>" over the other metadata and every tensor
-HASH_NAME = "xxh3-128"
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 MAX_TENSORS = 100_000
 # Position tables and the KV cache are not in the file, so their size (seq_len x d_model x layers) is bounded apart.
 MAX_CONTEXT_ELEMENTS = 2**27  # 512 MiB in fp32
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 ITEMSIZE |= {"U64": 8, "U32": 4, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
-DTYPE_NAMES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 @dataclass
@@ -201,38 +186,9 @@ def sniff(path: Path) -> str:
 # -- integrity ------------------------------------------------------------------------------------------------
 
 
-def _digest(metadata: dict[str, str], items: Iterable[tuple[str, str, tuple[int, ...], Any]]) -> str:
-    """xxh3-128 over the metadata (but the checksum itself) and each tensor's name, dtype, shape and bytes.
-
-    sha256 would cost about a fifth of a save (benchmarks/checkpoint_hash.py); xxh3 runs near memory speed.
-    """
-    h = xxhash.xxh3_128()
-    h.update(json.dumps(sorted((k, v) for k, v in metadata.items() if k != CHECKSUM)).encode())
-    for name, dtype, shape, data in sorted(items, key=lambda item: item[0]):
-        h.update(json.dumps([name, dtype, list(shape)]).encode())
-        h.update(data)
-    return f"{HASH_NAME}:{h.hexdigest()}"
-
-
-def tensors_digest(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
-    """The checksum of a file holding these tensors (on the CPU, contiguous) and this metadata."""
-    return _digest(
-        metadata,
-        (
-            (name, DTYPE_NAMES[t.dtype], tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy())
-            for name, t in tensors.items()
-        ),
-    )
-
-
 def write_with_checksum(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write atomically, the checksum of the metadata and tensors stored in the metadata.
-
-    Hashing in a thread while the file is written was tried: on a busy two-core machine it was no faster than
-    this (benchmarks/checkpoint_hash.py), so the simple way stays.
-    """
-    metadata[CHECKSUM] = tensors_digest(metadata, tensors)
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    """Write atomically, the checksum of the metadata and tensors stored in the metadata (tuilm/integrity.py)."""
+    integrity.write(path, tensors, metadata)
 
 
 def _verify(path: Path, header: Header, data: bytes, what: str) -> None:
@@ -242,13 +198,16 @@ def _verify(path: Path, header: Header, data: bytes, what: str) -> None:
             f"note: {path} has no checksum (written by an older tuilm): its {what} cannot be verified", file=sys.stderr
         )
         return
-    if not stored.startswith(f"{HASH_NAME}:"):
+    kind = stored.partition(":")[0]
+    if kind not in integrity.KINDS:
         raise CheckpointError(f"{path}: the checksum is of an unknown kind ({_short(stored)}); upgrade tuilm")
     view = memoryview(data)
     start = header.data_start
-    actual = _digest(
+    in_file = sorted(header.tensors.items(), key=lambda item: item[1].start)
+    actual = integrity.digest(
         header.metadata,
-        ((n, t.dtype, t.shape, view[start + t.start : start + t.end]) for n, t in header.tensors.items()),
+        ((n, t.dtype, t.shape, view[start + t.start : start + t.end]) for n, t in in_file),
+        kind,
     )
     if actual != stored:
         raise CheckpointError(

@@ -168,21 +168,21 @@ class Monitor:
         self.health._before = None
         self._snapshot_if_due()
         lr_value = lr if lr is not None else self._lr()
-        self._emit(
-            ev.Step(
-                step=step,
-                epoch=math.nan,
-                tokens=self.tokens,
-                loss=loss_value,
-                lr=lr_value,
-                tokens_per_s=tokens / step_time if step_time > 0 else 0.0,
-                step_time=step_time,
-                grad_norm=grad_norm,
-                clipped=bool(self.grad_clip and grad_norm > self.grad_clip),
-                elapsed=self.elapsed,
-                progress=step / self.max_steps if self.max_steps else math.nan,
-            )
+        progress = step / self.max_steps if self.max_steps else math.nan
+        event = ev.measured_step(
+            step,
+            math.nan,
+            self.tokens,
+            loss_value,
+            lr_value,
+            tokens,
+            step_time,
+            grad_norm,
+            self.grad_clip,
+            self.elapsed,
+            progress,
         )
+        self._emit(event)
 
     def eval(self, val_loss, bpc: float | None = None) -> ev.Eval:
         """A validation result at the current step (loss in nats per token; bits per character if you have it)."""

@@ -15,13 +15,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuilm.data.places import DATA_DIR_ENV, cache_dir, candidates, find_local
 from tuilm.errors import DataError
-
-DATA_DIR_ENV = "TUILM_DATA_DIR"
 
 
 @dataclass(frozen=True)
@@ -188,11 +186,6 @@ CORPORA: dict[str, NamedCorpus] = {
 SPLIT_CORPORA = tuple(name for name, c in CORPORA.items() if c.splits)
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tuilm"
-
-
 @dataclass(frozen=True)
 class TextSlice:
     path: Path
@@ -255,16 +248,11 @@ def local_file(remote: RemoteFile, *, progress: bool = True) -> Path:
     """$TUILM_DATA_DIR/<file>, then the cache, else a resumable verified download into the cache."""
     from tuilm.data.fetch import fetch
 
-    candidates = []
-    if os.environ.get(DATA_DIR_ENV):
-        candidates.append(Path(os.environ[DATA_DIR_ENV]).expanduser() / remote.filename)
-    cached = cache_dir() / "datasets" / remote.filename
-    candidates.append(cached)
-    for path in candidates:
-        if path.is_file() and _verified(path, remote):
-            return path
+    found = find_local(remote.filename, lambda path: _verified(path, remote))
+    if found is not None:
+        return found
     try:
-        path = fetch(remote.url, cached, remote.sha256, remote.size, progress=progress)
+        path = fetch(remote.url, candidates(remote.filename)[-1], remote.sha256, remote.size, progress=progress)
     except DataError as e:
         raise DataError(
             f"{e}; to work offline, put {remote.filename} (from {remote.url}) in the folder named by ${DATA_DIR_ENV}"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tuilm import atomic
 from tuilm.data.download import download, sha256_file
+from tuilm.data.places import DATA_DIR_ENV, candidates, find_local
 from tuilm.errors import DataError
 
-DATA_DIR_ENV = "TUILM_DATA_DIR"
 MAX_LINE = 64 * 2**20  # bytes in one JSONL record: far above any document, far below a file that has no newlines
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -56,32 +56,25 @@ class Corpus:
         return sum(len(d) for d in self.documents)
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tuilm"
-
-
 def dataset_path(source: NamedSource, *, progress: bool = True) -> Path:
     """The local file for a named source: $TUILM_DATA_DIR, then the user cache, else a verified download."""
-    candidates = []
-    if os.environ.get(DATA_DIR_ENV):
-        candidates.append(Path(os.environ[DATA_DIR_ENV]).expanduser() / source.filename)
-    cached = cache_dir() / "datasets" / source.filename
-    candidates.append(cached)
-    for path in candidates:
-        if path.is_file():
-            if sha256_file(path) != source.sha256:
-                raise DataError(
-                    f"{path} is not the expected {source.name} file (sha256 mismatch); delete or replace it"
-                )
-            return path
+
+    def accept(path: Path) -> bool:
+        if sha256_file(path) != source.sha256:
+            raise DataError(f"{path} is not the expected {source.name} file (sha256 mismatch); delete or replace it")
+        return True
+
+    found = find_local(source.filename, accept)
+    if found is not None:
+        return found
+    places = candidates(source.filename)
     try:
-        return download(source.url, cached, source.sha256, progress=progress)
+        return download(source.url, places[-1], source.sha256, progress=progress)
     except DataError as e:
-        places = " or ".join(str(p) for p in candidates)
+        where = " or ".join(str(p) for p in places)
         if not os.environ.get(DATA_DIR_ENV):
-            places += f", or in a folder named by ${DATA_DIR_ENV}"
-        raise DataError(f"{e}; to work offline, put {source.filename} at {places}") from None
+            where += f", or in a folder named by ${DATA_DIR_ENV}"
+        raise DataError(f"{e}; to work offline, put {source.filename} at {where}") from None
 
 
 def load_corpus(spec: str | Path, *, progress: bool = True) -> Corpus:

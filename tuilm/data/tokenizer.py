@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from tuilm.atomic import atomic_write_bytes
-from tuilm.data.sources import cache_dir
+from tuilm.data.places import cache_dir
 from tuilm.errors import ConfigError, DataError
 from tuilm.resources import shipped_dirs
 

@@ -59,6 +59,17 @@ class Step(Event):
     skipped: bool = False  # non-finite step that was dropped
 
 
+def measured_step(
+    step, epoch, tokens, loss, lr, n_targets, step_time, grad_norm, grad_clip, elapsed, progress, **extra
+):
+    """A Step from what a loop measured (the arguments in Step's own order): the throughput from the step's target
+    tokens and time, `clipped` from the loop's clipping threshold (0 or None: it does not clip). The trainer and
+    tuilm.Monitor both report through it, so they cannot judge a step differently."""
+    tokens_per_s = n_targets / step_time if step_time > 0 else 0.0
+    clipped = bool(grad_clip and grad_norm > grad_clip)
+    return Step(step, epoch, tokens, loss, lr, tokens_per_s, step_time, grad_norm, clipped, elapsed, progress, **extra)
+
+
 @dataclass(frozen=True)
 class Eval(Event):
     kind: ClassVar[str] = "eval"

@@ -49,21 +49,23 @@ def started_event(trainer) -> ev.RunStarted:
 
 
 def step_event(trainer, n_targets: int, loss: float, lr: float, step_time: float, grad_norm: float, skipped: bool):
-    s, clip = trainer.state, trainer.tcfg.grad_clip
-    return ev.Step(
-        step=s.step,
-        epoch=round(trainer.rules.epochs_done(s), 4),
-        tokens=s.tokens,
-        loss=loss,
-        lr=lr,
-        tokens_per_s=n_targets / step_time if step_time > 0 else 0.0,
-        step_time=step_time,
-        grad_norm=grad_norm,
-        clipped=bool(clip and grad_norm > clip),
-        elapsed=s.elapsed,
-        progress=trainer.progress,
-        loss_scale=float(trainer.scaler.get_scale()) if trainer.scaler else None,
-        memory_mb=memory_mb(trainer.device),
+    s, clip, progress = trainer.state, trainer.tcfg.grad_clip, trainer.progress
+    scale = float(trainer.scaler.get_scale()) if trainer.scaler else None
+    epoch, memory = round(trainer.rules.epochs_done(s), 4), memory_mb(trainer.device)
+    return ev.measured_step(
+        s.step,
+        epoch,
+        s.tokens,
+        loss,
+        lr,
+        n_targets,
+        step_time,
+        grad_norm,
+        clip,
+        s.elapsed,
+        progress,
+        loss_scale=scale,
+        memory_mb=memory,
         skipped=skipped,
     )
 

@@ -1,0 +1,127 @@
+"""Checksummed safetensors files, written in one pass over the tensors.
+
+The checksum (xxh3-128 over the metadata, then every tensor's name, dtype, shape and bytes) is stored in the
+file's own metadata under `checksum`, so it must be in the header, which comes before the data. Hashing the
+tensors first and writing them after costs a second trip through memory: on a 2-core VM that was 3-10% of a save
+(benchmarks/checkpoint_hash.py). So the header is written with a placeholder of the checksum's exact length, each
+megabyte of tensor data is hashed right after it is written, while it is still in the CPU's cache, and the
+placeholder is overwritten at the end, before the file is renamed into place. Writing the tensors' memory
+straight to the file also spares the two copies safetensors' own `save()` makes.
+
+Kinds of checksum (the prefix of the stored value):
+- `xxh3-128.2`: the tensors in the order they lie in the file (what this writer can hash in one pass);
+- `xxh3-128`: the tensors sorted by name (tuilm 0.x files written before the one-pass writer); still verified.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+import xxhash
+
+from tuilm.atomic import atomic_write_with
+
+CHECKSUM = "checksum"  # metadata key: "<kind>:<hex>" over the other metadata and every tensor
+BY_NAME = "xxh3-128"
+IN_FILE_ORDER = "xxh3-128.2"
+KINDS = (IN_FILE_ORDER, BY_NAME)
+CHUNK = 1 << 20  # hashed while still in the cache the write just read it through
+HASHER = xxhash.xxh3_128  # a module attribute so that benchmarks/checkpoint_hash.py can time a save without it
+DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+# safetensors' own order of the data (widest alignment first, then by name): every tensor stays aligned.
+LAYOUT_RANK = {name: i for i, name in enumerate(("I64", "F64", "F32", "I32", "BF16", "F16", "I16", "I8", "U8", "BOOL"))}
+
+Item = tuple[str, str, tuple[int, ...], Any]  # name, dtype, shape, bytes-like data
+
+
+def _start(metadata: dict[str, str]):
+    h = HASHER()
+    h.update(json.dumps(sorted((k, v) for k, v in metadata.items() if k != CHECKSUM)).encode())
+    return h
+
+
+def _describe(name: str, dtype: str, shape: Iterable[int]) -> bytes:
+    return json.dumps([name, dtype, list(shape)]).encode()
+
+
+def digest(metadata: dict[str, str], items: Iterable[Item], kind: str = IN_FILE_ORDER) -> str:
+    """The checksum of this metadata (but the checksum itself) and these tensors, given in file order."""
+    if kind == BY_NAME:
+        items = sorted(items, key=lambda item: item[0])
+    h = _start(metadata)
+    for name, dtype, shape, data in items:
+        h.update(_describe(name, dtype, shape))
+        h.update(data)
+    return f"{kind}:{h.hexdigest()}"
+
+
+def layout(tensors: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """The tensors in the order a file holds them (the same as safetensors' `save`)."""
+    return sorted(tensors.items(), key=lambda item: (LAYOUT_RANK[DTYPE_NAMES[item[1].dtype]], item[0]))
+
+
+def _raw(t: torch.Tensor) -> memoryview:
+    """The tensor's bytes without a copy (it is on the CPU and contiguous)."""
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
+
+
+def tensors_digest(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    """The checksum `write` stores for these tensors (on the CPU, contiguous) and this metadata."""
+    return digest(metadata, ((n, DTYPE_NAMES[t.dtype], tuple(t.shape), _raw(t)) for n, t in layout(tensors)))
+
+
+def _header(tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str]) -> bytes:
+    entries: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name, t in tensors:
+        end = offset + t.numel() * t.element_size()
+        entries[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, end]}
+        offset = end
+    header = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
+    return header + b" " * (-len(header) % 8)  # safetensors pads the header to 8 bytes, so the data is aligned
+
+
+def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """Write a safetensors file atomically, with the checksum of the metadata and tensors in its metadata.
+
+    `metadata[CHECKSUM]` is set to the checksum, which is returned."""
+    ordered = layout(tensors)
+    placeholder = f"{IN_FILE_ORDER}:{'0' * 32}"
+    metadata[CHECKSUM] = placeholder
+    header = _header(ordered, metadata)
+    marker = json.dumps({CHECKSUM: placeholder}, separators=(",", ":"))[1:-1].encode()
+    # The key is unique and other values are JSON strings, whose quotes are escaped: the marker is found once.
+    at = header.index(marker) + len(marker) - len(placeholder) - 1
+
+    def fill(f: BinaryIO) -> None:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        h = _start(metadata)
+        for name, t in ordered:
+            h.update(_describe(name, DTYPE_NAMES[t.dtype], t.shape))
+            data = _raw(t)
+            for i in range(0, len(data), CHUNK):
+                chunk = data[i : i + CHUNK]
+                f.write(chunk)
+                h.update(chunk)
+        metadata[CHECKSUM] = f"{IN_FILE_ORDER}:{h.hexdigest()}"
+        f.seek(8 + at)
+        f.write(metadata[CHECKSUM].encode())
+
+    atomic_write_with(path, fill)
+    return metadata[CHECKSUM]
