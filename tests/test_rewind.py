@@ -16,7 +16,7 @@ from tuilm.checkpoint import read_metadata, resolve_model_path
 from tuilm.errors import CheckpointError, ConfigError
 from tuilm.train import events as ev
 from tuilm.train.rewind import MAX_REWINDS
-from tuilm.train.sinks import read_events
+from tuilm.train.sinks import MetricsFile, read_events
 from tuilm.tui.store import RunStore
 
 BAD = 15  # the planted batch: the 15th the trainer draws
@@ -71,8 +71,11 @@ def test_a_bad_batch_is_rewound_past_and_the_run_ends_near_a_clean_one(small_cor
     monkeypatch.undo()
 
     trainer, rec = tiny_trainer(small_corpus, tmp_path / "rewind", *COMMON, *REWIND)
+    metrics = MetricsFile(tmp_path / "rewind" / "metrics.jsonl")  # what `tuilm train` subscribes (session.py)
+    trainer.bus.subscribe(metrics)
     plant_bad_batch(trainer, monkeypatch)
     trainer.run()
+    metrics.close()
     rewinds = rec.of(ev.Rewind)
     # The random targets spike the loss at once, or the wrecked weights do one step later.
     assert len(rewinds) == 1 and rewinds[0].step in (BAD, BAD + 1), rewinds

@@ -12,8 +12,10 @@ after a rewind resumes exactly, and a resumed run holds the same copy as one tha
 the step it resumed from). What happened meanwhile stays: the training time, and the evaluations' best and
 patience counts (best.safetensors may be a model of the discarded steps, still the best evaluated).
 
-A copy is taken only after a good step, so a spike right after one rewinds to it again, skipping more batches;
-MAX_REWINDS rewinds with no new copy in between stop the run (reason `rewinds`) at the good state.
+A bad batch's update often shows only in the next step's loss, so a copy taken at an interval step is kept as
+pending and becomes the good state only once the step after it is judged healthy (a spike then rewinds past it
+to the good state before). A spike right after a rewind rewinds to the same state again, skipping more
+batches; MAX_REWINDS rewinds with no new good state in between stop the run (reason `rewinds`) there.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class SpikeGuard:
         if self.policy == "skip" and dist.active:  # each rank judges its own loss before the update: they'd differ
             raise ConfigError("health.on_spike = skip needs one process; under torchrun use rewind or stop")
         self.snapshot: Snapshot | None = None
+        self.pending: Snapshot | None = None  # taken at an interval step; good once the next step is healthy
         self.in_a_row = 0
 
     @property
@@ -85,19 +88,26 @@ class SpikeGuard:
         if not self.rewinds:
             return False
         if spiked or (nonfinite and trainer.config.health.nonfinite != "stop"):
+            self.pending = None
             return self.rewind(trainer, "loss_spike" if spiked else "nonfinite")
+        if self.pending is not None and self.pending.state.step < trainer.step:
+            self.snapshot, self.pending, self.in_a_row = self.pending, None, 0
         if self.due(trainer.step):
-            self.keep(trainer)
+            self.pending = self._copy(trainer)
         return False
 
     def keep(self, trainer) -> None:
-        """Copy the trainer's state as the last good one (on rewind only)."""
+        """Copy the trainer's state as the last good one (on rewind only): at the start of run() and at a
+        checkpoint, the state a resume would start from."""
         if not self.rewinds:
             return
+        self.snapshot, self.pending, self.in_a_row = self._copy(trainer), None, 0
+
+    def _copy(self, trainer) -> Snapshot:
         rng = {"torch": torch.get_rng_state()}
         if trainer.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(trainer.device)
-        self.snapshot = Snapshot(
+        return Snapshot(
             state=copy.deepcopy(trainer.state),
             model={k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
             optimizer=clone(trainer.optimizer.state_dict()),
@@ -105,7 +115,6 @@ class SpikeGuard:
             health={k: v for k, v in trainer.health.state_dict().items() if k in EMAS},
             rng=rng,
         )
-        self.in_a_row = 0
 
     def rewind(self, trainer, cause: str) -> bool:
         snap, bad = self.snapshot, trainer.state
