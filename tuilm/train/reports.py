@@ -45,18 +45,21 @@ def started_event(trainer) -> ev.RunStarted:
         max_steps=trainer.rules.step_limit(),
         resumed_step=trainer.resumed_step,
         time=time.time(),
+        flops_per_token=trainer.flops.per_token,
+        peak_flops=trainer.flops.peak,
     )
 
 
 def step_event(trainer, n_targets: int, loss: float, lr: float, step_time: float, grad_norm: float, skipped: bool):
     s, clip = trainer.state, trainer.tcfg.grad_clip
+    rate = n_targets / step_time if step_time > 0 else 0.0
     return ev.Step(
         step=s.step,
         epoch=round(trainer.rules.epochs_done(s), 4),
         tokens=s.tokens,
         loss=loss,
         lr=lr,
-        tokens_per_s=n_targets / step_time if step_time > 0 else 0.0,
+        tokens_per_s=rate,
         step_time=step_time,
         grad_norm=grad_norm,
         clipped=bool(clip and grad_norm > clip),
@@ -65,6 +68,7 @@ def step_event(trainer, n_targets: int, loss: float, lr: float, step_time: float
         loss_scale=float(trainer.scaler.get_scale()) if trainer.scaler else None,
         memory_mb=memory_mb(trainer.device),
         skipped=skipped,
+        mfu=trainer.flops.mfu(rate),
     )
 
 
@@ -74,6 +78,7 @@ STATUS_OF = {"nonfinite": "diverged", "stopped": "stopped", "interrupted": "stop
 
 def finished_event(trainer, reason: str, last: Path | None) -> ev.Finished:
     s, last_eval, best = trainer.state, trainer.last_eval, trainer.files.best
+    rate = session_rate(trainer)
     return ev.Finished(
         step=s.step,
         reason=reason,
@@ -84,10 +89,11 @@ def finished_event(trainer, reason: str, last: Path | None) -> ev.Finished:
         best_val_bpc=finite_or_none(s.best_val_bpc),
         last_val_loss=last_eval.val_loss if last_eval else None,
         last_val_bpc=last_eval.val_bpc if last_eval else None,
-        tokens_per_s=session_rate(trainer),
+        tokens_per_s=rate,
         last_checkpoint=str(last) if last else None,
         best_checkpoint=str(best) if best.exists() else None,
         peak_memory_mb=memory_mb(trainer.device) if trainer.device.type != "mps" else None,
+        mfu=trainer.flops.mfu(rate),
     )
 
 

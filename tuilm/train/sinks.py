@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TextIO
 
-from tuilm.formatting import fmt_duration, human, percent
+from tuilm.formatting import fmt_duration, fmt_mfu, human, percent
 from tuilm.train import events as ev
 from tuilm.train.lines import eval_summary, finished_line
 
@@ -275,7 +275,7 @@ class HeadlessProgress:
 
     def stats(self, s: ev.Step) -> str:
         val = f"  val {self._val:.3f}" if self._val is not None else ""
-        return f"loss {s.loss:.3f}{val}  {s.tokens_per_s:,.0f} tok/s"
+        return f"loss {s.loss:.3f}{val}  {s.tokens_per_s:,.0f} tok/s{fmt_mfu(s.mfu)}"
 
     def plain_line(self, s: ev.Step) -> str:
         return (
@@ -384,12 +384,15 @@ class WandbLogger:
                     "train/tokens_per_s": event.tokens_per_s,
                     "train/grad_norm": event.grad_norm,
                     "train/tokens": event.tokens,
+                    **({"train/mfu": event.mfu} if event.mfu is not None else {}),
                 },
                 step=event.step,
             )
         elif isinstance(event, ev.Eval):
+            per_byte = {"val/bpb": event.val_bpb} if event.val_bpb is not None else {}
             self.run.log(
-                {"val/loss": event.val_loss, "val/ppl": event.val_ppl, "val/bpc": event.val_bpc}, step=event.step
+                {"val/loss": event.val_loss, "val/ppl": event.val_ppl, "val/bpc": event.val_bpc, **per_byte},
+                step=event.step,
             )
         elif isinstance(event, ev.Health):
             data = {}
