@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import time
 
+from tuilm.formatting import fmt_mfu
 from tuilm.train import events as ev
-from tuilm.tui.store import RunStore, downsample, windowed_rate
+from tuilm.tui.layout import TITLES
+from tuilm.tui.store import RunStore, debiased_ema, downsample, windowed_rate
 from tuilm.tui.widgets import ActivationTable, GradHeatmap, GradNorm, LayerBars, LineChart, Series
 
 # A redraw that cost 30 ms waits three seconds.
@@ -19,7 +21,11 @@ PANEL_SHARE = 0.01
 PANEL_MIN_INTERVAL = 0.5
 GRAD_WINDOW = 400  # steps in the gradient-norm sparkline
 SPEED_WINDOW = 25  # steps over which tokens/s is measured for its chart
+# Weight of the smoothed loss's EMA per point drawn (the chart holds about two points a column; each is already
+# the mean of the steps it covers, so the smoothing is relative to the chart's width, as in TensorBoard).
+SMOOTHING = 0.9
 CYAN, ORANGE, MAGENTA, GREEN, YELLOW = (0, 190, 255), (255, 150, 0), (230, 60, 200), (120, 210, 40), (240, 200, 0)
+DIM_CYAN = (0, 85, 115)  # the raw train loss behind its smoothed line
 
 
 class PanelPacer:
@@ -61,6 +67,16 @@ class Panels:
         )
         self.health: ev.Health | None = None  # the latest measurement, not yet drawn
         self.evals_drawn = -1
+        self.smooth = False  # the smoothed train loss over the raw one (key m)
+
+    def toggle(self, what: str, store: RunStore) -> None:
+        """Key l (`log`): the loss chart's log scale; key m (`smooth`): its smoothed train loss. Redrawn at once."""
+        loss = self.charts["loss"]
+        if what == "log":
+            loss.log_scale = not loss.log_scale
+        else:
+            self.smooth = not self.smooth
+        self.draw(store)
 
     def clear(self) -> None:
         self.layers.health = None
@@ -84,12 +100,13 @@ class Panels:
         points = 2 * width if width else 200  # two dots per cell
         step, loss, lr, tokens, elapsed = store.step_series("loss", "lr", "tokens", "elapsed")
         val = store.eval_series()
-        charts["loss"].show(
-            [
-                Series("train", *downsample(step, loss, points), CYAN),
-                Series("val", val["step"], val["val_loss"], ORANGE),
-            ]
-        )
+        x, y = downsample(step, loss, points)
+        train = [Series("train", x, y, CYAN)]
+        smoothed = debiased_ema(y, SMOOTHING) if self.smooth else None
+        if smoothed is not None:
+            train = [Series(None, x, y, DIM_CYAN), Series("smoothed", x, smoothed, CYAN)]
+        charts["loss"].show([*train, Series("val", val["step"], val["val_loss"], ORANGE)])
+        charts["loss"].border_title = loss_title(charts["loss"].log_scale, smoothed)
         if len(val["step"]) != self.evals_drawn:  # the dearest chart (two axes) changes only at evaluations
             self.evals_drawn = len(val["step"])
             charts["val"].show(
@@ -100,4 +117,13 @@ class Panels:
             )
         speed = windowed_rate(tokens, elapsed, SPEED_WINDOW)
         charts["speed"].show([Series(None, *downsample(step, speed, points), GREEN)])
+        last = store.last_step
+        charts["speed"].border_title = TITLES["speed"] + fmt_mfu(last.mfu if last else None).replace("  ", " · ")
         charts["lr"].show([Series(None, *downsample(step, lr, points), YELLOW)])
+
+
+def loss_title(log: bool, smoothed) -> str:
+    """`loss (train, val), log scale · smoothed 2.3456`: the chart's state, and the smoothed loss now."""
+    scale = ", log scale" if log else ""
+    now = f" · smoothed {smoothed[-1]:.4f}" if smoothed is not None and len(smoothed) else ""
+    return TITLES["loss"] + scale + now
