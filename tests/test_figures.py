@@ -184,8 +184,7 @@ async def test_the_system_panel_samples_a_run_trained_here(monkeypatch):
         assert NOT_SAMPLED in str(app.query_one("#system").render())  # a recorded run has no machine
     monkeypatch.setattr(Recorded, "system_device", torch.device("cpu"))  # as a Live source reports it
     app = Dashboard(store=RunStore())
-    async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("3")
+    async with app.run_test(size=(160, 48)) as pilot:  # every page in view
         panel = app.query_one("#system")
         deadline = time.monotonic() + 30
         while "CPU  process" not in str(panel.render()):
