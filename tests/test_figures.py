@@ -191,7 +191,7 @@ async def test_the_system_panel_samples_a_run_trained_here(monkeypatch):
             assert time.monotonic() < deadline, "no system sample within 30 s"
             await pilot.pause(0.1)
         text = str(panel.render())
-        assert "RAM  process" in text and "cores" in text and panel.region.height >= 4
+        assert "RAM  process" in text and "cores" in text
 
 
 # -- the smoothed loss and MFU on the dashboard ---------------------------------------------------------------------
