@@ -98,13 +98,13 @@ def dashboard(source: str, steps: int, threads: int) -> dict:
 
     async def drive(app: Dashboard, trainer, clock: Clock) -> float:
         handled = []
-        original = app.action_log_scale
+        original = app.action_chart
 
-        def timed_action():
+        def timed_action(what: str):
             handled.append(time.perf_counter())
-            original()
+            original(what)
 
-        app.action_log_scale = timed_action
+        app.action_chart = timed_action
         async with app.run_test(size=(160, 48)) as pilot:
             while len(clock.steps) < WARMUP:
                 await asyncio.sleep(0.1)

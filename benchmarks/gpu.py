@@ -1,8 +1,9 @@
 """GPU throughput: tokens/s, model FLOPs utilisation, step overhead, torch.compile on/off, dashboard on/off.
 
 Shapes: the `tiny_shakespeare_gpu` recipe's, when it exists (else 6 layers x 384), and a ~100M-parameter GPT-2
-small-like one (12 layers x 768, 12 heads, seq 1024). MFU counts 6N + 12·L·d·T FLOPs per token (N parameters
-without embeddings, L layers, d width, T sequence length) against the device's bf16 dense peak from PEAKS.
+small-like one (12 layers x 768, 12 heads, seq 1024). MFU is the trainer's own (tuilm/flops.py): 6N + 12·L·d·T
+FLOPs per token (N the matmul weights: parameters without the lookup tables, plus the output head) against the
+device's bf16 dense peak from tuilm.flops.PEAKS.
 
 Needs a CUDA device: without one it says so and exits 2. Usage: python benchmarks/gpu.py [--steps 50]
 """
@@ -18,25 +19,10 @@ from pathlib import Path
 
 import torch
 
-PEAKS = {  # dense bf16 TFLOP/s, from the vendors' data sheets (no sparsity)
-    "H200": 989,
-    "H100": 989,
-    "A100": 312,
-    "L40S": 362,
-    "L4": 121,
-    "A10": 125,
-    "RTX 4090": 165,
-    "RTX 3090": 71,
-    "T4": 65,
-}
 SHAPES = {
     "tiny_shakespeare_gpu": {"n_layers": 6, "d_model": 384, "n_heads": 6, "seq_len": 256, "batch_size": 64},
     "gpt2_small_100m": {"n_layers": 12, "d_model": 768, "n_heads": 12, "seq_len": 1024, "batch_size": 16},
 }
-
-
-def peak_tflops(name: str) -> float | None:
-    return next((v for k, v in PEAKS.items() if k.lower() in name.lower()), None)
 
 
 def run(shape: dict, steps: int, *, compile: bool, dashboard: bool) -> dict:
@@ -81,17 +67,13 @@ def run(shape: dict, steps: int, *, compile: bool, dashboard: bool) -> dict:
     first, last = logged[0], logged[-1]
     seconds = marks[last] - marks[first]
     steps_done = last - first
-    m = trainer.config.model
-    n = trainer.model.num_params(embeddings=False)
     tokens = steps_done * shape["batch_size"] * shape["seq_len"]
-    flops_per_token = 6 * n + 12 * m.n_layers * m.d_model * m.seq_len
-    achieved = tokens / seconds * flops_per_token / 1e12
-    peak = peak_tflops(torch.cuda.get_device_name())
+    mfu = trainer.flops.mfu(tokens / seconds)
     return {
         "tokens_per_s": round(tokens / seconds),
         "step_ms": round(1000 * seconds / steps_done, 2),
-        "tflops": round(achieved, 1),
-        "mfu": round(achieved / peak, 3) if peak else None,
+        "tflops": round(tokens / seconds * trainer.flops.per_token / 1e12, 1),
+        "mfu": round(mfu, 3) if mfu is not None else None,
         "compile": compile,
         "dashboard": dashboard,
     }

@@ -26,11 +26,13 @@ def test_piped_output_is_plain_log_lines(small_corpus, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("run run: custom on ")
-    assert any(line.startswith("step 1 (10%)") and "tok/s" in line for line in lines)
-    assert any(line.startswith("step 5: val loss") for line in lines)
-    assert lines[-1].startswith("completed (max_steps) at step 10")
+    assert any(line.startswith("step 1 (10%)") and "tok/s  MFU " in line for line in lines)  # a CPU's peak is measured
+    assert any(line.startswith("step 5: val loss") and "bits/char" in line and "bits/byte" in line for line in lines)
+    assert lines[-1].startswith("completed (max_steps) at step 10") and "tok/s  MFU " in lines[-1]
     assert "\x1b[" not in out.stdout  # no terminal control codes in a pipe
     assert kinds(run)[0] == "RunStarted" and kinds(run)[-1] == "Finished"
+    steps = [e for e in read_events(run / "metrics.jsonl") if e.kind == "step"]
+    assert steps and all(0 < e.mfu < 1 for e in steps)
     for name in ("last.safetensors", "best.safetensors", "train_state.safetensors", "config.toml"):
         assert (run / name).is_file()
 

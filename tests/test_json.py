@@ -50,6 +50,8 @@ def test_eval_json(trained_run):
     assert doc["val_loss"] > 0 and doc["perplexity"] > 1 and doc["bits_per_char"] > 0
     assert abs(doc["perplexity"] - np.exp(doc["val_loss"])) < 1e-3 * doc["perplexity"]
     assert doc["tokens"] > 0 and doc["characters"] > 0 and "val split" in doc["data"]
+    # SMALL_TEXT is ASCII: a byte per character, so bits per byte are bits per character.
+    assert doc["bytes"] == doc["characters"] and doc["bits_per_byte"] == pytest.approx(doc["bits_per_char"])
 
 
 def test_runs_and_health_json(logged_run):

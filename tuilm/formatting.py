@@ -61,6 +61,21 @@ def fmt_rate(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:,.0f}"
 
 
+def fmt_bytes(n: float) -> str:
+    """512 MiB, 1.21 GiB: binary units, as memory is sold and as top shows it."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_mfu(mfu: float | None) -> str:
+    """`  MFU 12.3%` (two significant digits below 10%), or nothing when the device's peak is unknown."""
+    if mfu is None or not math.isfinite(mfu):
+        return ""
+    return f"  MFU {mfu:.1%}" if mfu >= 0.1 else f"  MFU {100 * mfu:.2g}%"
+
+
 def show_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

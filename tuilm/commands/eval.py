@@ -1,4 +1,5 @@
-"""`tuilm eval`: a checkpoint's loss, perplexity and bits per character on its own val split or on a text."""
+"""`tuilm eval`: a checkpoint's loss, perplexity, bits per character and per UTF-8 byte on its own val split or on
+a text."""
 
 from __future__ import annotations
 
@@ -25,19 +26,25 @@ def eval_command(
 
 
 def print_result(title: str, result, loss_name: str, **more: int) -> None:
-    """One table row: loss, perplexity, bits/char, tokens, characters (and any extra counts)."""
+    """One table row: loss, perplexity, bits/char, bits/byte, tokens, characters (and any extra counts), and the
+    UTF-8 bytes where there are more of them than characters; it fits in 80 columns."""
     from rich.console import Console
     from rich.table import Table
+
+    from tuilm.formatting import fmt
 
     table = Table(title=title, title_justify="left")
     cells = {
         loss_name: f"{result.loss:.4f}",
         "perplexity": f"{result.ppl:.2f}",
         "bits/char": f"{result.bpc:.4f}",
+        "bits/byte": fmt(result.bpb),
         "tokens": f"{result.tokens:,}",
-        "characters": f"{result.characters:,}",
+        "chars": f"{result.characters:,}",
         **{k: f"{v:,}" for k, v in more.items()},
     }
+    if result.utf8_bytes not in (None, result.characters):  # ASCII text: as many bytes as characters
+        cells = {**cells, "bytes": f"{result.utf8_bytes:,}"}
     for name in cells:
         table.add_column(name, justify="right")
     table.add_row(*cells.values())
@@ -52,8 +59,10 @@ def _numbers(name: str, path: str, what: str, result, **more) -> dict:
         "val_loss": result.loss,
         "perplexity": result.ppl,
         "bits_per_char": result.bpc,
+        "bits_per_byte": result.bpb,
         "tokens": result.tokens,
         "characters": result.characters,
+        "bytes": result.utf8_bytes,
         **more,
     }
 
@@ -124,6 +133,7 @@ def sliding_eval_command(
 
     import numpy as np
 
+    from tuilm.data.pipeline import utf8_size
     from tuilm.device import pick_device
     from tuilm.errors import ConfigError
     from tuilm.train.sliding import SlidingResult, evaluation_text, sliding_window_nats
@@ -148,7 +158,9 @@ def sliding_eval_command(
     ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     nats, tokens, windows = sliding_window_nats(model, ids, stride, dev)
     loss = nats / max(1, tokens)
-    result = SlidingResult(loss, math.exp(min(loss, 700)), nats / (len(text) * math.log(2)), tokens, len(text), windows)
+    n_bytes = utf8_size([text])
+    bpc, bpb = nats / (len(text) * math.log(2)), nats / (n_bytes * math.log(2))
+    result = SlidingResult(loss, math.exp(min(loss, 700)), bpc, tokens, len(text), windows, bpb, n_bytes)
     if as_json:
         from tuilm.commands.jsonout import print_json
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tuilm.data.corpora import CORPORA, SPLIT_CORPORA, SplitCorpus, TextSlice, cache_dir, open_corpus
-from tuilm.data.pipeline import TokenizedDocs
+from tuilm.data.pipeline import TokenizedDocs, utf8_size
 from tuilm.errors import ConfigError, DataError
 
 FORMAT = "tuilm-tokens-1"
@@ -147,7 +147,7 @@ def tokenize_streamed(
     bounds = np.load(base.with_suffix(".bounds.npy"), mmap_mode="r")
     if len(stream) != meta["tokens"] or len(bounds) != meta["documents"] + 1:
         raise DataError(f"{base}.*: the token cache is damaged; delete those files to rebuild it")
-    return TokenizedDocs(stream, bounds, meta["chars"])
+    return TokenizedDocs(stream, bounds, meta["chars"], meta.get("bytes"))
 
 
 def _write_tokens(corpus: SplitCorpus, split: str, tokenizer, base: Path, batch_chars: int) -> None:
@@ -155,7 +155,7 @@ def _write_tokens(corpus: SplitCorpus, split: str, tokenizer, base: Path, batch_
     ids_tmp = base.with_suffix(f".ids.{os.getpid()}.tmp")
     eos = tokenizer.eos_id
     lengths: list[np.ndarray] = []
-    chars = n_docs = 0
+    chars = n_bytes = n_docs = 0
     try:
         with open(ids_tmp, "wb") as out:
             np.array([eos], dtype=np.int32).tofile(out)  # the stream starts with an end-of-sequence
@@ -169,6 +169,7 @@ def _write_tokens(corpus: SplitCorpus, split: str, tokenizer, base: Path, batch_
                 del encoded
                 lengths.append(sizes)
                 chars += sum(len(d) for d in batch) + len(batch)
+                n_bytes += utf8_size(batch) + len(batch)
                 n_docs += len(batch)
             out.flush()
             os.fsync(out.fileno())
@@ -180,7 +181,7 @@ def _write_tokens(corpus: SplitCorpus, split: str, tokenizer, base: Path, batch_
         np.save(bounds_tmp, bounds)
         os.replace(bounds_tmp, base.with_suffix(".bounds.npy"))
         os.replace(ids_tmp, base.with_suffix(".ids"))
-        meta = {"format": FORMAT, "tokens": int(bounds[-1]) + 1, "documents": n_docs, "chars": chars}
+        meta = {"format": FORMAT, "tokens": int(bounds[-1]) + 1, "documents": n_docs, "chars": chars, "bytes": n_bytes}
         base.with_suffix(".json").write_text(json.dumps(meta))  # written last: its presence marks a whole cache
     finally:
         ids_tmp.unlink(missing_ok=True)

@@ -36,6 +36,7 @@ class TokenizedDocs:
     stream: np.ndarray  # int32, see the module docstring
     bounds: np.ndarray  # int64, n_docs + 1: doc i's targets are stream[bounds[i] + 1 : bounds[i + 1] + 1]
     chars: int  # characters of the documents, each document's end counted as one
+    utf8_bytes: int | None = None  # their UTF-8 bytes, each end counted as one; None: not known (an older cache)
 
     @property
     def n_docs(self) -> int:
@@ -58,7 +59,19 @@ def tokenize(token_lists: list[list[int]], texts: list[str], eos_id: int) -> Tok
     stream = np.full(int(bounds[-1]) + 1, eos_id, dtype=np.int32)
     for start, ids in zip(bounds[:-1], token_lists, strict=True):
         stream[start + 1 : start + 1 + len(ids)] = ids
-    return TokenizedDocs(stream, bounds, sum(len(t) for t in texts) + len(texts))
+    return TokenizedDocs(stream, bounds, sum(len(t) for t in texts) + len(texts), utf8_size(texts) + len(texts))
+
+
+def utf8_size(texts: Sequence[str]) -> int:
+    """UTF-8 bytes of the texts: bits per byte compare across tokenizers and scripts, where characters do not
+    (a character of Chinese is three bytes, of English one)."""
+    total = 0
+    for text in texts:
+        try:  # undecodable bytes a reader passed on as escapes (U+DC80..U+DCFF) count as the byte each was
+            total += len(text.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:  # other lone surrogates: as Python would write them
+            total += len(text.encode("utf-8", "surrogatepass"))
+    return total
 
 
 def split_indices(docs: int | Sequence[int], mode: str = "random", val_fraction: float = 0.1, seed: int = 1337):

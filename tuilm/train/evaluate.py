@@ -1,8 +1,9 @@
-"""Validation: loss, perplexity and bits per character over the whole val split.
+"""Validation: loss, perplexity, bits per character and bits per UTF-8 byte over the whole val split.
 
 Every val document is scored from its start (after an end-of-sequence token), in pieces of seq_len, with no
 token dropped, whatever policy trained the model; so losses compare across policies and block sizes, and
-bits per character (summed nats / (characters x ln 2)) compares across tokenizers too.
+bits per character (summed nats / (characters x ln 2)) compares across tokenizers too; bits per byte (the same
+over the text's UTF-8 bytes) also across scripts and with byte-level models. For ASCII text the two are equal.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class EvalResult:
     bpc: float  # bits per character
     tokens: int
     characters: int
+    bpb: float | None = None  # bits per UTF-8 byte; None when the byte count is not known
+    utf8_bytes: int | None = None
 
 
 @torch.no_grad()
@@ -63,4 +66,6 @@ def evaluate(model, dataset, device, precision=None, docs=None, dist=None) -> Ev
         nats, tokens = summed[0], int(summed[1].item())
     total = float(nats)
     mean = total / max(1, tokens)
-    return EvalResult(mean, math.exp(min(mean, 700)), total / (docs.chars * math.log(2)), tokens, docs.chars)
+    bpb = total / (docs.utf8_bytes * math.log(2)) if docs.utf8_bytes else None
+    bpc = total / (docs.chars * math.log(2))
+    return EvalResult(mean, math.exp(min(mean, 700)), bpc, tokens, docs.chars, bpb, docs.utf8_bytes)

@@ -38,6 +38,8 @@ class RunStarted(Event):
     max_steps: int | None  # None when no criterion fixes it (time budget, or none at all)
     resumed_step: int = 0
     time: float = 0.0  # wall clock (unix seconds)
+    flops_per_token: int = 0  # training FLOPs per token from the model's shape (tuilm/flops.py)
+    peak_flops: float | None = None  # FLOP/s of the devices, all ranks together; None: unknown, so no MFU
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Step(Event):
     loss_scale: float | None = None  # fp16 only
     memory_mb: float | None = None
     skipped: bool = False  # non-finite step that was dropped
+    mfu: float | None = None  # model FLOPs utilisation, 0..1, at tokens_per_s; None where the peak is unknown
 
 
 def measured_step(
@@ -81,6 +84,7 @@ class Eval(Event):
     is_best: bool
     train_loss: float  # mean training loss since the previous evaluation
     seconds: float
+    val_bpb: float | None = None  # bits per UTF-8 byte (equal to bits/char on ASCII text)
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,7 @@ class Finished(Event):
     last_checkpoint: str | None
     best_checkpoint: str | None
     peak_memory_mb: float | None = None
+    mfu: float | None = None  # at tokens_per_s
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from tuilm.formatting import fmt_duration
+from tuilm.formatting import fmt_duration, fmt_mfu
 from tuilm.train import events as ev
 
 
 def eval_summary(e: ev.Eval, ppl: bool = True) -> str:
-    """`val loss 1.2345  ppl 3.44  bits/char 1.2345` (without the perplexity where space is short)."""
+    """`val loss 1.2345  ppl 3.44  bits/char 1.2345  bits/byte 1.2000` (without the perplexity where space is
+    short; without bits/byte where the byte count is unknown)."""
     perplexity = f"  ppl {e.val_ppl:.2f}" if ppl else ""
-    return f"val loss {e.val_loss:.4f}{perplexity}  bits/char {e.val_bpc:.4f}"
+    per_byte = f"  bits/byte {e.val_bpb:.4f}" if e.val_bpb is not None else ""
+    return f"val loss {e.val_loss:.4f}{perplexity}  bits/char {e.val_bpc:.4f}{per_byte}"
 
 
 def finished_line(e: ev.Finished) -> str:
@@ -17,7 +19,7 @@ def finished_line(e: ev.Finished) -> str:
     why = f" ({e.reason})" if e.reason != e.status else ""
     return (
         f"{e.status}{why} at step {e.step} after {fmt_duration(e.elapsed)} of training, "
-        f"{e.tokens_per_s:,.0f} tok/s{best}"
+        f"{e.tokens_per_s:,.0f} tok/s{fmt_mfu(e.mfu)}{best}"
     )
 
 

@@ -45,6 +45,8 @@ def started_event(trainer) -> ev.RunStarted:
         max_steps=trainer.rules.step_limit(),
         resumed_step=trainer.resumed_step,
         time=time.time(),
+        flops_per_token=trainer.flops.per_token,
+        peak_flops=trainer.flops.peak,
     )
 
 
@@ -67,6 +69,7 @@ def step_event(trainer, n_targets: int, loss: float, lr: float, step_time: float
         loss_scale=scale,
         memory_mb=memory,
         skipped=skipped,
+        mfu=trainer.flops.mfu(n_targets / step_time if step_time > 0 else 0.0),
     )
 
 
@@ -80,6 +83,7 @@ STATUS_OF = {
 
 def finished_event(trainer, reason: str, last: Path | None) -> ev.Finished:
     s, last_eval, best = trainer.state, trainer.last_eval, trainer.files.best
+    rate = session_rate(trainer)
     return ev.Finished(
         step=s.step,
         reason=reason,
@@ -90,10 +94,11 @@ def finished_event(trainer, reason: str, last: Path | None) -> ev.Finished:
         best_val_bpc=finite_or_none(s.best_val_bpc),
         last_val_loss=last_eval.val_loss if last_eval else None,
         last_val_bpc=last_eval.val_bpc if last_eval else None,
-        tokens_per_s=session_rate(trainer),
+        tokens_per_s=rate,
         last_checkpoint=str(last) if last else None,
         best_checkpoint=str(best) if best.exists() else None,
         peak_memory_mb=memory_mb(trainer.device) if trainer.device.type != "mps" else None,
+        mfu=trainer.flops.mfu(rate),
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TextIO
 
-from tuilm.formatting import fmt_duration, human, percent
+from tuilm.formatting import fmt_duration, fmt_mfu, human, percent
 from tuilm.train import events as ev
 from tuilm.train.lines import eval_summary, finished_line
 
@@ -293,7 +293,7 @@ class HeadlessProgress:
 
     def stats(self, s: ev.Step) -> str:
         val = f"  val {self._val:.3f}" if self._val is not None else ""
-        return f"loss {s.loss:.3f}{val}  {s.tokens_per_s:,.0f} tok/s"
+        return f"loss {s.loss:.3f}{val}  {s.tokens_per_s:,.0f} tok/s{fmt_mfu(s.mfu)}"
 
     def plain_line(self, s: ev.Step) -> str:
         return (
@@ -376,9 +376,11 @@ def scalars(event: ev.Event) -> tuple[int, dict[str, float | None]] | None:
             "train/tokens_per_s": event.tokens_per_s,
             "train/grad_norm": event.grad_norm,
             "train/tokens": event.tokens,
+            **({"train/mfu": event.mfu} if event.mfu is not None else {}),
         }
     if isinstance(event, ev.Eval):
-        return event.step, {"val/loss": event.val_loss, "val/ppl": event.val_ppl, "val/bpc": event.val_bpc}
+        per_byte = {"val/bpb": event.val_bpb} if event.val_bpb is not None else {}
+        return event.step, {"val/loss": event.val_loss, "val/ppl": event.val_ppl, "val/bpc": event.val_bpc, **per_byte}
     if isinstance(event, ev.Health):
         data: dict[str, float | None] = {}
         for i, layer in enumerate(event.layers):

@@ -24,6 +24,8 @@ class SlidingResult:
     tokens: int
     characters: int
     windows: int
+    bpb: float | None = None  # bits per UTF-8 byte
+    utf8_bytes: int | None = None
 
 
 def sliding_window_nats(model, ids: np.ndarray, stride: int, device, batch_windows: int = 4) -> tuple[float, int, int]:

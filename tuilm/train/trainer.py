@@ -19,6 +19,7 @@ import torch
 from tuilm.config import RunConfig
 from tuilm.data.dataset import Dataset
 from tuilm.device import pick_device, pick_precision
+from tuilm.flops import run_flops
 from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
 from tuilm.train import distributed
@@ -73,6 +74,7 @@ class Trainer(Controls):
         self.model = GPT(self.config.model).to(self.device)
         self.ddp = distributed.wrap(self.model, self.device, self.dist)  # the model itself in one process
         self.forward = torch.compile(self.ddp) if t.compile else self.ddp
+        self.flops = run_flops(self.model, self.device, self.dist.world)  # for MFU beside tokens/s
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
         init_vocab = None if t.init else self.config.model.vocab_size  # pre-trained weights start below ln(vocab)
@@ -211,6 +213,7 @@ class Trainer(Controls):
             val_loss=result.loss,
             val_ppl=result.ppl,
             val_bpc=result.bpc,
+            val_bpb=result.bpb,
             best_val_loss=self.state.best_val_loss,
             is_best=is_best,
             train_loss=train_loss,

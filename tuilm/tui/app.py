@@ -32,7 +32,8 @@ from tuilm.tui.lines import Panes, event_lines
 from tuilm.tui.panels import PanelPacer, Panels
 from tuilm.tui.source import Followed, Live, Recorded
 from tuilm.tui.store import RunStore
-from tuilm.tui.widgets import ConfirmQuit, GradNorm, HelpScreen, LayerBars, LineChart, RunHeader
+from tuilm.tui.system import SystemView
+from tuilm.tui.widgets import ConfirmQuit, GradNorm, HelpScreen, LayerBars, RunHeader
 
 # Seconds between UI updates, however fast steps come. At ten a second (PANEL_SHARE 1.5%) the UI thread took 3.8%
 # of a core, at four 2.1%; each millisecond it holds a core or the GIL stalls a training step (see
@@ -52,6 +53,7 @@ class Dashboard(App[OpenChat | None]):
 
     CSS_PATH = "dashboard.tcss"
     TITLE = "tuilm"
+    SCREENS = {"help": HelpScreen}
     HORIZONTAL_BREAKPOINTS = [(0, "-too-narrow"), (MIN_SIZE[0], "-narrow"), (140, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-too-short"), (MIN_SIZE[1], "-short"), (40, "-tall")]
     BINDINGS = [
@@ -59,9 +61,10 @@ class Dashboard(App[OpenChat | None]):
         Binding("s", "request('save')", "Save"),
         Binding("g", "request('sample')", "Sample"),
         Binding("e", "request('eval')", "Eval"),
-        Binding("l", "log_scale", "Log"),
+        Binding("l", "chart('log')", "Log"),
+        Binding("m", "chart('smooth')", "Smooth"),
         Binding("c", "compare", "Compare", show=False),  # in the help (?): the footer is full at 80 columns
-        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("question_mark", "push_screen('help')", "Help", key_display="?"),
         Binding("q", "quit_dashboard", "Quit"),
         Binding("enter", "chat", "Chat", priority=True),
         # Textual binds ctrl+c to a hint about ctrl+q; here both stop training and quit without asking.
@@ -102,6 +105,7 @@ class Dashboard(App[OpenChat | None]):
         # Looked up once: a query walks the DOM, and these are used at every pull.
         self._header = self.query_one(RunHeader)
         self._panels = Panels(self, self.overlay)
+        self._system = SystemView(self, self.source.system_device)
         self.store.on_rare = self._wake
         self._pull_timer = self.set_interval(PULL_INTERVAL, self.pull)
         self.source.start(self)
@@ -245,14 +249,11 @@ class Dashboard(App[OpenChat | None]):
         self.source.trainer.request(what)
         self._note(Text(f"{what} requested", style="dim"))
 
-    def action_log_scale(self) -> None:
-        self.query_one("#loss", LineChart).toggle_log_scale(TITLES["loss"])
+    def action_chart(self, what: str) -> None:
+        self._panels.toggle(what, self.store)
 
     def action_compare(self) -> None:
         self.overlay.key(self)
-
-    def action_help(self) -> None:
-        self.push_screen(HelpScreen())
 
     def action_page(self, page: str) -> None:
         self.query_one(Tabs).active = page

@@ -9,7 +9,7 @@ from textual.widgets import Footer, RichLog, Static, Tab, Tabs
 from tuilm.train import events as ev
 from tuilm.tui.alerts import PAGE_OF, Highlight
 from tuilm.tui.lines import failed_lines, finished_note, outcome_text
-from tuilm.tui.widgets import ActivationTable, GradHeatmap, GradNorm, LayerBars, LineChart, RunHeader
+from tuilm.tui.widgets import ActivationTable, GradHeatmap, GradNorm, LayerBars, LineChart, RunHeader, SystemPanel
 
 MIN_SIZE = (60, 18)
 PAGES = {"train": "1 train", "health": "2 health", "events": "3 events"}
@@ -22,6 +22,7 @@ TITLES = {
     "layers-box": "layers",
     "heatmap-box": "grad norm per layer over time",
     "acts": "activations",
+    "system": "system",
     "alerts": "alerts",
     "samples": "samples",
     "log": "log",
@@ -51,6 +52,7 @@ def widgets(read_only: bool) -> ComposeResult:
                         yield GradHeatmap(id="heatmap")
                 yield ActivationTable(id="acts", classes="panel")
             with Vertical(id="page-events", classes="page"):
+                yield SystemPanel(id="system", classes="panel")
                 yield RichLog(id="alerts", classes="panel", wrap=True, min_width=20, max_lines=500)
                 yield RichLog(id="samples", classes="panel", wrap=True, min_width=20, max_lines=500)
                 yield RichLog(id="log", classes="panel", wrap=True, min_width=20, max_lines=1000)

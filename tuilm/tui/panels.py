@@ -12,9 +12,11 @@ import time
 
 import numpy as np
 
+from tuilm.formatting import fmt_mfu
 from tuilm.train import events as ev
 from tuilm.tui.compare import Overlay
-from tuilm.tui.store import RunStore, downsample, windowed_rate
+from tuilm.tui.layout import TITLES
+from tuilm.tui.store import RunStore, debiased_ema, downsample, windowed_rate
 from tuilm.tui.widgets import ActivationTable, GradHeatmap, GradNorm, LayerBars, LineChart, Series
 
 # A redraw that cost 30 ms waits three seconds.
@@ -22,7 +24,11 @@ PANEL_SHARE = 0.01
 PANEL_MIN_INTERVAL = 0.5
 GRAD_WINDOW = 400  # steps in the gradient-norm sparkline
 SPEED_WINDOW = 25  # steps over which tokens/s is measured for its chart
+# Weight of the smoothed loss's EMA per point drawn (the chart holds about two points a column; each is already
+# the mean of the steps it covers, so the smoothing is relative to the chart's width, as in TensorBoard).
+SMOOTHING = 0.9
 CYAN, ORANGE, MAGENTA, GREEN, YELLOW = (0, 190, 255), (255, 150, 0), (230, 60, 200), (120, 210, 40), (240, 200, 0)
+DIM_CYAN = (0, 85, 115)  # the raw train loss behind its smoothed line
 
 
 class PanelPacer:
@@ -70,6 +76,16 @@ class Panels:
     def overlay_due(self) -> bool:
         """The compared run has news, or was shown or hidden, since the last redraw."""
         return self.overlay.state() != self.overlay_drawn
+        self.smooth = False  # the smoothed train loss over the raw one (key m)
+
+    def toggle(self, what: str, store: RunStore) -> None:
+        """Key l (`log`): the loss chart's log scale; key m (`smooth`): its smoothed train loss. Redrawn at once."""
+        loss = self.charts["loss"]
+        if what == "log":
+            loss.log_scale = not loss.log_scale
+        else:
+            self.smooth = not self.smooth
+        self.draw(store)
 
     def clear(self) -> None:
         self.layers.health = None
@@ -97,13 +113,13 @@ class Panels:
         # Compared with a run of another batch shape, both runs are drawn over tokens (comparison.axis_for).
         axis = overlay.axis(run) if len(step) else "step"
         x, val_x = (step, val["step"]) if axis == "step" else (tokens, np.interp(val["step"], step, tokens))
-        charts["loss"].show(
-            [
-                Series("train", *downsample(x, loss, points), CYAN),
-                Series("val", val_x, val["val_loss"], ORANGE),
-                *overlay.loss_series(axis, points),
-            ]
-        )
+        x, y = downsample(x, loss, points)
+        train = [Series("train", x, y, CYAN)]
+        smoothed = debiased_ema(y, SMOOTHING) if self.smooth else None
+        if smoothed is not None:
+            train = [Series(None, x, y, DIM_CYAN), Series("smoothed", x, smoothed, CYAN)]
+        charts["loss"].show([*train, Series("val", val_x, val["val_loss"], ORANGE), *overlay.loss_series(axis, points)])
+        charts["loss"].border_title = loss_title(charts["loss"].log_scale, smoothed)
         legend = overlay.legend(run.name if run else "this run", axis)
         charts["loss"].border_subtitle = charts["val"].border_subtitle = legend
         if (len(val["step"]), self.overlay_drawn) != self.evals_drawn:  # the dearest chart (two axes): at evals
@@ -117,4 +133,13 @@ class Panels:
             )
         speed = windowed_rate(tokens, elapsed, SPEED_WINDOW)
         charts["speed"].show([Series(None, *downsample(step, speed, points), GREEN)])
+        last = store.last_step
+        charts["speed"].border_title = TITLES["speed"] + fmt_mfu(last.mfu if last else None).replace("  ", " · ")
         charts["lr"].show([Series(None, *downsample(step, lr, points), YELLOW)])
+
+
+def loss_title(log: bool, smoothed) -> str:
+    """`loss (train, val), log scale · smoothed 2.3456`: the chart's state, and the smoothed loss now."""
+    scale = ", log scale" if log else ""
+    now = f" · smoothed {smoothed[-1]:.4f}" if smoothed is not None and len(smoothed) else ""
+    return TITLES["loss"] + scale + now

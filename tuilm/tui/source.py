@@ -18,6 +18,7 @@ class Recorded:
     """Events already in the store: nothing to start, nothing to control."""
 
     read_only = True
+    system_device = None  # the device of a run trained here, whose machine the system panel shows
 
     def attach(self, store: RunStore) -> None:
         pass
@@ -61,6 +62,10 @@ class Live(Recorded):
     def start(self, app) -> None:
         if self.trainer.thread is None:
             self.trainer.start()
+
+    @property
+    def system_device(self):
+        return self.trainer.device
 
     @property
     def training(self) -> bool:

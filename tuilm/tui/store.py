@@ -71,6 +71,17 @@ def downsample(x: np.ndarray, y: np.ndarray, points: int) -> tuple[np.ndarray, n
     return np.append(xs, x[-1]), np.append(ys, y[-1])
 
 
+def debiased_ema(y: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's smoothing: an exponential moving average started at zero and divided by 1 - weight^n, so
+    the first points are not dragged towards zero (Adam's bias correction)."""
+    out = np.empty(len(y))
+    last = 0.0
+    for i, value in enumerate(y.tolist()):  # a chart's few hundred points: a loop is fast enough
+        last = weight * last + (1 - weight) * value
+        out[i] = last / (1 - weight ** (i + 1))
+    return out
+
+
 def windowed_rate(tokens: np.ndarray, elapsed: np.ndarray, window: int) -> np.ndarray:
     """Tokens per second of training time over the last `window` steps at each step: per-step rates swing with
     the health-measurement steps (slower by design), and their mean is not the run's rate."""

@@ -22,7 +22,8 @@ from textual.widgets import DataTable, Sparkline, Static
 from textual_plotext import PlotextPlot
 
 from tuilm.config import HealthConfig
-from tuilm.formatting import fmt_duration, human
+from tuilm.formatting import fmt_bytes, fmt_duration, human
+from tuilm.sysinfo import SystemSample
 from tuilm.train import events as ev
 from tuilm.train.sinks import eta_seconds, leading_limit, limit_text
 
@@ -157,10 +158,6 @@ class LineChart(PlotextPlot):
 
     def watch_log_scale(self) -> None:
         self.refresh()
-
-    def toggle_log_scale(self, title: str) -> None:
-        self.log_scale = not self.log_scale
-        self.border_title = title + (", log scale" if self.log_scale else "")
 
     def render(self):
         width, height = self.size
@@ -459,6 +456,7 @@ HELP = """\
   [b]e[/b]        evaluate on the validation set now
   [b]l[/b]        loss chart: log / linear scale
   [b]c[/b]        compare with another run (asks which; then on/off)
+  [b]m[/b]        loss chart: smoothed train loss (debiased EMA) on / off
   [b]1 2 3[/b]    pages, on a small terminal
   [b]enter[/b]    after training: chat with the best checkpoint
   [b]q[/b]        stop, save last.safetensors and quit (asks first)
@@ -472,6 +470,7 @@ HELP = """\
            ░▒▓█ (and colours) low to high, the key below it
   [b]mouse[/b]    tabs; the gradient panel opens page 2, the header 3
   [b]alerts[/b]   the panel an alert concerns is outlined for 100 steps
+  [b]system[/b]   page 3: CPU, RAM and (CUDA, nvidia-ml-py) GPU use
 
 Any key closes this help."""
 
@@ -484,3 +483,37 @@ class HelpScreen(ModalScreen[None]):
     def on_key(self, event) -> None:
         event.stop()
         self.dismiss()
+
+
+def system_lines(sample: SystemSample | None, note: str = "") -> Text:
+    """The system panel's text: CPU, RAM and (on CUDA) GPU lines, or `note` when there is nothing to show."""
+    if sample is None:
+        return Text(note or "waiting for the first sample", style="dim")
+    text = Text(no_wrap=True, overflow="ellipsis")
+    load = f" · load {sample.load:.2f}" if sample.load is not None else ""
+    text.append("CPU  ", style="bold")
+    text.append(f"process {sample.process_cpu:.0f}% · system {sample.system_cpu:.0f}% of {sample.cores} cores{load}")
+    share = sample.memory_used / sample.memory_total if sample.memory_total else 0.0
+    text.append("\nRAM  ", style="bold")
+    text.append(f"process {fmt_bytes(sample.process_rss)} · system ")
+    text.append(f"{fmt_bytes(sample.memory_used)}/{fmt_bytes(sample.memory_total)} ({share:.0%})")
+    g = sample.gpu
+    if g is not None:
+        text.append("\nGPU  ", style="bold")
+        text.append(
+            f"{g.name} {g.utilization:.0f}% busy · memory {fmt_bytes(g.memory_used)}/{fmt_bytes(g.memory_total)}"
+        )
+        if g.power_w is not None:
+            limit = f"/{g.power_limit_w:.0f}" if g.power_limit_w else ""
+            text.append(f" · power {g.power_w:.0f}{limit} W")
+    elif sample.gpu_note:
+        text.append("\nGPU  ", style="bold")
+        text.append(sample.gpu_note, style="dim")
+    return text
+
+
+class SystemPanel(Static):
+    """CPU, RAM and GPU figures of the machine training the run (fed by tuilm.tui.system)."""
+
+    def show(self, sample: SystemSample | None, note: str = "") -> None:
+        self.update(system_lines(sample, note))
