@@ -72,11 +72,11 @@ class Panels:
         )
         self.health: ev.Health | None = None  # the latest measurement, not yet drawn
         self.evals_drawn: tuple = ()
+        self.smooth = False  # the smoothed train loss over the raw one (key m)
 
     def overlay_due(self) -> bool:
         """The compared run has news, or was shown or hidden, since the last redraw."""
         return self.overlay.state() != self.overlay_drawn
-        self.smooth = False  # the smoothed train loss over the raw one (key m)
 
     def toggle(self, what: str, store: RunStore) -> None:
         """Key l (`log`): the loss chart's log scale; key m (`smooth`): its smoothed train loss. Redrawn at once."""
