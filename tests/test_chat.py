@@ -395,7 +395,7 @@ def test_pipe_mode_prints_replies_and_sends_chatter_to_stderr(state):
 
 def test_chat_command_takes_a_checkpoint_file_and_reads_a_pipe(run_dir, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("word1\n/info\n"))
-    code = chat_command(run_dir / "last.safetensors", 0.0, 0, 1.0, 5, None, "chat", "cpu")
+    code = chat_command(run_dir / "last.safetensors", SamplingSettings(0.0, 0, 1.0, 5), None, "chat", "cpu")
     out, err = capsys.readouterr()
     assert code == 0
     assert "last.safetensors" in err and "format  chat" in err and "last.safetensors" not in out
@@ -404,9 +404,9 @@ def test_chat_command_takes_a_checkpoint_file_and_reads_a_pipe(run_dir, monkeypa
 def test_bad_settings_and_format_are_refused_before_loading(tmp_path):
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(ConfigError, match="temperature"):
-        chat_command(missing, -1, 0, 0.95, 10, None, "plain", "cpu")
+        chat_command(missing, SamplingSettings(temperature=-1), None, "plain", "cpu")
     with pytest.raises(ConfigError, match="unknown prompt format 'json'"):
-        chat_command(missing, 0.8, 0, 0.95, 10, None, "json", "cpu")
+        chat_command(missing, SamplingSettings(), None, "json", "cpu")
 
 
 # -- the real CLI -----------------------------------------------------------------------------------------------
@@ -483,13 +483,17 @@ def test_each_reply_is_followed_by_its_tokens_rate_and_time_to_first_token(state
 
 
 def test_probs_marks_each_reply_token_with_its_probability(state):
-    err = Recorder()
-    drive(state, "/probs\rword1\r/probs\rword2\r/quit\r", err=err)
+    marked, err = Recorder(), Recorder()
+    drive(state, "/probs\rword1\r/quit\r", out=marked, err=err)
+    plain = Recorder()
+    drive(state, "/probs\rword2\r/quit\r", out=plain, err=err)
     assert "probabilities on" in err.text and "probabilities off" in err.text
-    marked = [line for line in err.text.splitlines() if line.startswith("probabilities: ")]
-    assert len(marked) == 1  # only the reply while it was on
-    percents = [int(p) for p in re.findall(r"\[(\d+)%\]", marked[0])]
-    assert 1 <= len(percents) <= 6 and all(0 <= p <= 100 for p in percents)
+    first, second = replies(state)
+    percents = [int(p) for p in re.findall(r"\[(\d+)%\]", marked.text)]
+    assert 1 <= len(percents) <= 6 and all(0 <= p <= 100 for p in percents)  # in the stream, token by token
+    assert re.sub(r"\[\d+%\]", "", marked.text).rstrip("\n") == first.rstrip("\n")  # the transcript: text alone
+    assert "%]" not in plain.text and plain.text.rstrip("\n") == second.rstrip("\n")  # only while it was on
+    assert err.text.count("probabilities: each token is followed by") == 1  # the legend, after the marked reply
 
 
 def test_top_lists_the_likeliest_next_tokens_summing_to_at_most_one(state):

@@ -39,6 +39,10 @@ RepetitionPenalty = Annotated[
     float, typer.Option("--repetition-penalty", help="Divide the logits of tokens already in the context; 1: off.")
 ]
 Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for reproducible samples.")]
+Stop = Annotated[
+    list[str] | None,
+    typer.Option("--stop", help="End at the first TEXT (not printed); repeatable; \\n is a newline.", metavar="TEXT"),
+]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout instead of tables (README).")]
 AllowNonfinite = Annotated[
@@ -177,6 +181,7 @@ def sample(
     top_p: TopP = DEFAULTS.top_p,
     min_p: MinP = DEFAULTS.min_p,
     repetition_penalty: RepetitionPenalty = DEFAULTS.repetition_penalty,
+    stop: Stop = None,
     seed: Seed = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute the whole context for every token.")] = False,
     truncate: Annotated[
@@ -187,22 +192,19 @@ def sample(
 ) -> None:
     """Print a completion of a prompt (streamed as it is sampled)."""
     from tuilm.commands.sample import sample_command
+    from tuilm.commands.sampling import sampling_settings
 
     prompt_text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape") if prompt == "-" else prompt
+    settings = sampling_settings(temperature, top_k, top_p, max_new_tokens, min_p, repetition_penalty, stop)
     sample_command(
         model_path,
         prompt_text,
-        max_new_tokens,
-        temperature,
-        top_k,
-        top_p,
+        settings,
         seed,
-        not no_cache,
-        device,
-        truncate,
+        use_cache=not no_cache,
+        device=device,
+        truncate=truncate,
         allow_nonfinite=allow_nonfinite,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
     )
 
 
@@ -251,6 +253,7 @@ def chat(
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", "-n", help="Tokens per reply.")
     ] = DEFAULTS.max_new_tokens,
+    stop: Stop = None,
     seed: Seed = None,
     prompt_format: Annotated[
         str, typer.Option("--format", help="plain: continue the text; chat: turns separated by end-of-sequence.")
@@ -263,20 +266,10 @@ def chat(
     With standard input not a terminal, each input line is a prompt and each reply is printed.
     """
     from tuilm.commands.chat import chat_command
+    from tuilm.commands.sampling import sampling_settings
 
-    code = chat_command(
-        model_path,
-        temperature,
-        top_k,
-        top_p,
-        max_new_tokens,
-        seed,
-        prompt_format,
-        device,
-        allow_nonfinite=allow_nonfinite,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-    )
+    settings = sampling_settings(temperature, top_k, top_p, max_new_tokens, min_p, repetition_penalty, stop)
+    code = chat_command(model_path, settings, seed, prompt_format, device, allow_nonfinite=allow_nonfinite)
     raise typer.Exit(code)
 
 

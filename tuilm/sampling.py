@@ -12,6 +12,7 @@ import torch
 
 from tuilm.errors import CheckpointError, ConfigError
 from tuilm.sampling_settings import SamplingSettings
+from tuilm.stop_strings import cut_at_stop
 
 
 def next_token(
@@ -59,11 +60,13 @@ def generate(
     use_cache: bool = True,
     stop_ids: tuple[int, ...] = (),
     on_truncate: Callable[[int], None] | None = None,
+    probs: list[float] | None = None,
 ) -> Iterator[int]:
     """Yield up to max_new_tokens ids continuing `context` (which should start with the eos id).
 
     `stop_ids` end generation (the stop token is yielded first). `on_truncate(n)` is told whenever n of the
-    oldest tokens leave the context window.
+    oldest tokens leave the context window. `probs`, when given, hears the probability the model itself gave each
+    token before it is yielded (temperature 1, no filtering or penalty): what /probs colours a reply by.
     """
     window = model.cfg.seq_len
     device = next(model.parameters()).device
@@ -94,6 +97,8 @@ def generate(
             else:
                 logits = model(torch.tensor([tokens], device=device), last_only=True)[:, -1]
             token = int(next_token(logits, settings, generator, tokens).item())
+            if probs is not None:
+                probs.append(float(torch.softmax(logits[0].float(), dim=-1)[token]))
             tokens.append(token)
             yield token
             if token in stop_ids:
@@ -105,7 +110,7 @@ def generate(
 def sample_text(model, tokenizer, prompt: str, settings: SamplingSettings, seed: int | None = None) -> str:
     generator = make_generator(seed, next(model.parameters()).device)
     ids = generate(model, [tokenizer.eos_id, *tokenizer.encode(prompt)], settings, generator=generator)
-    return tokenizer.decode(list(ids))
+    return cut_at_stop(tokenizer.decode(list(ids)), settings.stop)
 
 
 def make_generator(seed: int | None, device) -> torch.Generator | None:

@@ -1,4 +1,5 @@
-"""How to sample: temperature, top-k, top-p, min-p, repetition penalty and length, with their defaults in one place.
+"""How to sample: temperature, top-k, top-p, min-p, repetition penalty, length and stop strings, with their defaults
+in one place.
 
 Torch-free, so that the CLI can show these defaults in --help without loading torch; tuilm.sampling uses them.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuilm.errors import ConfigError
+from tuilm.stop_strings import check_stops
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,7 @@ class SamplingSettings:
     max_new_tokens: int = 200
     min_p: float = 0.0  # drop tokens less likely than min_p x the likeliest; 0: off
     repetition_penalty: float = 1.0  # divide the logits of tokens already in the context (CTRL); 1: off
+    stop: tuple[str, ...] = ()  # text that ends a generation at its first occurrence (tuilm.stop_strings)
 
     def validate(self) -> None:
         if not 0 <= self.temperature <= 100:
@@ -32,6 +35,7 @@ class SamplingSettings:
             raise ConfigError(f"repetition penalty must be between 1 (off) and 10, got {self.repetition_penalty}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max new tokens must be at least 1, got {self.max_new_tokens}")
+        check_stops(self.stop)
 
 
 DEFAULTS = SamplingSettings()  # what `tuilm sample`, `tuilm chat` and the chat after training start with

@@ -17,6 +17,7 @@ from tuilm.atomic import atomic_write_text, temp_file
 from tuilm.chat.session import FORMATS, ChatState, next_token_probs
 from tuilm.errors import ConfigError
 from tuilm.formatting import human
+from tuilm.stop_strings import parse_stop, show_stop
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Outcome:
     # A yes/no question to put before `then` runs; only asked at a terminal: elsewhere `message` stands
     confirm: str = ""
     then: Callable[[], Outcome] | None = None
+    reply_to: str | None = None  # a prompt to reply to now, streamed as any other (/regen)
 
 
 @dataclass(frozen=True)
@@ -160,11 +162,62 @@ def _multiline(state: ChatState, arg: str) -> Outcome:
     return Outcome(multiline_hint(state))
 
 
+PROBS_LEGEND = "green: the model gave the token >= 50% · yellow: >= 10% · red, underlined: below 10%"
+PROBS_PLAIN = "each token is followed by the probability the model gave it, e.g. the[42%]"
+
+
 def _probs(state: ChatState, arg: str) -> Outcome:
     state.show_probs = not state.show_probs
     if state.show_probs:
-        return Outcome("probabilities on: after each reply its tokens, marked by how likely the model found them")
+        return Outcome("probabilities on: each reply's tokens are marked as they stream (temperature 1)")
     return Outcome("probabilities off")
+
+
+def _undo(state: ChatState, arg: str) -> Outcome:
+    turn = _rewind(state, "nothing to undo: no exchange since the start, /reset or /load")
+    state.note("undone: the last exchange left the context")
+    return Outcome(f"undone: {_quote(turn.prompt)} and its reply left the context ({len(state.context)} tokens in use)")
+
+
+def _regen(state: ChatState, arg: str) -> Outcome:
+    turn = _rewind(state, "nothing to regenerate yet: send a prompt first")
+    state.note("regenerated: the reply above was sampled again")
+    same = " (temperature 0 is greedy: expect the same reply)" if state.settings.temperature == 0 else ""
+    return Outcome(f"sampling the reply to {_quote(turn.prompt)} again{same}", reply_to=turn.prompt)
+
+
+def _rewind(state: ChatState, nothing: str):
+    """Take the last exchange out of the context, back to what it was before that prompt; its Turn."""
+    if not state.turns:
+        raise ConfigError(nothing)
+    turn = state.turns.pop()
+    state.context = list(turn.before)
+    return turn
+
+
+def _quote(prompt: str, limit: int = 40) -> str:
+    text = prompt.replace("\n", " ")
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _stop(state: ChatState, arg: str) -> Outcome:
+    stops = state.settings.stop
+    if not arg:
+        if not stops:
+            return Outcome("no stop strings; /stop TEXT adds one (\\n is a newline, quotes keep spaces)")
+        return Outcome("stop strings: " + " ".join(show_stop(s) for s in stops))
+    if arg.lower() == "clear":
+        state.settings = replace(state.settings, stop=())
+        state.note("stop strings cleared")
+        return Outcome(f"stop strings cleared ({len(stops)} removed)")
+    stop = parse_stop(arg)
+    if stop in stops:
+        return Outcome(f"{show_stop(stop)} is already a stop string")
+    settings = replace(state.settings, stop=(*stops, stop))
+    settings.validate()
+    state.settings = settings
+    state.note(f"stop string {show_stop(stop)}")
+    return Outcome(f"replies now end at {show_stop(stop)} (not shown); stop strings: {len(settings.stop)}")
 
 
 def _top(state: ChatState, arg: str) -> Outcome:
@@ -188,17 +241,44 @@ def token_label(state: ChatState, token: int) -> str:
 def _load(state: ChatState, arg: str) -> Outcome:
     if not arg:
         raise ConfigError("/load needs a checkpoint or run directory, e.g. /load runs/my-run")
+    from tuilm.chat.reload import watch_if_training
+
+    path = Path(arg).expanduser()
+    ckpt = _read(path, state, "/load")
+    state.model, state.tokenizer, state.source, state.meta = ckpt.model, ckpt.tokenizer, str(ckpt.path), ckpt.meta
+    state.watch = watch_if_training(path, ckpt.path)
+    state.reset()
+    state.note(f"loaded {ckpt.path}")
+    return Outcome(f"loaded {ckpt.path}; the conversation starts over\n{info_text(state)}")
+
+
+def _reload(state: ChatState, arg: str) -> Outcome:
+    """The run's newest best checkpoint (or the file loaded, again); the conversation goes on when the tokenizer
+    is the same, as it is within one run."""
+    if arg:
+        raise ConfigError("/reload takes no argument; /load PATH switches to another checkpoint")
+    path = state.watch.run_dir if state.watch is not None else Path(state.source)
+    ckpt = _read(path, state, "/reload")
+    same_tokens = ckpt.tokenizer.token_bytes == state.tokenizer.token_bytes
+    state.model, state.tokenizer, state.source, state.meta = ckpt.model, ckpt.tokenizer, str(ckpt.path), ckpt.meta
+    if state.watch is not None:
+        state.watch.loaded()
+    trained = model_lines(state)[0][1]
+    state.note(f"reloaded {trained}")
+    if same_tokens:
+        return Outcome(f"reloaded {trained}; the conversation goes on")
+    state.reset()
+    return Outcome(f"reloaded {trained}; its tokenizer differs, so the conversation starts over")
+
+
+def _read(path: Path, state: ChatState, command: str):
     from tuilm.checkpoint import load_checkpoint
     from tuilm.errors import TuilmError
 
     try:
-        ckpt = load_checkpoint(Path(arg).expanduser(), state.device)
+        return load_checkpoint(path, state.device)
     except TuilmError as e:
-        raise ConfigError(f"/load: {e}") from None
-    state.model, state.tokenizer, state.source, state.meta = ckpt.model, ckpt.tokenizer, str(ckpt.path), ckpt.meta
-    state.reset()
-    state.note(f"loaded {ckpt.path}")
-    return Outcome(f"loaded {ckpt.path}; the conversation starts over\n{info_text(state)}")
+        raise ConfigError(f"{command}: {e}") from None
 
 
 def _help(state: ChatState, arg: str) -> Outcome:
@@ -219,15 +299,19 @@ COMMANDS = {
         Command("min-p", "P", "drop tokens less likely than P x the likeliest; 0 for off", _setting("min_p", float, "min-p", "/min-p 0.05")),
         Command("rep", "R", "repetition penalty on tokens already said; 1 for off", _setting("repetition_penalty", float, "repetition penalty", "/rep 1.2")),
         Command("max", "N", "tokens per reply", _setting("max_new_tokens", int, "max tokens per reply", "/max 100")),
+        Command("stop", "TEXT|clear", "end replies at TEXT (\\n: newline); no value lists them", _stop),
         Command("seed", "S", "seed for reproducible replies; random for none", _seed),
         Command("format", "plain|chat", "how prompts and replies are joined", _format),
+        Command("regen", "", "sample the last reply again, with fresh randomness", _regen),
+        Command("undo", "", "drop the last prompt and its reply from the context", _undo),
         Command("reset", "", "forget the conversation (the transcript keeps it)", _reset),
         Command("info", "", "the model, the settings and how full the context is", _info),
         Command("save", "FILE", "write the transcript to FILE", _save),
         Command("multiline", "", "toggle multi-line input (also F2)", _multiline),
-        Command("probs", "", "toggle showing each reply's tokens by their probability", _probs),
+        Command("probs", "", "toggle colouring each reply's tokens by their probability", _probs),
         Command("top", "N", "the N likeliest next tokens with their probabilities", _top),
         Command("load", "PATH", "switch to another checkpoint (the conversation starts over)", _load),
+        Command("reload", "", "load the run's newest best checkpoint (the conversation goes on)", _reload),
         Command("quit", "", "leave (also Ctrl-D)", _quit),
     ]
 }  # fmt: skip
@@ -275,8 +359,9 @@ def settings_text(state: ChatState) -> str:
     s = state.settings
     return (
         f"temperature {describe_value('temperature', s.temperature)} · top-k {describe_value('top_k', s.top_k)} · "
-        f"top-p {describe_value('top_p', s.top_p)} · max {s.max_new_tokens} tokens · "
-        f"seed {state.seed if state.seed is not None else 'random'}"
+        f"top-p {describe_value('top_p', s.top_p)} · min-p {s.min_p:g} · repetition penalty {s.repetition_penalty:g} · "
+        f"max {s.max_new_tokens} tokens · seed {state.seed if state.seed is not None else 'random'}"
+        + (f" · stop {' '.join(show_stop(x) for x in s.stop)}" if s.stop else "")
     )
 
 

@@ -14,6 +14,8 @@ from typing import TextIO
 
 from tuilm.chat.commands import (
     COMMANDS,
+    PROBS_LEGEND,
+    PROBS_PLAIN,
     Outcome,
     is_command,
     model_lines,
@@ -37,13 +39,40 @@ class Screen:
     out: TextIO
     err: TextIO
     terminal: bool = False  # colour the chatter and defuse control characters in replies
+    colour: bool | None = None  # None: at a terminal, unless NO_COLOR is set (no-color.org)
+
+    def __post_init__(self) -> None:
+        if self.colour is None:
+            self.colour = self.terminal and not os.environ.get("NO_COLOR")
 
     def write(self, text: str) -> None:
         self.out.write(visible(text) if self.terminal else text)
         self.out.flush()
 
+    def write_marked(self, text: str, p: float | None, last: bool) -> None:
+        """A piece of a reply and the probability of its token: coloured by it, or (without colour) the token
+        followed by the percentage in brackets, once, where the token's text ends."""
+        shown = visible(text) if self.terminal else text
+        if p is None:
+            self.out.write(shown)
+        elif self.colour:
+            if shown:
+                colour, mark = next((c, m) for floor, c, m in PROB_BANDS if p >= floor)
+                self.out.write(f"{colour}{mark}{shown}\x1b[0m")
+        else:
+            self.out.write(shown + (f"[{p:.0%}]" if last else ""))
+        self.out.flush()
+
+    def legend(self) -> str:
+        if not self.colour:
+            return PROBS_PLAIN
+        return " · ".join(
+            f"{colour}{mark}{part}\x1b[0m"
+            for (_, colour, mark), part in zip(PROB_BANDS, PROBS_LEGEND.split(" · "), strict=True)
+        )
+
     def say(self, text: str, style: str = "info") -> None:
-        if self.terminal and style in _STYLES:
+        if self.colour and style in _STYLES:
             text = f"{_STYLES[style]}{text}\x1b[0m"
         self.err.write(text + "\n")
         self.err.flush()
@@ -71,21 +100,35 @@ def handle(state: ChatState, text: str, screen: Screen, ask: Callable[[str], boo
             outcome = outcome.then() if ask(outcome.confirm) else Outcome("left as it was")
         if outcome.message:
             screen.say(outcome.message, "hint" if outcome.error else "info")
+        if outcome.reply_to is not None:
+            return reply(state, outcome.reply_to, screen)
         return not outcome.quit
-    prompt = text[1:] if text.startswith("//") else text
-    reply = respond(state, prompt, screen.write, screen.notice)
-    if not reply.text.endswith("\n"):  # one reply, one line at least, even an empty one: scripts count them
+    return reply(state, text[1:] if text.startswith("//") else text, screen)
+
+
+def reply(state: ChatState, prompt: str, screen: Screen) -> bool:
+    """Stream the reply to `prompt`, then what the user should know about it."""
+    marked = screen.write_marked if state.show_probs else None
+    answer = respond(state, prompt, screen.write, screen.notice, marked)
+    if not answer.text.endswith("\n"):  # one reply, one line at least, even an empty one: scripts count them
         screen.write("\n")
-    if reply.interrupted:
+    if answer.interrupted:
         screen.notice("stopped; what was written stays in the conversation")
-    elif not reply.text:
-        screen.notice("the reply was empty (the model ended its turn at once)")
-    for text in reply.notices:
+    elif not answer.text:
+        why = "it began with a stop string" if answer.stopped else "the model ended its turn at once"
+        screen.notice(f"the reply was empty ({why})")
+    for text in answer.notices:
         screen.notice(text)
-    if state.show_probs and reply.ids:
-        screen.say(probs_text(state, reply, screen.terminal), "plain")
-    screen.say(reply_stats(reply), "info")
+    if state.show_probs and answer.ids:
+        screen.say("probabilities: " + screen.legend(), "plain")
+    screen.say(reply_stats(answer), "info")
     return True
+
+
+def between_prompts(state: ChatState, screen: Screen) -> None:
+    """What may be said only while nobody types and no reply streams: a newer best checkpoint of a live run."""
+    if state.watch is not None and (text := state.watch.check()):
+        screen.notice(text)
 
 
 def reply_stats(reply) -> str:
@@ -102,29 +145,12 @@ PROB_BANDS = (
 )  # green, yellow, red+underline
 
 
-def probs_text(state: ChatState, reply, terminal: bool) -> str:
-    """The reply's tokens marked by the probability the model gave each: at a terminal coloured (green >= 50%,
-    yellow >= 10%, red and underlined below), elsewhere each token followed by its percentage in brackets."""
-    from tuilm.chat.session import reply_probs
-
-    probs = reply_probs(state, reply.context, reply.ids)
-    parts = []
-    for token, p in zip(reply.ids, probs, strict=True):
-        text = visible(state.tokenizer.decode([token])) if token != state.tokenizer.eos_id else "<|eos|>"
-        if terminal:
-            colour, mark = next((c, m) for floor, c, m in PROB_BANDS if p >= floor)
-            parts.append(f"{colour}{mark}{text}\x1b[0m")
-        else:
-            parts.append(f"{text}[{p:.0%}]")
-    key = "  (green >= 50%, yellow >= 10%, red underlined below)" if terminal else ""
-    return "probabilities: " + "".join(parts) + key
-
-
 def run_lines(state: ChatState, lines: Iterable[str], screen: Screen) -> int:
     """Each line a prompt (or a command), each reply printed: for scripts and pipes."""
     state.note(f"format {state.prompt_format} · {settings_text(state)}")
     try:
         for line in lines:
+            between_prompts(state, screen)
             if not handle(state, line.rstrip("\r\n"), screen):
                 break
     except KeyboardInterrupt:
@@ -140,6 +166,7 @@ def run_interactive(state: ChatState, screen: Screen, history: Path | None = Non
     if warning:
         screen.notice(warning)
     while True:
+        between_prompts(state, screen)
         try:
             text = session.prompt(prompt_message(state))
         except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, as in a shell

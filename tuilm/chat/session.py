@@ -17,6 +17,9 @@ import torch
 
 from tuilm.errors import ConfigError
 from tuilm.sampling import SamplingSettings, generate, make_generator
+from tuilm.stop_strings import Piece, StopFilter
+
+MAX_TURNS = 100  # exchanges /undo and /regen can go back over
 
 FORMATS = {
     "plain": "your text is appended to the running text as typed, and the model continues it",
@@ -43,7 +46,9 @@ class ChatState:
     transcript: list[tuple[str, str]] = field(default_factory=list)  # (you | model | note, text)
     multiline: bool = False
     generator: torch.Generator | None = None
-    show_probs: bool = False  # /probs: after each reply, its tokens marked by their probability
+    show_probs: bool = False  # /probs: each reply's tokens marked, as they stream, by their probability
+    turns: list[Turn] = field(default_factory=list)  # the exchanges since the start, /reset or /load, newest last
+    watch: Any = None  # tuilm.chat.reload.BestWatch when the run directory is still training
 
     def __post_init__(self) -> None:
         check_format(self.prompt_format)
@@ -52,8 +57,15 @@ class ChatState:
         self.reseed(self.seed)
 
     @classmethod
-    def from_checkpoint(cls, ckpt, settings: SamplingSettings, prompt_format: str, seed: int | None) -> ChatState:
-        return cls(ckpt.model, ckpt.tokenizer, settings, prompt_format, seed, source=str(ckpt.path), meta=ckpt.meta)
+    def from_checkpoint(
+        cls, ckpt, settings: SamplingSettings, prompt_format: str, seed: int | None, model_path=None
+    ) -> ChatState:
+        """`model_path`, as the user gave it: a run directory still training is watched for a newer best."""
+        from tuilm.chat.reload import watch_if_training
+
+        state = cls(ckpt.model, ckpt.tokenizer, settings, prompt_format, seed, source=str(ckpt.path), meta=ckpt.meta)
+        state.watch = watch_if_training(model_path, ckpt.path) if model_path is not None else None
+        return state
 
     @property
     def window(self) -> int:
@@ -73,9 +85,16 @@ class ChatState:
 
     def reset(self) -> None:
         self.context = [self.tokenizer.eos_id]
+        self.turns.clear()
 
     def note(self, text: str) -> None:
         self.transcript.append(("note", text))
+
+
+@dataclass(frozen=True)
+class Turn:
+    prompt: str
+    before: list[int]  # the context before the prompt went in: what /undo and /regen go back to
 
 
 @dataclass
@@ -84,6 +103,7 @@ class Reply:
     ids: list[int]
     interrupted: bool = False
     ended: bool = False  # the model closed its turn with eos (chat format)
+    stopped: bool = False  # it reached a stop string (not part of `text`)
     notices: list[str] = field(default_factory=list)  # to show after the reply, not inside its text
     seconds: float = 0.0  # from the request to the last token
     first_token_s: float | None = None  # time to the first token (prompt processing included)
@@ -130,36 +150,52 @@ def _were(n: int) -> str:
     return f"{n} token was" if n == 1 else f"{n} tokens were"
 
 
+Marked = Callable[[str, float, bool], None]  # (text, the probability of its token, whether it ends that token)
+
+
 def respond(
-    state: ChatState, prompt: str, write: Callable[[str], None], notice: Callable[[str], None] = lambda _: None
+    state: ChatState,
+    prompt: str,
+    write: Callable[[str], None],
+    notice: Callable[[str], None] = lambda _: None,
+    marked: Marked | None = None,
 ) -> Reply:
     """Sample a reply to `prompt`, writing its text as it arrives; Ctrl-C (KeyboardInterrupt) ends it early.
 
     `notice` hears, before the reply starts, what had to be cut to fit the window; what the reply itself pushed
-    out is in `Reply.notices`.
+    out is in `Reply.notices`. With `marked`, the text goes there instead of to `write`, each piece with the
+    probability the model gave its token (for /probs). A stop string ends the reply and is never written.
 
     Whatever was sampled before an interruption stays in the conversation, since the user has seen it.
     """
     started = time.perf_counter()
+    before = list(state.context)
     context, notices = build_context(state, prompt)
     for text in notices:
         notice(text)
     chat = state.prompt_format == "chat"
     eos = state.tokenizer.eos_id
     state.transcript.append(("you", prompt))
-    decoder = state.tokenizer.stream_decoder()
+    decoder, stops = state.tokenizer.stream_decoder(), StopFilter(state.settings.stop)
     ids: list[int] = []
+    probs: list[float] = []
     chunks: list[str] = []
     reply = Reply("", ids, context=list(context))
 
-    def show(text: str) -> None:
-        if text:
-            chunks.append(text)
+    def show(pieces: list[Piece]) -> None:
+        text = "".join(p.text for p in pieces)
+        chunks.append(text)
+        if marked is not None:
+            for piece in pieces:
+                marked(piece.text, piece.tag, piece.last)
+        elif text:
             write(text)
 
     stop = (eos,) if chat else ()
+    heard = probs if marked is not None else None  # the probabilities cost a softmax a token: only when shown
+    sampled = generate(state.model, context, state.settings, generator=state.generator, stop_ids=stop, probs=heard)
     try:
-        with closing(generate(state.model, context, state.settings, generator=state.generator, stop_ids=stop)) as it:
+        with closing(sampled) as it:
             for token in it:
                 if not ids:
                     reply.first_token_s = time.perf_counter() - started
@@ -167,25 +203,41 @@ def respond(
                 if chat and token == eos:
                     reply.ended = True
                     break
-                show(decoder.feed(token))
-        show(decoder.flush())
+                show(stops.feed(decoder.feed(token), probs[-1] if probs else None))
+                if stops.stopped:
+                    reply.stopped = True
+                    break
+        show(stops.feed(decoder.flush()) + stops.flush())
     except KeyboardInterrupt:
         reply.interrupted = True
-        chunks.append(decoder.flush())  # kept in the transcript, not written: the user asked for quiet
+        # kept in the transcript, not written: the user asked for quiet
+        chunks.extend(p.text for p in stops.feed(decoder.flush()) + stops.flush())
     reply.text = "".join(chunks)
     reply.seconds = time.perf_counter() - started
 
-    context = context + ids
+    kept = shown_ids(state.tokenizer, ids, reply.text) if reply.stopped else ids
+    context = context + kept
     if chat and context[-1] != eos:
         context.append(eos)
     if len(context) > state.window:
         reply.notices.append(overflow_notice(len(context) - state.window, state.window))
         context = context[-state.window :]
     state.context = context
+    state.turns[:] = [*state.turns[-(MAX_TURNS - 1) :], Turn(prompt, before)]
     state.transcript.append(("model", reply.text))
     if reply.interrupted:
         state.note("interrupted")
     return reply
+
+
+def shown_ids(tokenizer, ids: list[int], text: str) -> list[int]:
+    """The tokens of a reply cut short at a stop string: those whose text was shown whole, then the shown rest
+    of the token the stop string began in, encoded anew. The stop string leaves the conversation with it."""
+    kept = 0
+    while kept < len(ids) and len(tokenizer.decode(ids[: kept + 1])) <= len(text):
+        kept += 1
+    rest = text[len(tokenizer.decode(ids[:kept])) :]
+    return ids[:kept] + (tokenizer.encode(rest) if rest else [])
 
 
 @torch.no_grad()
@@ -193,17 +245,3 @@ def next_token_probs(state: ChatState, context: list[int]) -> torch.Tensor:
     """The model's distribution over the next token after `context` (its last window), at temperature 1."""
     ids = torch.tensor([context[-state.window :]], device=state.device)
     return torch.softmax(state.model(ids)[0, -1].float(), dim=-1)
-
-
-@torch.no_grad()
-def reply_probs(state: ChatState, context: list[int], ids: list[int]) -> list[float]:
-    """The probability the model gave each token of a reply sampled after `context` (temperature 1, no top-k or
-    top-p: what the model itself thinks), in one forward pass over the last window."""
-    if not ids:
-        return []
-    full = (context + ids)[-(state.window + 1) :]
-    x = torch.tensor([full[:-1]], device=state.device)
-    probs = torch.softmax(state.model(x)[0].float(), dim=-1)
-    targets = torch.tensor(full[1:], device=state.device)
-    picked = probs[torch.arange(len(targets), device=state.device), targets].tolist()
-    return picked[-len(ids) :]

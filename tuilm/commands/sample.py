@@ -11,30 +11,25 @@ from tuilm.errors import ConfigError
 def sample_command(
     model_path: Path,
     prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
+    settings,  # tuilm.sampling_settings.SamplingSettings
     seed: int | None,
-    use_cache: bool,
-    device: str,
-    truncate: bool = False,
     *,
+    use_cache: bool = True,
+    device: str = "auto",
+    truncate: bool = False,
     allow_nonfinite: bool = False,
-    min_p: float = 0.0,
-    repetition_penalty: float = 1.0,
 ) -> None:
-    from tuilm.checkpoint import load_checkpoint
-    from tuilm.device import pick_device
-    from tuilm.formatting import valid_text, visible
-    from tuilm.sampling import SamplingSettings, generate, make_generator
+    from contextlib import closing
 
-    settings = SamplingSettings(temperature, top_k, top_p, max_new_tokens, min_p, repetition_penalty)
-    settings.validate()
+    from tuilm.commands.sampling import load_for_sampling
+    from tuilm.formatting import valid_text, visible
+    from tuilm.sampling import generate, make_generator
+    from tuilm.stop_strings import StopFilter
+
     prompt, changed = valid_text(prompt)
+    ckpt = load_for_sampling(model_path, settings, device, allow_nonfinite)
     if changed:
         print("note: the prompt was not valid UTF-8; the bad bytes became U+FFFD", file=sys.stderr)
-    ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
     tokenizer = ckpt.tokenizer
     context = [tokenizer.eos_id, *tokenizer.encode(prompt)]
     window = ckpt.model.cfg.seq_len
@@ -44,11 +39,19 @@ def sample_command(
             raise ConfigError(f"the prompt is {len(context) - 1} tokens and {fits}; shorten it, or pass --truncate")
         print(f"note: the prompt is {len(context) - 1} tokens; {fits}", file=sys.stderr)
     generator = make_generator(seed, next(ckpt.model.parameters()).device)
-    decoder = tokenizer.stream_decoder()
+    decoder, stops = tokenizer.stream_decoder(), StopFilter(settings.stop)
     out = sys.stdout
     show = visible if out.isatty() else str  # on a terminal, what the model writes cannot drive it
-    out.write(show(prompt))
-    for token in generate(ckpt.model, context, settings, generator=generator, use_cache=use_cache):
-        out.write(show(decoder.feed(token)))
+
+    def write(pieces) -> None:
+        out.write(show("".join(p.text for p in pieces)))
         out.flush()
-    out.write(show(decoder.flush()) + "\n")
+
+    out.write(show(prompt))  # a stop string counts in the completion only, never in the prompt
+    with closing(generate(ckpt.model, context, settings, generator=generator, use_cache=use_cache)) as tokens:
+        for token in tokens:
+            write(stops.feed(decoder.feed(token)))
+            if stops.stopped:
+                break
+    write(stops.feed(decoder.flush()) + stops.flush())
+    out.write("\n")
