@@ -21,7 +21,7 @@ from tuilm.data.dataset import Dataset
 from tuilm.device import pick_device, pick_precision
 from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
-from tuilm.train import distributed
+from tuilm.train import accel, distributed
 from tuilm.train import events as ev
 from tuilm.train.backward import healing_backward, non_finite
 from tuilm.train.controls import Controls
@@ -63,7 +63,7 @@ class Trainer(Controls):
         self.files = RunFiles(self.run_dir, dataset.tokenizer, self.config.to_dict())
         self.rows_per_step = config.rows_per_step
         self.dist.check_batch(self.rows_per_step)
-        micro = min(t.micro_batch_size or self.rows_per_step, self.rows_per_step)
+        micro = accel.initial_micro(t.micro_batch_size, self.rows_per_step, self.dist.world)
         self.batches = BatchSource(dataset, self.rows_per_step, micro, t.seed, config.data.doc_mask, self.dist.shard)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.rules = StopRules.of(t, self.steps_per_epoch)
@@ -71,7 +71,7 @@ class Trainer(Controls):
         torch.manual_seed(t.seed)
         self.model = GPT(self.config.model).to(self.device)
         self.ddp = distributed.wrap(self.model, self.device, self.dist)  # the model itself in one process
-        self.forward = torch.compile(self.ddp) if t.compile else self.ddp
+        self.forward = accel.compiled(self.ddp, t.compile, self.device)  # compile = auto: on CUDA
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
         init_vocab = None if t.init else self.config.model.vocab_size  # pre-trained weights start below ln(vocab)
@@ -106,8 +106,7 @@ class Trainer(Controls):
         try:
             self.session_start = (self.state.tokens, self.state.elapsed)
             self._emit(started_event(self))
-            if self.tcfg.compile:
-                self._emit(ev.Log(self.step, "torch.compile: the first step compiles the model, which takes a while"))
+            accel.start(self)  # notices for this device; micro_batch_size = auto: the largest that fits
             self._emit(ev.Status(self.step, "running"))
             reason = self._loop()
             self.result = self._finish(reason)
@@ -260,7 +259,7 @@ class Trainer(Controls):
         for action, kwargs in self.pending_requests():
             if action == "save":
                 self._save("request")
-            elif action == "eval":
+            elif action == "eval" and not distributed.refused(self, "evaluating now"):
                 self._evaluate()
             elif action == "sample":
                 self._sample(kwargs.get("prompt") or self.tcfg.sample_prompt)
@@ -279,6 +278,10 @@ class Trainer(Controls):
         self.bus.emit(event)
 
     # -- stops under DDP: every rank ends at the same step ---------------------------------------------------------
+
+    def pause(self) -> None:
+        if not distributed.refused(self, "pause"):  # the other ranks would wait in the step's all-reduce
+            super().pause()
 
     def stop(self, reason: str = "stopped") -> None:
         if not self.dist.active:
