@@ -134,3 +134,43 @@ def test_a_rank_that_raises_ends_the_job(corpus, tmp_path):
     lines = [line for line in result.stderr.splitlines() if "planted failure" in line and "rank 1" in line]
     assert lines, result.stderr[-3000:]
     assert "rank 1: training failed at step 4: RuntimeError: planted failure on rank 1" in lines[0]
+
+
+OOM_ON_RANK_1 = """
+import sys
+import torch
+from tuilm.model import GPT
+from tuilm.train import distributed
+
+forward = GPT.forward
+
+def limited(self, x, *args, **kwargs):
+    # rank 1 alone runs out of memory, as CUDA would, on training passes of more than 2 rows
+    if distributed.current().rank == 1 and torch.is_grad_enabled() and x.shape[0] > 2:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+    return forward(self, x, *args, **kwargs)
+
+GPT.forward = limited
+sys.argv = ["tuilm", *sys.argv[1:]]
+from tuilm.cli import main
+main()
+"""
+
+
+def test_an_out_of_memory_on_one_rank_halves_the_micro_batch_on_every_rank(corpus, tmp_path):
+    steps = ["--steps", "12", "--set", "health.interval=1000"]
+    reference = tmp_path / "reference"
+    result = run([*tiny_args(corpus), *steps, "--set", "micro_batch_size=2", "--out", str(reference)], nproc=2)
+    assert result.returncode == 0, result.stderr
+    script = tmp_path / "oom_rank.py"
+    script.write_text(OOM_ON_RANK_1)
+    healed = tmp_path / "healed"
+    result = run([*tiny_args(corpus), *steps, "--out", str(healed)], nproc=2, module=[str(script)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [json.loads(line) for line in (healed / "metrics.jsonl").read_text().splitlines()]
+    notes = [e["message"] for e in events if e.get("event") == "log" and "out of memory" in e["message"]]
+    assert notes == ["out of memory on rank 1 at micro-batch 4 rows: now 2, step 1 redone"]
+    one, two = steps_of(reference), steps_of(healed)
+    assert sorted(two) == list(range(1, 13))
+    for step in range(1, 13):
+        assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-6), step

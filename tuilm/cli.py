@@ -91,7 +91,10 @@ def train(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = None,
     time: Annotated[str | None, typer.Option("--time", help="Wall-clock training budget, e.g. 90s, 10m, 1h.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Stop after this many optimizer steps.")] = None,
-    compile: Annotated[bool, typer.Option("--compile", help="Compile the model with torch.compile.")] = False,
+    compile: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA, off elsewhere)."),
+    ] = None,
     wandb: Annotated[bool, typer.Option("--wandb", help="Also log to Weights & Biases.")] = False,
     wandb_project: Annotated[str, typer.Option("--wandb-project", help="wandb project.")] = "tuilm",
     wandb_name: Annotated[str | None, typer.Option("--wandb-name", help="wandb run name.")] = None,

@@ -40,7 +40,9 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 32  # rows per optimizer step
     batch_tokens: int = 0  # if set, rows per step = batch_tokens // seq_len (compare block sizes at equal batch)
-    micro_batch_size: int = 0  # rows per forward pass; 0 means batch_size (no accumulation)
+    # rows per forward pass; 0 means batch_size (no accumulation); "auto": on CUDA and MPS the largest that fits,
+    # found before training (tuilm/train/accel.py), on the CPU batch_size
+    micro_batch_size: int | str = "auto"
     optimizer: str = "adamw"  # adamw | adam | sgd | adafactor | muon (Muon for the blocks' matrices, AdamW rest)
     lr: float = 1e-3
     min_lr: float = 1e-4
@@ -68,7 +70,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16
-    compile: bool = False
+    compile: bool | str = "auto"  # auto (on for CUDA, off elsewhere) | true | false
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
     init: str = ""  # corpora (issue 15): start from pre-trained weights: gpt2, gpt2-medium/-large/-xl or a HF dir
 
@@ -413,7 +415,8 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "int | None": int}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "int | None": int, "int | str": int, "bool | str": bool}
+AUTO_KEYS = {"train.micro_batch_size", "train.compile"}  # also take the word "auto"
 
 
 def _field_type(dotted: str) -> type:
@@ -425,10 +428,11 @@ def _field_type(dotted: str) -> type:
 
 def _type_text(dotted: str, kind: type) -> str:
     if dotted in RANGES:
-        return f"{kind.__name__} ({RANGES[dotted].text()})"
+        return f"{kind.__name__} ({RANGES[dotted].text()}){' or auto' if dotted in AUTO_KEYS else ''}"
     if dotted == "train.time":
         return f"str ({DURATION_TEXT})"
-    return {bool: "bool (true or false)", str: "str (a string)"}.get(kind, kind.__name__)
+    auto = " or auto" if dotted in AUTO_KEYS else ""
+    return {bool: f"bool (true or false{auto})", str: "str (a string)"}.get(kind, kind.__name__)
 
 
 def _coerce(dotted: str, value: Any) -> Any:
@@ -436,6 +440,8 @@ def _coerce(dotted: str, value: Any) -> Any:
     kind = _field_type(dotted)
     if dotted == "model.d_ff" and value in (None, 0, "auto", "none") and not isinstance(value, bool):
         return None
+    if dotted in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
     try:
         if kind is bool:
             if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
@@ -468,7 +474,8 @@ def _coerce(dotted: str, value: Any) -> Any:
     except (ValueError, OverflowError):
         raise ConfigError(f"{dotted} must be {_type_text(dotted, kind)}, got {_short(value)}") from None
     if dotted in RANGES and typed not in RANGES[dotted]:
-        raise ConfigError(f"{dotted} must be {RANGES[dotted].text()}, got {_short(value)}")
+        auto = " or auto" if dotted in AUTO_KEYS else ""
+        raise ConfigError(f"{dotted} must be {RANGES[dotted].text()}{auto}, got {_short(value)}")
     return typed
 
 
@@ -481,6 +488,8 @@ def validate(config: RunConfig) -> None:
     for dotted, allowed in RANGES.items():
         section, name = dotted.split(".")
         value = getattr(getattr(config, section), name)
+        if dotted in AUTO_KEYS and value == "auto":
+            continue
         if value is not None and (isinstance(value, bool) or value not in allowed):
             raise ConfigError(f"{dotted} must be {allowed.text()}, got {_short(value)}")
     d, t, h = config.data, config.train, config.health
@@ -497,7 +506,6 @@ def validate(config: RunConfig) -> None:
         ),
         (d.overflow_min >= 1, f"data.overflow_min must be at least 1, got {d.overflow_min}"),
         (t.batch_size >= 1, f"train.batch_size must be at least 1, got {t.batch_size}"),
-        (t.micro_batch_size >= 0, f"train.micro_batch_size must be 0 or positive, got {t.micro_batch_size}"),
         (t.lr > 0, f"train.lr must be positive, got {t.lr}"),
         (0 <= t.min_lr <= t.lr, f"train.min_lr must be between 0 and train.lr ({t.lr}), got {t.min_lr}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be 0 or more, got {t.warmup_steps}"),
@@ -531,6 +539,7 @@ RESUME_MAY_CHANGE = {
     *(f"train.{k}" for k in ("checkpoint_interval", "sample_prompt", "sample_tokens", "device", "dtype")),
     *(f"train.{k}" for k in ("compile", "threads", "micro_batch_size", "lr", "min_lr", "schedule")),
     *(f"train.{k}" for k in ("warmup_steps", "grad_clip", "keep_checkpoints")),
+    "model.checkpoint_activations",  # recomputes the same activations: the math is unchanged
     *(f"health.{f.name}" for f in fields(HealthConfig)),
 }
 

@@ -40,6 +40,7 @@ class Precision:
     name: str  # fp32 | bf16 | fp16
     dtype: torch.dtype | None  # autocast dtype; None means plain fp32
     scaler: bool  # fp16 needs loss scaling to keep small gradients from flushing to zero
+    note: str = ""  # why the precision is not the one asked for (a feature this device lacks), said at start
 
     def autocast(self, device: torch.device):
         if self.dtype is None:
@@ -60,6 +61,10 @@ def pick_precision(device: torch.device, name: str = "auto") -> Precision:
     if name == "fp32":
         return Precision("fp32", None, False)
     if name == "bf16":
+        if device.type == "mps" and not _mps_autocast_works(torch.bfloat16):
+            fallback = pick_precision(device, "auto")
+            note = f"MPS: bf16 autocast needs macOS 14 or newer; training in {fallback.name} instead (train.dtype)"
+            return Precision(fallback.name, fallback.dtype, fallback.scaler, note)
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("this GPU does not support bf16; use --set train.dtype=fp16")
         return Precision("bf16", torch.bfloat16, False)
@@ -70,14 +75,31 @@ def pick_precision(device: torch.device, name: str = "auto") -> Precision:
     raise ConfigError(f"unknown dtype '{name}'; use auto, fp32, bf16 or fp16")
 
 
-def _mps_autocast_works() -> bool:
+def _mps_autocast_works(dtype: torch.dtype = torch.float16) -> bool:
     try:
-        with torch.autocast(device_type="mps", dtype=torch.float16):
+        with torch.autocast(device_type="mps", dtype=dtype):
             x = torch.ones(2, 2, device="mps")
             (x @ x).sum().item()
         return True
     except Exception:  # older macOS/torch: autocast on MPS raises; train in fp32 there
         return False
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this processor computes bf16 natively (AVX512-BF16 or AMX), where bf16 autocast can pay off
+    (torch's get_cpu_capability says AVX512 for both and for neither, so the kernel's flags decide)."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:  # not Linux: no flags to read, so no claim of native bf16
+        pass
+    return set()
 
 
 def free_memory(device: torch.device) -> None:

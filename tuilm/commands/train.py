@@ -37,7 +37,7 @@ class TrainOptions:
     device: str | None = None
     time: str | None = None
     steps: int | None = None
-    compile: bool = False
+    compile: bool | None = None  # --compile / --no-compile; None leaves train.compile (auto: on for CUDA)
     wandb: bool = False
     wandb_project: str = "tuilm"
     wandb_name: str | None = None
@@ -53,8 +53,9 @@ def launcher_args(options: TrainOptions) -> list[str]:
     for override in options.overrides:
         args += ["--set", override]
     flags = {
-        "--headless": True,
-        "--compile": options.compile,
+        "--headless": options.headless,  # else rank 0 takes the dashboard when the launcher has a terminal
+        "--compile": options.compile is True,
+        "--no-compile": options.compile is False,
         "--wandb": options.wandb,
         "--tensorboard": options.tensorboard,
     }
@@ -101,8 +102,8 @@ def cli_overrides(options: TrainOptions) -> list[Override]:
         extra.append(("train.time", options.time))
     if options.steps is not None:
         extra.append(("train.max_steps", options.steps))
-    if options.compile:
-        extra.append(("train.compile", True))
+    if options.compile is not None:
+        extra.append(("train.compile", options.compile))
     if options.init:
         extra.append(("train.init", options.init))
     return [*options.overrides, *extra]
@@ -166,8 +167,8 @@ def check_sinks(options: TrainOptions) -> None:
 def train_ranked(config: RunConfig, run_dir: Path, options: TrainOptions, dist) -> int:
     """Train as this process's rank: rank 0 (or the one process) has the front end and the run's files; under
     DDP the other ranks train silently and print only errors."""
-    # The dashboard takes the terminal; a DDP job is headless (follow it with `tuilm watch`).
-    dashboard = not options.headless and not dist.active and sys.stdout.isatty() and sys.stdin.isatty()
+    # The dashboard takes the terminal: rank 0's alone under DDP (every rank inherits the launcher's terminal).
+    dashboard = not options.headless and dist.main and sys.stdout.isatty() and sys.stdin.isatty()
     trainer = build_trainer(config, run_dir, resume=bool(options.resume), quiet=dashboard)
     if not dist.main:
         return run_headless(trainer, progress=lambda event: None)

@@ -55,6 +55,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     bias: bool = False
     qk_norm: bool = False  # normalise queries and keys per head (RMSNorm) before their dot product
+    checkpoint_activations: bool = False  # recompute each block's activations in the backward pass (less memory)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -79,7 +80,7 @@ class ModelConfig:
         for name, choices in (("pos", POS_CHOICES), ("act", ACT_CHOICES), ("norm", NORM_CHOICES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {_short(getattr(self, name))}; choose one of {', '.join(choices)}")
-        for name in ("tie_embeddings", "bias", "qk_norm"):
+        for name in ("tie_embeddings", "bias", "qk_norm", "checkpoint_activations"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {_short(getattr(self, name))}")
         d, h = self.d_model, self.n_heads

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tuilm.model.config import ModelConfig
 
@@ -380,8 +381,12 @@ class GPT(nn.Module):
         )
         mask = self._attn_mask(T, L, pos, key_padding_mask, doc_ids, cache, x.dtype) if needs_mask else None
 
+        recompute = cfg.checkpoint_activations and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, mask, cache.layer(i) if cache is not None else None)
+            if recompute:  # keep only each block's input; its insides are recomputed in the backward pass
+                x = checkpoint(block, x, rope, mask, None, use_reentrant=False)
+            else:
+                x = block(x, rope, mask, cache.layer(i) if cache is not None else None)
         if cache is not None:
             cache.length = L + T
         return x

@@ -21,39 +21,55 @@ MAX_SKIPS = 10  # non-finite steps in a row before a `skip` policy gives up
 
 
 def healing_backward(trainer, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
-    """_forward_backward; on an out-of-memory error, free, halve the micro-batch and redo the step (its rows,
-    hence its exact gradient, stay the same). One process only: under DDP the error ends the job."""
+    """forward_backward; on an out-of-memory error, free, halve the micro-batch and redo the step (its rows,
+    hence its exact gradient, stay the same).
+
+    Under DDP the ranks first agree: each runs its backward passes without DDP's gradient all-reduce, then one
+    small all-reduce says which ranks ran out of memory; if any did, every rank halves and redoes the step
+    (otherwise the others would wait in a collective the failed rank never joins), else the gradients are
+    averaged over the ranks (Dist.mean_grads) and the step goes on."""
+    dist = trainer.dist
     while True:
+        failed = False
         try:
-            return forward_backward(trainer, micro, n_targets, health_step, lean)
+            loss_sum = accumulate(trainer, micro, n_targets, health_step)
         except torch.OutOfMemoryError:
-            old = trainer.batches.micro
-            if trainer.dist.active or old <= 1:
+            if not dist.active and trainer.batches.micro <= 1:
                 raise
+            failed = True
             trainer.optimizer.zero_grad(set_to_none=True)
             free_memory(trainer.device)
-            trainer.batches.micro = old // 2
-            micro = trainer.batches.split(trainer.batches.last_index)
-            message = f"out of memory at micro-batch {old} rows: now {old // 2}, step {trainer.step + 1} redone"
-            trainer._emit(ev.Log(trainer.step + 1, message, "warning"))
+        ranks = dist.ranks_flagged(failed, trainer.device)
+        if not ranks:
+            dist.mean_grads(trainer.params)
+            return finish_grads(trainer, loss_sum, health_step, lean)
+        old = trainer.batches.micro
+        where = f" on rank {', '.join(map(str, ranks))}" if dist.active else ""
+        if old <= 1:
+            raise torch.OutOfMemoryError(f"out of memory{where} at micro-batch 1 row, step {trainer.step + 1}")
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.batches.micro = old // 2
+        micro = trainer.batches.split(trainer.batches.last_index)
+        message = f"out of memory{where} at micro-batch {old} rows: now {old // 2}, step {trainer.step + 1} redone"
+        trainer._emit(ev.Log(trainer.step + 1, message, "warning"))
 
 
-def forward_backward(trainer, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
-    """Gradients of the step's mean loss, unscaled and clipped; returns (this rank's summed loss, on the device;
-    gradient norm before clipping).
+def accumulate(trainer, micro: list[Batch], n_targets: int, health_step: bool) -> torch.Tensor:
+    """Forward and backward over the step's micro-batches; returns this rank's summed loss (on the device):
+    the step's gradients, before healing_backward averages them over ranks and finish_grads clips them.
 
     The loss is the sum over every target token of the step divided by their count (all ranks' together),
     whatever the padding or accumulation: each micro-batch adds its summed loss / the step's total, so the
-    gradient is exactly the full batch's (times the world size, which DDP's mean over ranks divides out).
-    `lean`: the norm stays a device tensor and clipping happens whatever it is (a non-finite step is skipped).
+    gradient is exactly the full batch's (times the world size, which the mean over ranks divides out).
+    Under DDP no backward pass all-reduces (healing_backward does it once every rank is through).
     """
     loss_sum = torch.zeros((), device=trainer.device)
     model = trainer.ddp if health_step else trainer.forward  # hooks need the eager module
     weight = trainer.dist.world / n_targets
     with trainer.health.activation_hooks(health_step):
-        for i, batch in enumerate(micro):
+        for batch in micro:
             x, y, pos, doc = trainer._last_batch = to_device(batch, trainer.device)
-            with distributed.no_sync(trainer.ddp, last=i == len(micro) - 1):
+            with distributed.no_sync(trainer.ddp):
                 with trainer.precision.autocast(trainer.device):
                     logits = model(x, pos_ids=pos, doc_ids=doc)
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
@@ -62,6 +78,12 @@ def forward_backward(trainer, micro: list[Batch], n_targets: int, health_step: b
                     scaled = scaled + z_loss_sum(logits, y, trainer.tcfg.z_loss) * weight
                 (trainer.scaler.scale(scaled) if trainer.scaler else scaled).backward()
             loss_sum += loss.detach()
+    return loss_sum
+
+
+def finish_grads(trainer, loss_sum: torch.Tensor, health_step: bool, lean: bool):
+    """Unscale, record and clip the step's gradients; returns (loss_sum, gradient norm before clipping).
+    `lean`: the norm stays a device tensor and clipping happens whatever it is (a non-finite step is skipped)."""
     if trainer.scaler:
         trainer.scaler.unscale_(trainer.optimizer)
     if health_step:

@@ -39,7 +39,7 @@ class Controls:
         """Pause or resume; returns True when now paused."""
         if self._running.is_set():
             self.pause()
-            return True
+            return self.paused  # a pause can be refused (under DDP)
         self.resume()
         return False
 

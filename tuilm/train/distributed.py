@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from tuilm.errors import ConfigError
+from tuilm.train import events as ev
 
 DEFAULT_TIMEOUT_S = 120  # a collective that waits longer than this ends the job (TUILM_DIST_TIMEOUT overrides)
 
@@ -64,6 +65,49 @@ class Dist:
         t = torch.tensor([value], dtype=torch.int64, device=device)
         torch.distributed.all_reduce(t)
         return int(t.item())
+
+    def min_int(self, value: int, device: torch.device) -> int:
+        """The smallest of an integer over all ranks (the micro-batch every rank can afford)."""
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return int(t.item())
+
+    def ranks_flagged(self, flag: bool, device: torch.device) -> list[int]:
+        """The ranks whose `flag` is set (every rank calls this at the same point of a step)."""
+        if not self.active:
+            return [0] if flag else []
+        flags = torch.zeros(self.world, dtype=torch.int64, device=device)
+        flags[self.rank] = int(flag)
+        torch.distributed.all_reduce(flags)
+        return [r for r, f in enumerate(flags.tolist()) if f]
+
+    def mean_grads(self, params: list[torch.Tensor], bucket_elements: int = 1 << 24) -> None:
+        """Average the gradients over the ranks in place (what DDP's reducer does during the backward pass), in
+        flattened buckets: a step's all-reduce comes after every rank has finished its backward pass, so that an
+        out-of-memory error on one rank can be agreed on first (train/backward.py)."""
+        if not self.active:
+            return
+        grads = []
+        for p in params:
+            if p.grad is None:  # unused this step: every rank must still send the same buffer
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for i, g in enumerate(grads):
+            bucket.append(g)
+            size += g.numel()
+            if size >= bucket_elements or i == len(grads) - 1:
+                flat = torch.cat([b.reshape(-1) for b in bucket])
+                torch.distributed.all_reduce(flat)
+                flat /= self.world
+                offset = 0
+                for b in bucket:
+                    b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                    offset += b.numel()
+                bucket, size = [], 0
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """All-reduce (sum) in place; returns the tensor."""
@@ -162,11 +206,21 @@ def wrap(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.M
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def no_sync(ddp: torch.nn.Module, last: bool):
-    """Gradient all-reduce only on a step's last micro-batch."""
-    if last or not hasattr(ddp, "no_sync"):
+def no_sync(ddp: torch.nn.Module):
+    """DDP's own gradient all-reduce off: the ranks agree on out-of-memory errors first, then average the
+    gradients in one bucketed all-reduce (Dist.mean_grads, called by train/backward.py)."""
+    if not hasattr(ddp, "no_sync"):
         return contextlib.nullcontext()
     return ddp.no_sync()
+
+
+def refused(trainer, what: str) -> bool:
+    """Under DDP, a dashboard key that one rank alone cannot act on (pause, evaluate now: the other ranks would
+    wait in a collective) is refused with a warning; True when refused."""
+    if not trainer.dist.active:
+        return False
+    trainer._emit(ev.Log(trainer.step, f"{what} is not available under DDP (quit, save and sample are)", "warning"))
+    return True
 
 
 def launch_command(nproc: int, args: list[str]) -> list[str]:

@@ -18,11 +18,10 @@ import torch
 
 from tuilm.config import RunConfig
 from tuilm.data.dataset import Dataset
-from tuilm.device import pick_device, pick_precision
 from tuilm.flops import run_flops
 from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
-from tuilm.train import distributed
+from tuilm.train import accel, distributed
 from tuilm.train import events as ev
 from tuilm.train.backward import healing_backward, non_finite
 from tuilm.train.controls import Controls
@@ -53,19 +52,14 @@ class Trainer(Controls):
         self.bus = bus or ev.EventBus()
         self.dataset = dataset
         t = config.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
         self.dist = distributed.current()  # world 1 unless launched by torchrun
-        self.device = distributed.rank_device(pick_device(t.device), self.dist)
-        self.precision = pick_precision(self.device, t.dtype)
-        if self.device.type == "cuda":
-            torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever autocast leaves in fp32
+        self.device, self.precision = accel.setup_device(t, self.dist)
         self.config = replace(config, model=replace(config.model, vocab_size=dataset.tokenizer.vocab_size))
         self.tcfg = t
         self.files = RunFiles(self.run_dir, dataset.tokenizer, self.config.to_dict())
         self.rows_per_step = config.rows_per_step
         self.dist.check_batch(self.rows_per_step)
-        micro = min(t.micro_batch_size or self.rows_per_step, self.rows_per_step)
+        micro = accel.initial_micro(t.micro_batch_size, self.rows_per_step, self.dist.world)
         self.batches = BatchSource(dataset, self.rows_per_step, micro, t.seed, config.data.doc_mask, self.dist.shard)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.rules = StopRules.of(t, self.steps_per_epoch)
@@ -73,7 +67,7 @@ class Trainer(Controls):
         torch.manual_seed(t.seed)
         self.model = GPT(self.config.model).to(self.device)
         self.ddp = distributed.wrap(self.model, self.device, self.dist)  # the model itself in one process
-        self.forward = torch.compile(self.ddp) if t.compile else self.ddp
+        self.forward = accel.compiled(self.ddp, t.compile, self.device)  # compile = auto: on CUDA
         self.flops = run_flops(self.model, self.device, self.dist.world)  # for MFU beside tokens/s
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
@@ -111,8 +105,7 @@ class Trainer(Controls):
             self.session_start = (self.state.tokens, self.state.elapsed)
             self.guard.keep(self)
             self._emit(started_event(self))
-            if self.tcfg.compile:
-                self._emit(ev.Log(self.step, "torch.compile: the first step compiles the model, which takes a while"))
+            accel.start(self)  # notices for this device; micro_batch_size = auto: the largest that fits
             self._emit(ev.Status(self.step, "running"))
             reason = self._loop()
             self.result = self._finish(reason)
@@ -271,7 +264,7 @@ class Trainer(Controls):
         for action, kwargs in self.pending_requests():
             if action == "save":
                 self._save("request")
-            elif action == "eval":
+            elif action == "eval" and not distributed.refused(self, "evaluating now"):
                 self._evaluate()
             elif action == "sample":
                 self._sample(kwargs.get("prompt") or self.tcfg.sample_prompt)
@@ -290,6 +283,10 @@ class Trainer(Controls):
         self.bus.emit(event)
 
     # -- stops under DDP: every rank ends at the same step ---------------------------------------------------------
+
+    def pause(self) -> None:
+        if not distributed.refused(self, "pause"):  # the other ranks would wait in the step's all-reduce
+            super().pause()
 
     def stop(self, reason: str = "stopped") -> None:
         if not self.dist.active:
