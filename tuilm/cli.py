@@ -173,6 +173,34 @@ def lr_find(
 
 
 @app.command()
+def overfit(
+    recipe: Annotated[str, typer.Argument(help="Recipe name, .toml file or data path, as for `tuilm train`.")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a setting, as for train.")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="At most this many steps on the batch.")] = 200,
+    target: Annotated[
+        float | None,
+        typer.Option(
+            "--target", help="Pass under this loss (nats/token); default the larger of 0.05 and 1% of ln(vocab)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Keep the overfitted model: DIR/last.safetensors (default: none).")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Overfit one batch, the first check of Karpathy's recipe for training neural networks: train on the first
+    training batch alone until its loss is ~0. PASS (exit 0) says the model, loss and optimizer can learn;
+    FAIL (exit 1) names the likely causes (lr too low or too high, a bug in the loss or labels, too small a
+    model). No evaluation, nothing written unless --out."""
+    from tuilm.commands.overfit import overfit_command
+
+    code = overfit_command(recipe, list(overrides or []), steps=steps, target=target, out=out, as_json=as_json)
+    raise typer.Exit(code)
+
+
+@app.command()
 def sample(
     model_path: ModelPath,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue; - reads standard input.")] = "",
