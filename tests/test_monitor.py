@@ -348,3 +348,37 @@ def test_readme_examples_run_as_written(name, module, tmp_path):
     steps = [e for e in events if isinstance(e, ev.Step)]
     assert len(steps) == (200 if name == "plain" else 50) and isinstance(events[-1], ev.Finished)
     assert next(e for e in events if isinstance(e, ev.Health)).blocks  # the repeated blocks were found
+
+
+def test_a_models_own_logits_and_attentions_feed_log_z_and_entropy_alerts(tmp_path):
+    # Another model's loop passes what tuilm's GPT measures itself: the output logits and attention probabilities.
+    # Planted at step 20: logits shifted by 50 (log Z drifts by 50 > 20) and attention on one key (entropy 0).
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = TinyLM()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    with Monitor(model, optimizer, run_dir=tmp_path / "own", config={"interval": 5}) as mon:
+        for step in range(1, 26):
+            x, y = batch(g)
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+            loss.backward()
+            optimizer.step()
+            rows, length = x.shape
+            uniform = torch.full((rows, 2, length, length), 1.0 / length)
+            one_key = torch.zeros_like(uniform)
+            one_key[..., 0] = 1.0
+            planted = step >= 20
+            attentions = [one_key if planted else uniform] * 3
+            mon.step(
+                loss, tokens=y.numel(), logits=logits + (50 if planted else 0), attentions=attentions
+            )
+            optimizer.zero_grad()
+    events = read_events(tmp_path / "own" / "metrics.jsonl")
+    health = [e for e in events if isinstance(e, ev.Health)]
+    assert [h.step for h in health] == [5, 10, 15, 20, 25]
+    assert health[0].log_z is not None and math.isfinite(health[0].log_z)
+    assert health[0].attn_entropy == pytest.approx([math.log(16)] * 3, rel=1e-5)
+    alerts = {(a.code, a.step) for a in events if isinstance(a, ev.Alert)}
+    assert ("logz_drift", 20) in alerts and not any(code == "logz_drift" and s < 20 for code, s in alerts)
+    assert ("entropy_collapse", 20) in alerts and not any(c == "entropy_collapse" and s < 20 for c, s in alerts)

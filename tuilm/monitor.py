@@ -141,8 +141,13 @@ class Monitor:
         yield self
         self.step(loss, tokens=tokens)
 
-    def step(self, loss, tokens: int = 0, lr: float | None = None) -> None:
-        """Call once per optimizer step, after it: the step's loss (a tensor or a number) and target tokens."""
+    def step(self, loss, tokens: int = 0, lr: float | None = None, logits=None, attentions=None) -> None:
+        """Call once per optimizer step, after it: the step's loss (a tensor or a number) and target tokens.
+
+        For a model that is not tuilm's GPT, pass the step's output `logits` (..., vocab) to watch their log Z
+        (the logz_drift alert), and `attentions` (per layer, attention probabilities (batch, heads, query, key):
+        a Hugging Face model's `output_attentions=True`) to watch attention entropy (entropy_collapse). Both are
+        read only at the health cadence, without gradients."""
         now = time.perf_counter()
         step_time = now - self._last_time if self._last_time is not None else 0.0
         self._last_time = now
@@ -163,7 +168,7 @@ class Monitor:
         else:
             self._train_losses.append(loss_value)
             if self.health.due(step):
-                self.health.measure(step)
+                self.health.measure(step, log_z=output_log_z(logits), attn_entropy=attention_entropy(attentions))
             self.health.check_step(step, loss_value, grad_norm)
         self.health._before = None
         self._snapshot_if_due()
@@ -273,3 +278,21 @@ class Monitor:
 class _NoOptimizer:
     param_groups: list = []
     state: dict = {}
+
+
+def output_log_z(logits) -> float | None:
+    """The mean log-sum-exp of the output logits over every position: the quantity z-loss keeps near 0."""
+    if logits is None:
+        return None
+    with torch.no_grad():
+        return float(torch.logsumexp(logits.detach().float(), dim=-1).mean())
+
+
+def attention_entropy(attentions) -> list[float] | None:
+    """Per layer, the mean entropy (nats) of attention probabilities (batch, heads, query, key)."""
+    if not attentions:
+        return None
+    with torch.no_grad():
+        return [
+            float(-(a.detach().float() * a.detach().float().clamp_min(1e-12).log()).sum(-1).mean()) for a in attentions
+        ]

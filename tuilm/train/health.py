@@ -307,9 +307,10 @@ class HealthMonitor:
     def snapshot(self) -> None:
         self._before = [p.detach().clone() for p in self.params]
 
-    def measure(self, step: int, batch=None, to_tensors=None) -> None:
+    def measure(self, step: int, batch=None, to_tensors=None, log_z=None, attn_entropy=None) -> None:
         """After the optimizer step: update ratios, weights, moments, activations, entropy (for a model with
-        `attention_entropy`, given the step's batch); then alerts."""
+        `attention_stats`, given the step's batch); then alerts. Another model's loop may pass what it measured
+        itself: the output logits' mean log Z and each layer's mean attention entropy (tuilm.Monitor does)."""
         import time
 
         t0 = time.perf_counter()
@@ -325,9 +326,8 @@ class HealthMonitor:
         ratio = torch.log10(u / w.clamp_min(1e-12)).clamp_min(-12.0)
         m_norm, v_norm, snr = self._moments()
         blocks = [f"block{i}" for i in range(len(self.group_of.blocks))]
-        entropy: list[float] = []
+        entropy: list[float] = list(attn_entropy or [])
         max_logit: list[float] = []
-        log_z: float | None = None
         if batch is not None and to_tensors is not None and hasattr(self.model, "attention_stats"):
             x, _, pos, doc = to_tensors(batch)
             rows = slice(0, ENTROPY_ROWS)

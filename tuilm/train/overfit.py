@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from tuilm.train.backward import forward_backward
+from tuilm.train.backward import healing_backward
 from tuilm.train.optim import lr_at
 
 ABSOLUTE_TARGET = 0.05  # nats/token: what "~0" means for a small vocabulary
@@ -66,7 +66,7 @@ def overfit_batch(
     stopped = "steps"
     for i in range(steps):
         trainer._set_lr(lr_at(i, math.nan, schedule))
-        loss_sum, grad_norm = forward_backward(trainer, micro, n_targets, health_step=False)
+        loss_sum, grad_norm = healing_backward(trainer, micro, n_targets, health_step=False)
         loss = float(loss_sum) / max(1, n_targets)
         losses.append(loss)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
