@@ -230,8 +230,10 @@ def test_under_ddp_rank_0_alone_builds_the_dashboard(small_corpus, tmp_path, mon
     from tuilm.train.distributed import Dist
 
     fronts = []
-    monkeypatch.setattr(train_command, "run_dashboard", lambda trainer: fronts.append("dashboard") or 0)
-    monkeypatch.setattr(train_command, "run_headless", lambda trainer, progress=None: fronts.append("none") or 0)
+    monkeypatch.setattr(train_command, "run_dashboard", lambda trainer, compare=None: fronts.append("dashboard") or 0)
+    monkeypatch.setattr(
+        train_command, "run_headless", lambda trainer, progress=None, compare=None: fronts.append("none") or 0
+    )
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
     config = tiny_config(small_corpus, "max_steps=1")

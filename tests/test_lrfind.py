@@ -18,7 +18,8 @@ SETS = [arg for item in TINY for arg in ("--set", item)]
 @pytest.mark.slow
 def test_the_suggestion_lands_within_4x_of_the_best_lr_of_a_sweep(small_corpus, tmp_path):
     finder, _ = tiny_trainer(small_corpus, tmp_path / "find", "sample_tokens=0")
-    result = lr_range_test(finder, start=1e-5, end=1.0, steps=150)
+    # The command's default 300 steps: at 150 the smoothed loss lags the fast-rising lr by a decade here
+    result = lr_range_test(finder, start=1e-5, end=1.0, steps=300)
     assert result.smoothed[result.min_index] < result.smoothed[0]  # the loss fell before it rose
     suggested = result.suggestion()
     assert suggested == pytest.approx(result.lr_at_min / 10)

@@ -370,9 +370,7 @@ def test_a_models_own_logits_and_attentions_feed_log_z_and_entropy_alerts(tmp_pa
             one_key[..., 0] = 1.0
             planted = step >= 20
             attentions = [one_key if planted else uniform] * 3
-            mon.step(
-                loss, tokens=y.numel(), logits=logits + (50 if planted else 0), attentions=attentions
-            )
+            mon.step(loss, tokens=y.numel(), logits=logits + (50 if planted else 0), attentions=attentions)
             optimizer.zero_grad()
     events = read_events(tmp_path / "own" / "metrics.jsonl")
     health = [e for e in events if isinstance(e, ev.Health)]

@@ -162,7 +162,7 @@ def lr_find(
     end: Annotated[
         float, typer.Option("--end", help="Last learning rate (the test stops earlier on divergence).")
     ] = 1.0,
-    steps: Annotated[int, typer.Option("--steps", help="Steps from --start to --end.")] = 200,
+    steps: Annotated[int, typer.Option("--steps", help="Steps from --start to --end.")] = 300,
     png: Annotated[Path | None, typer.Option("--png", help="Also write the plot here (needs tuilm[plot]).")] = None,
     rule: Annotated[str, typer.Option("--rule", help="min/10 (a tenth of the minimum's lr) or steepest.")] = "min/10",
 ) -> None:

@@ -58,7 +58,7 @@ def lr_range_test(
     *,
     start: float = 1e-6,
     end: float = 1.0,
-    steps: int = 200,
+    steps: int = 300,
     beta: float = 0.9,
     diverge: float = 4.0,
     on_step: Callable[[int, float, float], None] | None = None,
