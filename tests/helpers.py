@@ -89,3 +89,19 @@ def hold_lock_in_child(run_dir):
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "locked"
     return child
+
+
+RECORDED_RUN = Path(__file__).parent / "data" / "recorded_run.jsonl"  # a real run's metrics.jsonl, for UI tests
+
+
+def replayed(upto: int | None = None):
+    """A dashboard store fed the recorded run's events (up to step `upto`)."""
+    from tuilm.train.sinks import read_events
+    from tuilm.tui.store import RunStore
+
+    store = RunStore()
+    for event in read_events(RECORDED_RUN):
+        if upto is not None and getattr(event, "step", 0) > upto:
+            break
+        store(event)
+    return store

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from textual.widgets import Input, Static
 
-from tests.helpers import TINY, run_tuilm
+from tests.helpers import TINY, replayed, run_tuilm
 from tuilm.train import events as ev
 from tuilm.train.comparison import OtherRun, axis_for, compare_metrics
 from tuilm.train.sinks import read_events
 from tuilm.tui.app import Dashboard
 from tuilm.tui.compare import OWN_MARK, TRAIN_MARK, VAL_MARK, ComparePrompt
-from tuilm.tui.store import RunStore
 from tuilm.tui.widgets import LineChart
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run.jsonl"
@@ -28,15 +27,6 @@ SETS = [arg for item in TINY for arg in ("--set", item)]
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-def recorded_store(upto: int | None = None) -> RunStore:
-    store = RunStore()
-    for event in read_events(RECORDED):
-        if upto is not None and getattr(event, "step", 0) > upto:
-            break
-        store(event)
-    return store
 
 
 def write_other(folder: Path, shift: float = 0.5, batch_size: int | None = None, upto: int | None = None) -> Path:
@@ -72,7 +62,7 @@ async def until(pilot, condition, timeout: float = 30.0, what: str = "condition"
 @pytest.mark.anyio
 async def test_the_overlay_draws_both_runs_in_other_marks_and_c_toggles_it(tmp_path):
     other = write_other(tmp_path / "wider")
-    app = Dashboard(store=recorded_store(), compare=other)
+    app = Dashboard(store=replayed(), compare=other)
     async with app.run_test(size=(120, 40)) as pilot:
         loss, val = app.query_one("#loss", LineChart), app.query_one("#val", LineChart)
         await until(pilot, lambda: len(loss.series) == 4, what="the other run's curves")
@@ -103,7 +93,7 @@ async def test_the_overlay_draws_both_runs_in_other_marks_and_c_toggles_it(tmp_p
 @pytest.mark.anyio
 async def test_a_live_other_run_grows_on_the_chart(tmp_path):
     metrics = write_other(tmp_path / "live", upto=40)
-    app = Dashboard(store=recorded_store(), compare=metrics)
+    app = Dashboard(store=replayed(), compare=metrics)
     async with app.run_test(size=(120, 40)) as pilot:
         loss = app.query_one("#loss", LineChart)
         await until(pilot, lambda: len(loss.series) == 4 and loss.series[2].x[-1] == 40, what="the first 40 steps")
@@ -143,7 +133,7 @@ async def test_c_without_a_comparison_asks_for_a_run_and_refuses_a_bad_one(tmp_p
 @pytest.mark.anyio
 async def test_runs_of_other_batch_shapes_are_compared_by_tokens(tmp_path):
     other = write_other(tmp_path / "big-batch", batch_size=16)
-    app = Dashboard(store=recorded_store(), compare=other)
+    app = Dashboard(store=replayed(), compare=other)
     async with app.run_test(size=(120, 40)) as pilot:
         loss = app.query_one("#loss", LineChart)
         await until(pilot, lambda: len(loss.series) == 4, what="the other run's curves")

@@ -16,14 +16,14 @@ import torch
 from textual.app import App
 from textual.widgets import RichLog
 
-from tests.helpers import plant_failure, tiny_trainer
+from tests.helpers import plant_failure, replayed, tiny_trainer
 from tuilm.commands import chat as chat_commands
 from tuilm.commands.chat import open_chat
 from tuilm.commands.train import run_dashboard
 from tuilm.commands.watch import watch_command
 from tuilm.errors import TuilmError
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsTail, read_events
+from tuilm.train.sinks import MetricsTail
 from tuilm.tui.app import Dashboard
 from tuilm.tui.source import FOLLOW_INTERVAL
 from tuilm.tui.store import Ring, RunStore, downsample, windowed_rate
@@ -44,15 +44,6 @@ async def until(pilot, condition, timeout: float = 30.0, what: str = "condition"
 
 def pane_text(app: App, pane: str) -> str:
     return "\n".join(strip.text for strip in app.query_one(f"#{pane}", RichLog).lines)
-
-
-def replayed(upto: int | None = None) -> RunStore:
-    store = RunStore()
-    for event in read_events(RECORDED):
-        if upto is not None and getattr(event, "step", 0) > upto:
-            break
-        store(event)
-    return store
 
 
 def break_weights_at(trainer, step: int):

@@ -120,3 +120,12 @@ def non_finite(trainer, loss_value: float, grad_norm: float) -> bool:
     if stop:
         trainer.stop("nonfinite")
     return True
+
+
+def apply_update(trainer) -> None:
+    """The optimizer step (through the GradScaler under fp16), after gradients passed every check."""
+    if trainer.scaler:
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+    else:
+        trainer.optimizer.step()

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from tuilm.train.backward import healing_backward
+from tuilm.train.backward import apply_update, healing_backward
 from tuilm.train.optim import lr_at
 
 ABSOLUTE_TARGET = 0.05  # nats/token: what "~0" means for a small vocabulary
@@ -73,11 +73,7 @@ def overfit_batch(
             stopped = "nonfinite"
             trainer.optimizer.zero_grad(set_to_none=True)
             break
-        if trainer.scaler:
-            trainer.scaler.step(trainer.optimizer)
-            trainer.scaler.update()
-        else:
-            trainer.optimizer.step()
+        apply_update(trainer)
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.state.step += 1
         if on_step is not None:

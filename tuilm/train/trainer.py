@@ -23,7 +23,7 @@ from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
 from tuilm.train import accel, distributed
 from tuilm.train import events as ev
-from tuilm.train.backward import healing_backward, non_finite
+from tuilm.train.backward import apply_update, healing_backward, non_finite
 from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
 from tuilm.train.health import HealthMonitor
@@ -180,11 +180,7 @@ class Trainer(Controls):
             self._skips = 0
             if health_step:
                 self.health.snapshot()
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
+            apply_update(self)
         self.optimizer.zero_grad(set_to_none=True)
         return skipped
 
