@@ -173,7 +173,7 @@ class Dashboard(App[OpenChat | None]):
         self._draw_panels_if_due(force=any(isinstance(e, ev.Finished | ev.Failed) for e in drained.events))
 
     def _draw_panels_if_due(self, force: bool = False) -> None:
-        if self._pacer.due(force):
+        if self._pacer.due(force or self._panels.overlay_news()):
             self._panels.draw(self.store)
 
     def _state(self) -> str:

@@ -78,6 +78,12 @@ class Panels:
         """The compared run has news, or was shown or hidden, since the last redraw."""
         return self.overlay.state() != self.overlay_drawn
 
+    def overlay_news(self) -> bool:
+        """The overlay was shown, hidden or switched, or its run's first lines arrived: drawn at once, whatever
+        the pacer's wait (a redraw of 150 ms would otherwise keep a user's `c` or --compare waiting 15 s)."""
+        (shown, other, version), drawn = self.overlay.state(), self.overlay_drawn
+        return (shown, other) != drawn[:2] or (version > 0 and drawn[2] <= 0)
+
     def toggle(self, what: str, store: RunStore) -> None:
         """Key l (`log`): the loss chart's log scale; key m (`smooth`): its smoothed train loss. Redrawn at once."""
         loss = self.charts["loss"]
