@@ -16,6 +16,8 @@ Kinds of checksum (the prefix of the stored value):
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -111,14 +113,37 @@ def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     def fill(f: BinaryIO) -> None:
         f.write(len(header).to_bytes(8, "little"))
         f.write(header)
-        h = _start(metadata)
-        for name, t in ordered:
-            h.update(_describe(name, DTYPE_NAMES[t.dtype], t.shape))
-            data = _raw(t)
-            for i in range(0, len(data), CHUNK):
-                chunk = data[i : i + CHUNK]
-                f.write(chunk)
-                h.update(chunk)
+        # A second thread writes while this one hashes: a write releases the GIL inside the system call, so the
+        # hash (which holds it) runs beside the copy into the page cache instead of after it.
+        chunks: queue.Queue = queue.Queue(maxsize=8)
+        failed: list[BaseException] = []
+
+        def writer() -> None:
+            while (chunk := chunks.get()) is not None:
+                if not failed:
+                    try:
+                        f.write(chunk)
+                    except BaseException as e:  # reported in the caller's thread, after the join
+                        failed.append(e)
+
+        thread = threading.Thread(target=writer, name="tuilm-checkpoint-writer", daemon=True)
+        thread.start()
+        try:
+            h = _start(metadata)
+            for name, t in ordered:
+                h.update(_describe(name, DTYPE_NAMES[t.dtype], t.shape))
+                data = _raw(t)
+                for i in range(0, len(data), CHUNK):
+                    chunk = data[i : i + CHUNK]
+                    chunks.put(chunk)
+                    h.update(chunk)
+                    if failed:
+                        break
+        finally:
+            chunks.put(None)
+            thread.join()
+        if failed:
+            raise failed[0]
         metadata[CHECKSUM] = f"{IN_FILE_ORDER}:{h.hexdigest()}"
         f.seek(8 + at)
         f.write(metadata[CHECKSUM].encode())
