@@ -6,9 +6,11 @@ Shape: 1 layer, d_model 16, 2 heads, seq 16, batch 4 (vocab 258, bytes).
 - `tuilm`: tuilm's Trainer with everything on (data pipeline, events, metrics.jsonl, health monitor at its
   default cadence), on tiny Shakespeare or a synthetic corpus, at the default train.log_interval = 1.
 - `tuilm_lean`: the same with train.log_interval = 10 (--log-interval): nothing read back between logged steps.
-Both run back to back in this process. Prints one JSON object with the ratio of steps/s (tuilm / reference).
+All three run in this process, interleaved over --rounds rounds so that the machine's drift touches them alike.
+Prints one JSON object: each round's figures and the median over rounds of the ratio of steps/s (tuilm /
+reference).
 
-Usage: python benchmarks/step_overhead.py [--steps 400] [--threads 1] [--log-interval 10]
+Usage: python benchmarks/step_overhead.py [--steps 1000] [--rounds 3] [--threads 1] [--log-interval 10]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -31,8 +34,8 @@ from train_throughput import synthetic_corpus
 SHAPE = {"n_layers": 1, "n_heads": 2, "d_model": 16, "seq_len": 16, "batch_size": 4}
 
 
-def reference(steps: int) -> dict:
-    step = reference_step(258, SHAPE, bias=False)
+def reference(steps: int, step=None) -> dict:
+    step = step or reference_step(258, SHAPE, bias=False)
 
     for _ in range(20):
         step()
@@ -92,14 +95,20 @@ def tuilm_trainer(steps: int, log_interval: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of (reference, tuilm, lean), interleaved")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log-interval", type=int, default=10, help="train.log_interval of the lean run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ref = reference(args.steps)
-    ours = tuilm_trainer(args.steps, 1)
-    lean = tuilm_trainer(args.steps, args.log_interval)
+    step = reference_step(258, SHAPE, bias=False)
+    rounds = []
+    for _ in range(args.rounds):  # interleaved, so a drift of the machine's speed touches all three alike
+        rounds.append(
+            (reference(args.steps, step), tuilm_trainer(args.steps, 1), tuilm_trainer(args.steps, args.log_interval))
+        )
+    ratios = [ours["steps_per_s"] / ref["steps_per_s"] for ref, ours, _ in rounds]
+    lean_ratios = [lean["steps_per_s"] / ref["steps_per_s"] for ref, _, lean in rounds]
     print(
         json.dumps(
             {
@@ -108,11 +117,13 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "machine": platform.processor() or platform.machine(),
-                "reference_nanogpt_style": ref,
-                "tuilm": ours,
-                "tuilm_lean": lean,
-                "ratio_tuilm_to_reference": round(ours["steps_per_s"] / ref["steps_per_s"], 3),
-                "ratio_tuilm_lean_to_reference": round(lean["steps_per_s"] / ref["steps_per_s"], 3),
+                "rounds": args.rounds,
+                "reference_nanogpt_style": [r[0] for r in rounds],
+                "tuilm": [r[1] for r in rounds],
+                "tuilm_lean": [r[2] for r in rounds],
+                "ratios_tuilm_to_reference": [round(r, 3) for r in ratios],
+                "ratio_tuilm_to_reference": round(statistics.median(ratios), 3),
+                "ratio_tuilm_lean_to_reference": round(statistics.median(lean_ratios), 3),
             },
             indent=2,
         )

@@ -242,13 +242,18 @@ def collate(
     """
     lengths = rows.lengths[index]
     width = int(lengths.max()) - 1 if trim else rows.seq_len
-    tokens = np.full((len(index), width + 1), pad_id, dtype=np.int64)
     span = np.arange(width + 1)
-    real = span[None, :] < lengths[:, None]
-    gather = np.minimum(rows.starts[index, None] + span[None, :], len(rows.stream) - 1)
-    tokens[real] = rows.stream[gather][real]
-    inputs, targets = tokens[:, :-1], tokens[:, 1:].copy()
-    targets[~real[:, 1:]] = IGNORE
+    if int(lengths.min()) == width + 1:  # every row full (packed rows always are): nothing to pad or mask
+        tokens = rows.stream[rows.starts[index, None] + span[None, :]].astype(np.int64, copy=False)
+        real = np.ones(tokens.shape, dtype=bool)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:].copy()
+    else:
+        tokens = np.full((len(index), width + 1), pad_id, dtype=np.int64)
+        real = span[None, :] < lengths[:, None]
+        gather = np.minimum(rows.starts[index, None] + span[None, :], len(rows.stream) - 1)
+        tokens[real] = rows.stream[gather][real]
+        inputs, targets = tokens[:, :-1], tokens[:, 1:].copy()
+        targets[~real[:, 1:]] = IGNORE
     batch = Batch(np.ascontiguousarray(inputs), targets, real[:, :-1].copy())
     if doc_mask:
         is_eos = inputs == eos_id

@@ -368,24 +368,34 @@ class HealthMonitor:
         element-wise |m| / sqrt(v) where there is a v (nan elsewhere; all empty for optimizers without moments)."""
         n = len(self.params)
         m, v, snr, count = torch.zeros(n), torch.zeros(n), torch.zeros(n), torch.zeros(n)
-        found = False
         betas = {id(p): g.get("betas", (0.9, 0.999)) for g in self.optimizer.param_groups for p in g["params"]}
-        with torch.no_grad():
-            for i, p in enumerate(self.params):
-                state = self.optimizer.state.get(p, {})
-                if "exp_avg" in state and "exp_avg_sq" in state:
-                    found = True
-                    ma, va = state["exp_avg"].float(), state["exp_avg_sq"].float()
-                    m[i], v[i] = ma.norm(), va.norm()
-                    # The signal-to-noise of what Adam applies: bias-corrected moments, as in its update.
-                    t = float(state.get("step", 1))
-                    b1, b2 = betas[id(p)]
-                    scale = math.sqrt(1 - b2**t) / (1 - b1**t)
-                    snr[i] = (ma.abs() / (va.sqrt() + 1e-12)).sum() * scale
-                    count[i] = ma.numel()
-                elif "momentum_buffer" in state and state["momentum_buffer"] is not None:  # Muon, SGD: no 2nd moment
-                    found = True
-                    m[i] = state["momentum_buffer"].float().norm()
+        adam, momentum = [], []  # (index, state) of parameters with both of Adam's moments / a momentum buffer
+        for i, p in enumerate(self.params):
+            state = self.optimizer.state.get(p, {})
+            if "exp_avg" in state and "exp_avg_sq" in state:
+                adam.append((i, state))
+            elif state.get("momentum_buffer") is not None:  # Muon, SGD: no 2nd moment
+                momentum.append((i, state))
+        found = bool(adam or momentum)
+        with torch.no_grad():  # one foreach call per quantity: a loop of small ops per parameter took 0.6 ms
+            if adam:
+                index = [i for i, _ in adam]
+                ma = [st["exp_avg"].float() for _, st in adam]
+                va = [st["exp_avg_sq"].float() for _, st in adam]
+                m[index] = torch.stack(torch._foreach_norm(ma)).cpu()
+                v[index] = torch.stack(torch._foreach_norm(va)).cpu()
+                # The signal-to-noise of what Adam applies: bias-corrected moments, as in its update.
+                ratios = torch._foreach_div(torch._foreach_abs(ma), torch._foreach_add(torch._foreach_sqrt(va), 1e-12))
+                scales = []
+                for i, st in adam:
+                    t = float(st.get("step", 1))
+                    b1, b2 = betas[id(self.params[i])]
+                    scales.append(math.sqrt(1 - b2**t) / (1 - b1**t))
+                snr[index] = torch.stack([r.sum() for r in ratios]).cpu() * torch.tensor(scales)
+                count[index] = torch.tensor([float(a.numel()) for a in ma])
+            if momentum:
+                buffers = [st["momentum_buffer"].float() for _, st in momentum]
+                m[[i for i, _ in momentum]] = torch.stack(torch._foreach_norm(buffers)).cpu()
         if not found:
             return [], [], []
         counts = self._sum_groups(count)

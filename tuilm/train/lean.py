@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from tuilm.data.pipeline import Batch
-from tuilm.train.backward import healing_backward
+from tuilm.train.backward import clear_grads, healing_backward
 from tuilm.train.optim import lr_at
 from tuilm.train.reports import step_event
 
@@ -86,7 +86,7 @@ def lean_step(trainer, micro: list[Batch], n_targets: int, t0: float) -> None:
     loss_sum, norm = healing_backward(trainer, micro, n_targets, False, lean=True)
     trainer._set_lr(lr_at(s.step, trainer.progress, trainer.tcfg))
     bad = step_on_device(trainer.optimizer, loss_sum, norm)
-    trainer.optimizer.zero_grad(set_to_none=True)
+    clear_grads(trainer)
     s.step += 1
     s.tokens += n_targets
     step_time = time.perf_counter() - t0

@@ -103,11 +103,12 @@ def to_device(batch: Batch, device: torch.device):
     """(inputs, targets, pos_ids, doc_ids) as tensors on `device`; None stays None."""
 
     pin = device.type == "cuda"  # page-locked host memory makes the non-blocking copy truly asynchronous
+    host = device.type == "cpu"  # the numpy arrays' own memory: no copy, and no .to() call to dispatch
 
     def put(a):
         if a is None:
             return None
         t = torch.from_numpy(a)
-        return (t.pin_memory() if pin else t).to(device, non_blocking=True)
+        return t if host else (t.pin_memory() if pin else t).to(device, non_blocking=True)
 
     return put(batch.inputs), put(batch.targets), put(batch.pos_ids), put(batch.doc_ids)

@@ -18,32 +18,37 @@ from tuilm.train.lines import eval_summary, finished_line
 
 
 class MetricsFile:
-    """metrics.jsonl: one JSON object per event, each written whole and flushed.
+    """metrics.jsonl: one JSON object per event, each appended whole.
 
-    Appends are single write() calls of a complete line, so a reader tailing the file (tuilm watch) never sees
-    half an event, and a crash loses at most the line being written.
+    Each event is one os.write() of a complete line to a file opened for appending (no Python buffer in
+    between), so a reader tailing the file (tuilm watch) never sees half an event, and a crash loses at most
+    the line being written.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed on Finished/Failed
+        self._fd: int | None = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644
+        )
         self._lock = threading.Lock()
 
     def __call__(self, event: ev.Event) -> None:
-        line = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = (json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
         with self._lock:
-            if self._file.closed:
+            if self._fd is None:
                 return
-            self._file.write(line)
-            self._file.flush()
+            view = memoryview(line)
+            while view:  # a regular file takes the whole line at once; the loop is for the rare short write
+                view = view[os.write(self._fd, view) :]
             if isinstance(event, ev.Finished | ev.Failed):
-                os.fsync(self._file.fileno())
+                os.fsync(self._fd)
 
     def close(self) -> None:
         with self._lock:
-            if not self._file.closed:
-                self._file.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def read_events(path: Path, *, replaced: bool = False) -> list[ev.Event]:

@@ -23,7 +23,7 @@ from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
 from tuilm.train import accel, distributed
 from tuilm.train import events as ev
-from tuilm.train.backward import apply_update, healing_backward, non_finite
+from tuilm.train.backward import apply_update, clear_grads, healing_backward, non_finite
 from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
 from tuilm.train.health import HealthMonitor
@@ -181,7 +181,7 @@ class Trainer(Controls):
             if health_step:
                 self.health.snapshot()
             apply_update(self)
-        self.optimizer.zero_grad(set_to_none=True)
+        clear_grads(self)
         return skipped
 
     def _set_lr(self, lr: float) -> None:
