@@ -2,8 +2,8 @@
 learning rate grows exponentially from `start` to `end` over `steps` steps, smooth the loss with a debiased
 exponential moving average, and stop once it diverges (the smoothed loss over `diverge` times its minimum, or
 non-finite). The suggestion is one tenth of the learning rate at the smoothed minimum (the loss is still falling
-fast there, and a tenth leaves room for the schedule's peak); the learning rate of the steepest descent is
-reported beside it.
+fast there, and a tenth leaves room for the schedule's peak), the minimum before the loss first rises 15% above
+it; the learning rate of the steepest descent is reported beside it.
 
 The model, optimizer, batches and precision are a Trainer's, so the test sees what training would; the loop here
 is its own (no schedule, no evaluation, no checkpoints) and nothing is written to the run directory.
@@ -23,6 +23,7 @@ from tuilm.data.pipeline import IGNORE
 from tuilm.train.schedule import to_device
 
 RULES = ("min/10", "steepest")
+RISE = 0.15  # a rise of the smoothed loss by this fraction of its lowest so far ends the search for the minimum
 
 
 @dataclass
@@ -34,7 +35,15 @@ class RangeTest:
 
     @property
     def min_index(self) -> int:
-        return int(np.nanargmin(self.smoothed))
+        """Where the smoothed loss is lowest before it first rises RISE above its lowest so far.
+
+        Past such a rise training has already been unstable, and a lower loss further on is luck: on one tiny
+        model the global minimum moved 8x between one and two threads, the first one stayed put."""
+        smoothed = np.array(self.smoothed, dtype=float)
+        lowest = np.fmin.accumulate(np.where(np.isfinite(smoothed), smoothed, np.inf))
+        rose = np.flatnonzero(smoothed > lowest * (1 + RISE))
+        upto = int(rose[0]) if len(rose) else len(smoothed)
+        return int(np.nanargmin(smoothed[: max(1, upto)]))
 
     @property
     def lr_at_min(self) -> float:
