@@ -5,6 +5,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker, set before torch is imported: two workers of two threads each on two cores make
+    # OpenMP's spinning threads wait on each other, some tests 60 times slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):

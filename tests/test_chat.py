@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -20,6 +19,7 @@ from prompt_toolkit.output import DummyOutput
 from safetensors.torch import save_file
 
 from tests.helpers import run_tuilm as tuilm
+from tests.helpers import start_tuilm
 from tuilm.chat import session as session_module
 from tuilm.chat.commands import COMMANDS, run_command
 from tuilm.chat.repl import Screen, history_path, make_session, run_interactive, run_lines
@@ -437,18 +437,10 @@ def bad_checkpoints(run_dir, tmp_path_factory):
     meta["model_config"] = json.dumps({**json.loads(meta["model_config"]), "d_model": 64})
     paths["mismatch"] = folder / "mismatch.safetensors"
     save_file(tensors, str(paths["mismatch"]), metadata=meta)
-    # All at once: each is a fresh interpreter importing torch, the slow part of this file.
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "tuilm", "chat", "--model-path", str(path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, path in paths.items()
+    procs = {name: start_tuilm("chat", "--model-path", str(path)) for name, path in paths.items()}  # all at once
+    return {
+        name: (out.returncode, out.stdout, out.stderr) for name, out in ((n, p.wait(120)) for n, p in procs.items())
     }
-    return {name: (proc.wait(timeout=120), *proc.communicate()) for name, proc in procs.items()}
 
 
 @pytest.mark.parametrize(

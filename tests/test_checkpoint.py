@@ -202,14 +202,13 @@ def test_sample_neutralises_control_characters_on_a_terminal(babbler):
 
 
 def test_prompts_that_are_not_utf8_are_replaced_with_a_note(run_dir):
-    base = [sys.executable, "-m", "tuilm", "sample", "-m", str(run_dir), "-n", "3", "--seed", "1"]
+    base = ["sample", "-m", str(run_dir), "-n", "3", "--seed", "1"]
     for prompt in (b"caf\xe9", b"a\xed\xa0\x80b"):  # Latin-1 bytes, an encoded surrogate
-        out = subprocess.run([*base, "-p", prompt], capture_output=True, timeout=120)
+        out = tuilm(*base, "-p", prompt, text=False)
         stderr = out.stderr.decode()
         assert out.returncode == 0 and "Traceback" not in stderr, stderr
         assert "not valid UTF-8" in stderr and out.stdout.decode().count("\ufffd") >= 1
-    out = subprocess.run([*base, "-p", "-"], input=b"caf\xe9", capture_output=True, timeout=120)
+    out = tuilm(*base, "-p", "-", input=b"caf\xe9", text=False)
     assert out.returncode == 0 and out.stdout.decode().startswith("caf\ufffd"), out.stderr.decode()
-    chat = [sys.executable, "-m", "tuilm", "chat", "-m", str(run_dir), "-n", "3"]
-    out = subprocess.run(chat, input=b"caf\xe9\n", capture_output=True, timeout=120)
+    out = tuilm("chat", "-m", str(run_dir), "-n", "3", input=b"caf\xe9\n", text=False)
     assert out.returncode == 0 and "Traceback" not in out.stderr.decode(), out.stderr.decode()

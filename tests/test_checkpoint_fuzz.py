@@ -7,8 +7,6 @@ import json
 import math
 import pickle
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save
 
-from tests.helpers import tiny_trainer
+from tests.helpers import run_tuilm, tiny_trainer
 from tuilm.checkpoint import (
     CHECKSUM,
     load_checkpoint,
@@ -496,9 +494,7 @@ def test_a_training_state_whose_moments_fit_no_parameter(original, state_origina
 
 
 def tuilm(*args, input=None):
-    return subprocess.run(
-        [sys.executable, "-m", "tuilm", *args], capture_output=True, text=True, input=input, timeout=120
-    )
+    return run_tuilm(*args, input=input, timeout=120)
 
 
 def assert_clean(out, *, allowed=(0, 2)):
