@@ -439,6 +439,28 @@ def test_training_state_truncated_or_flipped(original, state_original, scratch, 
     assert result == "refused" or bytes(data) == state_original[0]
 
 
+@pytest.mark.parametrize("which", ["model", "state"])
+@pytest.mark.parametrize("at", [0, 3, 7])
+def test_a_bit_flipped_in_the_checksum_key_is_refused(original, state_original, scratch, which, at):
+    """Found by the fuzz test above: "checksum" -> "chebksum" read as a file of an older tuilm, which has no
+    checksum to verify, and loaded."""
+    data = bytearray((original if which == "model" else state_original)[0])
+    data[data.index(b'"checksum"') + 1 + at] ^= 1
+    path = scratch / f"flipped-key-{which}.safetensors"
+    path.write_bytes(bytes(data))
+    result = outcome(path, original) if which == "model" else state_outcome(path, original)
+    assert result == "refused"
+
+
+def test_a_file_without_a_checksum_still_loads_with_a_note(original, scratch, capsys):
+    """What an older tuilm wrote: no checksum entry at all, nothing damaged."""
+    _, metadata, tensors, _ = original
+    path = scratch / "old.safetensors"
+    rewrite(path, tensors, metadata, "drop")
+    assert outcome(path, original) == "loaded"
+    assert "has no checksum" in capsys.readouterr().err
+
+
 state_keys = st.sampled_from(["format", "format_version", "param_groups", "optim_scalars", "state", CHECKSUM])
 state_fields = st.sampled_from(
     ["step", "tokens", "epoch", "batch_in_epoch", "elapsed", "train_losses", "health", "scaler", "best_val_loss"]

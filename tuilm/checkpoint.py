@@ -191,8 +191,25 @@ def write_with_checksum(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     integrity.write(path, tensors, metadata)
 
 
+def _damaged_checksum_key(metadata: dict[str, str]) -> bool:
+    """Whether a file without a checksum entry once had one: a bit flipped in the key itself would otherwise pass
+    for a file of an older tuilm, whose contents cannot be verified, and load. Its value is still a checksum, or
+    its key is still within a few characters of the name."""
+    for key, value in metadata.items():
+        if isinstance(value, str) and value.partition(":")[0] in integrity.KINDS:
+            return True
+        if len(key) == len(CHECKSUM) and sum(a != b for a, b in zip(key, CHECKSUM, strict=True)) <= 4:
+            return True
+    return False
+
+
 def _verify(path: Path, header: Header, data: bytes, what: str) -> None:
     stored = header.metadata.get(CHECKSUM)
+    if stored is None and _damaged_checksum_key(header.metadata):
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint (its checksum entry is damaged): use another checkpoint of the run "
+            "(best/last) or train again"
+        )
     if stored is None:
         print(
             f"note: {path} has no checksum (written by an older tuilm): its {what} cannot be verified", file=sys.stderr
