@@ -268,7 +268,8 @@ def test_second_ctrl_c_quits_at_once_and_a_rerun_finishes(small_corpus, tmp_path
     assert sweep(small_corpus, out, ["lr=1e-3,2e-3"], budget="5") == 130
     assert "quitting at once" in capsys.readouterr().out
     assert [r["status"] for r in read_csv(out / "results.csv")] == ["interrupted", "pending"]
-    builds.trainers[0].join(10)  # it was left to finish its step and save in the background
+    builds.trainers[0].join(60)  # it was left to finish its step and save in the background (slow on a busy machine)
+    assert not builds.trainers[0].thread.is_alive()
 
     builds.tamper.clear()
     assert sweep(small_corpus, out, ["lr=1e-3,2e-3"], budget="5") == 0
