@@ -44,6 +44,28 @@ def test_default_run_dir_is_named_after_the_source(small_corpus, tmp_path):
     assert len(runs) == 1 and runs[0].name.startswith("small-")
 
 
+def test_a_second_ctrl_c_quits_at_once_with_130(small_corpus, tmp_path):
+    """Not an abort in torch's C++ shutdown (exit 134, "terminate called without an active exception")."""
+    run = tmp_path / "run"
+    wide = ["--set", "d_model=256", "--set", "n_layers=4"]  # steps long enough for the second Ctrl-C to cut one
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuilm", "train", str(small_corpus), "--headless", "--out", str(run), *SETS, *wide],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (metrics.exists() and '"event":"step"' in metrics.read_text()):
+        time.sleep(0.05)
+    for _ in range(2):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=60)
+    assert "stopping now without saving" in stderr
+    assert proc.returncode == 130 and "terminate called" not in stderr, (proc.returncode, stderr[-500:])
+
+
 def test_ctrl_c_stops_cleanly_and_saves_then_resume_continues(small_corpus, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(

@@ -412,3 +412,18 @@ def main() -> None:
     except TuilmError as e:
         print_error(str(e))
         sys.exit(e.exit_code)
+    except SystemExit as e:
+        if e.code == 130:
+            _quit_at_once()
+        raise
+
+
+def _quit_at_once() -> None:
+    """Exit 130 (Ctrl-C) without the interpreter's shutdown: after a second Ctrl-C cut a step short, torch's
+    static destructors abort it in C++ ("terminate called without an active exception", exit 134). Every file
+    is written atomically and metrics.jsonl unbuffered, so nothing is left to flush but the terminal."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
