@@ -4,7 +4,6 @@ apart so the loop itself reads in one sitting."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -67,13 +66,10 @@ def accumulate(trainer, micro: list[Batch], n_targets: int, health_step: bool) -
     loss_sum = None
     model = trainer.ddp if health_step else trainer.forward  # hooks need the eager module
     weight = trainer.dist.world / n_targets
-    # Context managers only where they do something: at a millisecond a step, each costs a few microseconds.
-    hooks = trainer.health.activation_hooks(True) if health_step else contextlib.nullcontext()
-    no_sync = distributed.no_sync if trainer.dist.active else _no_context
-    with hooks:
+    with trainer.health.activation_hooks(health_step):
         for batch in micro:
             x, y, pos, doc = trainer._last_batch = to_device(batch, trainer.device)
-            with no_sync(trainer.ddp):
+            with distributed.no_sync(trainer.ddp):
                 with trainer.precision.autocast(trainer.device):
                     logits = model(x, pos_ids=pos, doc_ids=doc)
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
@@ -85,10 +81,6 @@ def accumulate(trainer, micro: list[Batch], n_targets: int, health_step: bool) -
     return loss_sum
 
 
-def _no_context(_module) -> contextlib.nullcontext:
-    return contextlib.nullcontext()
-
-
 def finish_grads(trainer, loss_sum: torch.Tensor, health_step: bool, lean: bool):
     """Unscale, record and clip the step's gradients; returns (loss_sum, gradient norm before clipping).
     `lean`: the norm stays a device tensor and clipping happens whatever it is (a non-finite step is skipped)."""
@@ -97,36 +89,37 @@ def finish_grads(trainer, loss_sum: torch.Tensor, health_step: bool, lean: bool)
     if health_step:
         trainer.health.record_grads()
     grads = [p.grad for p in trainer.params if p.grad is not None]
+    grouped = len({(g.device, g.dtype) for g in grads}) <= 1
     # Norm first, clip after the finiteness check: clipping by a NaN norm would turn every gradient into
     # NaN and hide which parameter was the source.
-    norm = total_norm(grads)
+    norm = total_norm(grads, grouped)
     if lean:
         if trainer.tcfg.grad_clip:
-            clip_(grads, trainer.tcfg.grad_clip, norm)
+            clip_(grads, trainer.tcfg.grad_clip, norm, grouped)
         return loss_sum, norm
     grad_norm = float(norm)
     if trainer.tcfg.grad_clip and math.isfinite(grad_norm):
-        clip_(grads, trainer.tcfg.grad_clip, norm)
+        clip_(grads, trainer.tcfg.grad_clip, norm, grouped)
     return loss_sum, grad_norm
 
 
 # torch.nn.utils.get_total_norm and clip_grads_with_norm_ do the same arithmetic, but first group the tensors by
 # device and dtype through two decorated calls, a tenth of a small model's step; a model's gradients share one
-# device and dtype, and only where they do not is torch's grouping needed.
+# device and dtype (`grouped`), and only where they do not is torch's grouping needed.
 
 
-def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+def total_norm(grads: list[torch.Tensor], grouped: bool) -> torch.Tensor:
     """The L2 norm of all gradients together, as a device tensor."""
     if not grads:
         return torch.zeros(())
-    if len({(g.device, g.dtype) for g in grads}) > 1:
+    if not grouped:
         return torch.nn.utils.get_total_norm(grads, foreach=True)
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def clip_(grads: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
+def clip_(grads: list[torch.Tensor], max_norm: float, norm: torch.Tensor, grouped: bool) -> None:
     """Scale the gradients down to total norm `max_norm` when `norm` is above it (in place)."""
-    if len({(g.device, g.dtype) for g in grads}) > 1:
+    if not grouped:
         torch.nn.utils.clip_grads_with_norm_(grads, max_norm, norm, foreach=True)
         return
     torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
@@ -200,8 +201,6 @@ def wrap(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.M
     """The model as DDP sees it (the module itself in one process)."""
     if not dist.active:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
@@ -209,7 +208,7 @@ def wrap(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.M
 def no_sync(ddp: torch.nn.Module):
     """DDP's own gradient all-reduce off: the ranks agree on out-of-memory errors first, then average the
     gradients in one bucketed all-reduce (Dist.mean_grads, called by train/backward.py)."""
-    if not hasattr(ddp, "no_sync"):
+    if not isinstance(ddp, DistributedDataParallel):  # not hasattr: a module's failed lookup raises, slowly
         return contextlib.nullcontext()
     return ddp.no_sync()
 

@@ -239,12 +239,13 @@ class HealthMonitor:
 
     # -- every `interval` steps -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def activation_hooks(self, active: bool):
         """Collect activation statistics from the forward passes run inside (only the first micro-batch)."""
-        if not active:
-            yield
-            return
+        # Inactive (most steps) it is a plain nullcontext: a generator-based one costs microseconds a step.
+        return self._hooked() if active else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _hooked(self):
         self._acts = {}
         self._armed = True
         handles = self._register_hooks()
