@@ -233,13 +233,9 @@ class Batch:
     inputs: np.ndarray  # int64 (B, T)
     targets: np.ndarray  # int64 (B, T), IGNORE where there is nothing to predict
     mask: np.ndarray  # bool (B, T), True for real tokens (the key-padding mask)
+    n_targets: int  # target tokens (not IGNORE), counted where the batch is built
     pos_ids: np.ndarray | None = None  # int64 (B, T) when documents are kept apart inside packed rows
     doc_ids: np.ndarray | None = None
-    n_targets: int = -1  # target tokens (not IGNORE); counted on construction when not given
-
-    def __post_init__(self) -> None:
-        if self.n_targets < 0:
-            self.n_targets = int((self.targets != IGNORE).sum())
 
 
 def collate(
@@ -254,7 +250,7 @@ def collate(
     if rows.full:  # the training loop's usual case, in as few numpy calls as it takes: each costs microseconds
         tokens = rows.stream[rows.starts[index, None] + rows.window].astype(np.int64)
         inputs, targets = tokens[:, :-1].copy(), tokens[:, 1:].copy()
-        batch = Batch(inputs, targets, np.ones(inputs.shape, dtype=bool), n_targets=inputs.size)
+        batch = Batch(inputs, targets, np.ones(inputs.shape, dtype=bool), inputs.size)
     else:
         lengths = rows.lengths[index]
         width = int(lengths.max()) - 1 if trim else rows.seq_len
@@ -265,7 +261,7 @@ def collate(
         tokens[real] = rows.stream[gather][real]
         inputs, targets = np.ascontiguousarray(tokens[:, :-1]), tokens[:, 1:].copy()
         targets[~real[:, 1:]] = IGNORE
-        batch = Batch(inputs, targets, real[:, :-1].copy(), n_targets=int(real[:, 1:].sum()))
+        batch = Batch(inputs, targets, real[:, :-1].copy(), int(real[:, 1:].sum()))
     width = inputs.shape[1]
     if doc_mask:
         is_eos = inputs == eos_id
