@@ -24,7 +24,7 @@ def lrfind_command(
 
     from tuilm.config import apply_overrides
     from tuilm.session import build_trainer, resolve_config
-    from tuilm.train.lrfind import RULES, lr_range_test
+    from tuilm.train.lrfind import DIVERGE, RULES, lr_range_test
 
     if not 0 < start < end:
         raise ConfigError(f"--start {start:g} and --end {end:g}: need 0 < start < end")
@@ -44,7 +44,7 @@ def lrfind_command(
 
     console.print(Text.from_ansi(terminal_plot(result, width=min(100, console.width - 1))))
     suggested = result.suggestion(rule)
-    why = {"diverged": "the smoothed loss passed 4x its minimum", "nonfinite": "the loss went non-finite"}
+    why = {"diverged": f"the smoothed loss passed {DIVERGE:g}x its minimum", "nonfinite": "the loss went non-finite"}
     console.print(f"stopped after {len(result.lrs)} steps: {why.get(result.stopped, f'reached lr {end:.0e}')}")
     console.print(f"smoothed loss lowest at lr {result.lr_at_min:.2e}; steepest descent at lr {result.steepest_lr:.2e}")
     rule_text = "one tenth of the lr at the minimum" if rule == "min/10" else "the steepest descent of the loss"

@@ -23,6 +23,7 @@ from tuilm.data.pipeline import IGNORE
 from tuilm.train.schedule import to_device
 
 RULES = ("min/10", "steepest")
+DIVERGE = 4.0  # the test stops once the smoothed loss passes this many times its minimum
 RISE = 0.15  # a rise of the smoothed loss by this fraction of its lowest so far ends the search for the minimum
 
 
@@ -65,14 +66,15 @@ class RangeTest:
 def lr_range_test(
     trainer,
     *,
-    start: float = 1e-6,
-    end: float = 1.0,
-    steps: int = 300,
+    start: float,
+    end: float,
+    steps: int,
     beta: float = 0.9,
-    diverge: float = 4.0,
+    diverge: float = DIVERGE,
     on_step: Callable[[int, float, float], None] | None = None,
 ) -> RangeTest:
-    """Run the test on `trainer`'s model (its weights change: build a trainer for it alone)."""
+    """Run the test on `trainer`'s model (its weights change: build a trainer for it alone). The learning rates
+    and step count are the command's (`tuilm lr-find`'s options hold their defaults)."""
     model, optimizer, device = trainer.model, trainer.optimizer, trainer.device
     clip = trainer.tcfg.grad_clip
     result = RangeTest()
