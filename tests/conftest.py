@@ -38,12 +38,17 @@ SMALL_TEXT = "\n\n".join(
 )
 
 
+def write_corpus(folder: Path, name: str = "small.txt") -> Path:
+    """SMALL_TEXT as folder/name, the corpus of most tiny runs."""
+    path = folder / name
+    path.write_text(SMALL_TEXT, encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def small_corpus(tmp_path) -> Path:
     """A few dozen documents of varied length, separated by blank lines."""
-    path = tmp_path / "small.txt"
-    path.write_text(SMALL_TEXT, encoding="utf-8")
-    return path
+    return write_corpus(tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +57,7 @@ def trained_run(tmp_path_factory) -> Path:
     from tests.helpers import tiny_trainer
 
     folder = tmp_path_factory.mktemp("trained")
-    corpus = folder / "corpus.txt"
-    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    corpus = write_corpus(folder, "corpus.txt")
     trainer, _ = tiny_trainer(corpus, folder / "run", "max_steps=10", "sample_tokens=0")
     trainer.run()
     return folder / "run"

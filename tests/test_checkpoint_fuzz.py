@@ -42,11 +42,10 @@ SECONDS = 30
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from tests.conftest import SMALL_TEXT
+    from tests.conftest import write_corpus
 
     folder = tmp_path_factory.mktemp("fuzz")
-    corpus = folder / "corpus.txt"
-    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    corpus = write_corpus(folder, "corpus.txt")
     trainer, _ = tiny_trainer(corpus, folder / "run", "max_steps=4", "sample_tokens=0")
     trainer.run()
     return folder / "run"

@@ -222,11 +222,10 @@ def test_tensorboard_without_the_package_is_one_line(monkeypatch, small_corpus, 
 
 @pytest.fixture(scope="module")
 def tensorboard_run(tmp_path_factory):
-    from tests.conftest import SMALL_TEXT
+    from tests.conftest import write_corpus
 
     folder = tmp_path_factory.mktemp("tb")
-    corpus = folder / "small.txt"
-    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    corpus = write_corpus(folder)
     run = folder / "first"
     out = run_tuilm(
         "train", str(corpus), "--headless", "--steps", "10", "--out", str(run), "--tensorboard", *SETS,

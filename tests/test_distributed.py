@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMALL_TEXT
+from tests.conftest import write_corpus
 from tests.helpers import TINY
 
 TIMEOUT = 240  # seconds: a hung job fails the test instead of blocking the suite
@@ -65,8 +65,7 @@ def evals_of(run_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("dist")
-    path = folder / "corpus.txt"
-    path.write_text(SMALL_TEXT, encoding="utf-8")
+    path = write_corpus(folder, "corpus.txt")
     return path
 
 
@@ -108,17 +107,25 @@ def test_two_rank_run_resumes_in_one_process(corpus, one_process):
 
 FAILING_RANK = """
 import sys
+from tuilm.commands import train
 from tuilm.train import distributed
-from tuilm.train.trainer import Trainer
+from tuilm.train import events as ev
 
-step = Trainer._train_step
+build = train.build_trainer
 
-def failing_step(self):
-    if distributed.current().rank == 1 and self.step == 4:
-        raise RuntimeError("planted failure on rank 1")
-    step(self)
+def build_failing(*args, **kwargs):
+    # through the trainer's public surface: a subscriber that raises inside the loop, as a bug in a step would
+    trainer = build(*args, **kwargs)
 
-Trainer._train_step = failing_step
+    def explode(event):
+        if isinstance(event, ev.Step) and event.step == 4:
+            raise RuntimeError("planted failure on rank 1")
+
+    if distributed.current().rank == 1:
+        trainer.bus.subscribe(explode)
+    return trainer
+
+train.build_trainer = build_failing
 sys.argv = ["tuilm", *sys.argv[1:]]
 from tuilm.cli import main
 main()

@@ -295,12 +295,11 @@ BAD_LINES = [
 @pytest.fixture(scope="module")
 def metrics_run(tmp_path_factory) -> Path:
     """A finished tiny run with its metrics.jsonl, as `tuilm train` writes it."""
-    from tests.conftest import SMALL_TEXT
+    from tests.conftest import write_corpus
     from tuilm.session import attach_files
 
     folder = tmp_path_factory.mktemp("metrics")
-    corpus = folder / "corpus.txt"
-    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    corpus = write_corpus(folder, "corpus.txt")
     trainer, _ = tiny_trainer(corpus, folder / "run", "max_steps=6", "sample_tokens=0")
     metrics = attach_files(trainer)
     trainer.run()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
+from tests.helpers import run_tuilm  # noqa: E402
 from tuilm.config import from_dict  # noqa: E402
 from tuilm.data.dataset import prepare  # noqa: E402
 from tuilm.data.hf import parse  # noqa: E402
@@ -80,14 +80,7 @@ def test_missing_extra_is_one_line(saved, monkeypatch):
 
 def test_unreachable_hub_is_one_line(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    out = subprocess.run(
-        [sys.executable, "-m", "tuilm", "train", "hf:no-such-user/no-such-dataset", "--headless", "--steps", "1"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    out = run_tuilm("train", "hf:no-such-user/no-such-dataset", "--headless", "--steps", "1", env=env, cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith("error: hf:no-such-user/no-such-dataset: ") and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import SMALL_TEXT
+from tests.conftest import write_corpus
 from tests.helpers import hold_lock_in_child, tiny_trainer
 from tuilm.cli import app
 from tuilm.sweep.runinfo import summarize_run
@@ -26,8 +26,7 @@ from tuilm.tui.store import RunStore
 def logged_run(tmp_path_factory):
     """A tiny run of 10 steps with its metrics.jsonl, as `tuilm train` writes it."""
     folder = tmp_path_factory.mktemp("logged")
-    corpus = folder / "corpus.txt"
-    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    corpus = write_corpus(folder, "corpus.txt")
     trainer, _ = tiny_trainer(corpus, folder / "runs" / "run", "max_steps=10", "sample_tokens=0", "health.interval=5")
     metrics = MetricsFile(folder / "runs" / "run" / "metrics.jsonl")
     trainer.bus.subscribe(metrics)

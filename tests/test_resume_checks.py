@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import SMALL_TEXT
+from tests.conftest import SMALL_TEXT, write_corpus
 from tests.helpers import TINY
 from tuilm.commands.train import TrainOptions, train_command
 from tuilm.errors import ConfigError, DataError
@@ -15,8 +15,7 @@ BASE = [*TINY, "sample_tokens=0", "eval_interval=1000"]
 
 @pytest.fixture
 def run(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    corpus = write_corpus(tmp_path, "corpus.txt")
     run_dir = tmp_path / "run"
     assert train_command(TrainOptions(source=str(corpus), overrides=BASE, headless=True, out=run_dir, steps=2)) == 0
     return run_dir, corpus

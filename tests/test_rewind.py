@@ -54,11 +54,10 @@ def plant_bad_batch(trainer, monkeypatch, at: int = BAD, lr_factor: float = 1e5)
 
 @pytest.fixture(scope="module")
 def clean_loss(tmp_path_factory):
-    from tests.conftest import SMALL_TEXT
+    from tests.conftest import write_corpus
 
     folder = tmp_path_factory.mktemp("clean")
-    corpus = folder / "small.txt"
-    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    corpus = write_corpus(folder)
     trainer, _ = tiny_trainer(corpus, folder / "run", *COMMON)
     trainer.run()
     return trainer.result.last_val_loss

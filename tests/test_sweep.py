@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import SMALL_TEXT
+from tests.conftest import write_corpus
 from tests.helpers import TINY, run_tuilm
 from tuilm.cli import app
 from tuilm.commands.sweep import sweep_command
@@ -60,8 +60,7 @@ def finished(run_dir: Path) -> ev.Finished:
 def grid_sweep(tmp_path_factory):
     """A 2x2 grid (lr x seq_len) trained once for the tests that only read it."""
     folder = tmp_path_factory.mktemp("grid")
-    corpus = folder / "small.txt"
-    corpus.write_text(SMALL_TEXT, encoding="utf-8")
+    corpus = write_corpus(folder)
     out = folder / "sweep"
     code = sweep(corpus, out, ["lr=1e-3,3e-3", "seq_len=16,32"])
     return code, out, corpus
