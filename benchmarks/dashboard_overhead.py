@@ -52,7 +52,7 @@ def build(source: str, steps: int, run_dir: Path):
             "sample_tokens=0",
         ],
     )
-    return build_trainer(config, run_dir, quiet=True)
+    return build_trainer(config, run_dir, own_thread=True)  # as `tuilm train` builds it
 
 
 class Clock:

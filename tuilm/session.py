@@ -48,8 +48,29 @@ def resolve_config(source: str) -> RunConfig:
     )
 
 
-def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False, bus=None):
-    """Prepare the data (downloading and training the tokenizer if needed) and construct the trainer."""
+def build_trainer(
+    config: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False, bus=None, own_thread: bool = False
+):
+    """Prepare the data (downloading and training the tokenizer if needed) and construct the trainer.
+
+    `own_thread`: build it on a new thread that then trains it too (`trainer.start()`), so that every torch op of
+    the run happens on one thread (why: `tuilm.train.controls.RunThread`). Front ends that train on a thread of
+    their own while the main thread waits or draws want it; a caller that trains on its own thread does not."""
+    if not own_thread:
+        return _build_trainer(config, run_dir, resume, bus)
+    from tuilm.train.controls import RunThread
+
+    thread = RunThread()
+    try:
+        trainer = thread.call(_build_trainer, config, run_dir, resume, bus)
+    except BaseException:
+        thread.close()
+        raise
+    trainer.run_thread = thread
+    return trainer
+
+
+def _build_trainer(config: RunConfig, run_dir: Path, resume: bool, bus):
     from tuilm.atomic import atomic_write_text
     from tuilm.data.dataset import prepare
     from tuilm.train import distributed

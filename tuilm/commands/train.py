@@ -169,7 +169,7 @@ def train_ranked(config: RunConfig, run_dir: Path, options: TrainOptions, dist) 
     DDP the other ranks train silently and print only errors."""
     # The dashboard takes the terminal: rank 0's alone under DDP (every rank inherits the launcher's terminal).
     dashboard = not options.headless and dist.main and sys.stdout.isatty() and sys.stdin.isatty()
-    trainer = build_trainer(config, run_dir, resume=bool(options.resume), quiet=dashboard)
+    trainer = build_trainer(config, run_dir, resume=bool(options.resume), own_thread=True)
     if not dist.main:
         return run_headless(trainer, progress=lambda event: None)
     metrics = attach_files(trainer)

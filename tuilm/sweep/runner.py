@@ -246,13 +246,13 @@ def execute(
 def _build(config: RunConfig, run_dir: Path, resume: bool, console: Console):
     if not resume:
         _clear(run_dir)
-        return build_trainer(config, run_dir)
+        return build_trainer(config, run_dir, own_thread=True)
     try:
-        return build_trainer(config, run_dir, resume=True)
+        return build_trainer(config, run_dir, resume=True, own_thread=True)
     except CheckpointError as e:
         console.print(f"  cannot resume ({e}); starting this run again")
         _clear(run_dir)
-        return build_trainer(config, run_dir)
+        return build_trainer(config, run_dir, own_thread=True)
 
 
 def _can_resume(run_dir: Path) -> bool:

@@ -1,5 +1,6 @@
 """The trainer's thread-safe controls: start, pause, stop and requests, callable from any thread (a dashboard's,
-a signal handler's); the training thread sees them between steps."""
+a signal handler's); the training thread sees them between steps. And `RunThread`, the one thread that does all
+of a run's torch work."""
 
 from __future__ import annotations
 
@@ -19,14 +20,18 @@ class Controls:
         self._stop_reason = "stopped"
         self._requests: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
+        self.run_thread: RunThread | None = None  # the thread that built the trainer, if one did: it trains too
         self._announced_pause = False
 
     def run(self):  # pragma: no cover - the subclass's loop
         raise NotImplementedError
 
     def start(self) -> threading.Thread:
-        self.thread = threading.Thread(target=self.run, name="tuilm-trainer", daemon=True)
-        self.thread.start()
+        if self.run_thread is not None:
+            self.thread = self.run_thread.finish_with(self.run)
+        else:
+            self.thread = threading.Thread(target=self.run, name="tuilm-trainer", daemon=True)
+            self.thread.start()
         return self.thread
 
     def pause(self) -> None:
@@ -84,3 +89,79 @@ class Controls:
                 yield self._requests.get_nowait()
             except queue.Empty:
                 return
+
+
+class RunThread:
+    """One thread for every torch op of a run: it builds the trainer (`call`), then trains (`finish_with`) and ends.
+
+    Why not build on the caller's thread and train on another: on the CPU, torch's intra-op parallelism is OpenMP,
+    and libgomp gives every thread that starts a parallel region a team of worker threads of its own, kept for the
+    thread's lifetime. Between regions a team's workers spin a while, waiting for the next one, unless libgomp
+    manages more threads than there are CPUs: then they spin a hundred times at most and sleep, whatever
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT say (libgomp's throttled spin count). A main thread that ran one parallel op
+    (building the model, the CPU's matmul peak) keeps an idle team, which puts the count over the CPUs, and the
+    training thread's workers then sleep and are woken (a futex round trip) for each of the hundreds of parallel
+    regions of a step: 0.41x nanoGPT's steps/s at a tiny shape, 2.6x slower than the same loop whose process ran
+    torch on one thread only. A team is released when its thread ends, so the run's thread ending leaves the
+    process as it found it (chat after the dashboard, the next run of a sweep).
+    """
+
+    def __init__(self, name: str = "tuilm-trainer"):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        name_os_thread(self.thread.name)
+        while True:
+            job, last = self._jobs.get()
+            if job is None:
+                return
+            job()
+            if last:
+                return
+
+    def call(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs) run on this thread: its value, or its exception raised here. The caller waits in
+        short slices, so that a signal handler of the main thread (Ctrl-C) runs meanwhile."""
+        done = threading.Event()
+        outcome: list = []
+
+        def job() -> None:
+            try:
+                outcome.append((True, fn(*args, **kwargs)))
+            except BaseException as e:
+                outcome.append((False, e))
+            finally:
+                done.set()
+
+        self._jobs.put((job, False))
+        while not done.wait(0.2):
+            pass
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    def finish_with(self, fn) -> threading.Thread:
+        """Run fn as the last job; the thread ends with it (returned, to join)."""
+        self._jobs.put((fn, True))
+        return self.thread
+
+    def close(self) -> None:
+        """End the thread when it is idle (after a build that is not followed by training)."""
+        self._jobs.put((None, True))
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread `name` in the kernel too (Linux; Python names its threads only for itself before
+    3.14): `top -H` and /proc then tell the run's thread, and the OpenMP workers it starts, which inherit it."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME

@@ -221,6 +221,11 @@ class Finished(Event):
     best_checkpoint: str | None
     peak_memory_mb: float | None = None
     mfu: float | None = None  # at tokens_per_s
+    # seconds of this session that tokens_per_s leaves out: evaluations (with their samples), checkpoints, and
+    # torch.compile's first step
+    eval_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    compile_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

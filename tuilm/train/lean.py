@@ -89,7 +89,8 @@ def lean_step(trainer, micro: list[Batch], n_targets: int, t0: float) -> None:
     clear_grads(trainer)
     s.step += 1
     s.tokens += n_targets
-    step_time = time.perf_counter() - t0
+    trainer.clock = time.perf_counter()
+    step_time = trainer.clock - t0
     s.elapsed += step_time
     trainer.pending.add(loss_sum, bad, n_targets, step_time)
 

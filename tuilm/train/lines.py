@@ -19,8 +19,22 @@ def finished_line(e: ev.Finished) -> str:
     why = f" ({e.reason})" if e.reason != e.status else ""
     return (
         f"{e.status}{why} at step {e.step} after {fmt_duration(e.elapsed)} of training, "
-        f"{e.tokens_per_s:,.0f} tok/s{fmt_mfu(e.mfu)}{best}"
+        f"{e.tokens_per_s:,.0f} tok/s{fmt_mfu(e.mfu)}{best}{time_apart(e)}"
     )
+
+
+def time_apart(e: ev.Finished) -> str:
+    """`` (apart: evaluation 1.2s, checkpoints 0.3s)``: what the training time and tokens/s leave out."""
+    parts = [
+        f"{what} {seconds:.1f}s"
+        for what, seconds in (
+            ("evaluation", e.eval_seconds),
+            ("checkpoints", e.checkpoint_seconds),
+            ("compile", e.compile_seconds),
+        )
+        if seconds >= 0.05
+    ]
+    return f" (apart: {', '.join(parts)})" if parts else ""
 
 
 def best_summary(e: ev.Finished) -> str:

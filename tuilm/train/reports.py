@@ -99,6 +99,9 @@ def finished_event(trainer, reason: str, last: Path | None) -> ev.Finished:
         best_checkpoint=str(best) if best.exists() else None,
         peak_memory_mb=memory_mb(trainer.device) if trainer.device.type != "mps" else None,
         mfu=trainer.flops.mfu(rate),
+        eval_seconds=trainer.apart["eval"],
+        checkpoint_seconds=trainer.apart["checkpoint"],
+        compile_seconds=trainer.apart["compile"],
     )
 
 

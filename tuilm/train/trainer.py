@@ -83,6 +83,12 @@ class Trainer(Controls):
         self._skips = 0  # non-finite steps in a row
         self._stop_wanted = ""  # under DDP a stop is only a request until every rank has agreed on it
         self.session_start = (0, 0.0)  # (tokens, elapsed) when run() started, for this session's tokens/s
+        self.session_start_step = 0
+        # When the last step's timing ended: the next step's starts there, so that a step's time is the whole loop
+        # around it (events, metrics.jsonl, the progress bar), as nanoGPT's per-iteration time is. None after
+        # what is not training (evaluation, checkpoints, samples, a pause), whose seconds `apart` keeps instead.
+        self.clock: float | None = None
+        self.apart = {"eval": 0.0, "checkpoint": 0.0, "compile": 0.0}
         self.result: ev.Finished | None = None
         self.error: BaseException | None = None
         self.resumed_step = 0
@@ -103,6 +109,7 @@ class Trainer(Controls):
     def run(self) -> ev.Finished | None:
         try:
             self.session_start = (self.state.tokens, self.state.elapsed)
+            self.session_start_step = self.step
             self.guard.keep(self)
             self._emit(started_event(self))
             accel.start(self)  # notices for this device; micro_batch_size = auto: the largest that fits
@@ -122,6 +129,7 @@ class Trainer(Controls):
             if self._stop.is_set():
                 return self._stop_reason
             if self._hold_while_paused(lambda state: self._emit(ev.Status(self.step, state))):
+                self.clock = None
                 continue
             reason = self.rules.reason(self.state)
             if reason:
@@ -136,7 +144,7 @@ class Trainer(Controls):
                 self._save("interval")
 
     def _train_step(self) -> bool:
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if self.clock is None else self.clock
         s = self.state
         micro = self.batches.next_step(s)  # this rank's shard of the step
         n_targets = self.dist.sum_int(sum(b.n_targets for b in micro), self.device)
@@ -150,7 +158,10 @@ class Trainer(Controls):
         s.tokens += n_targets
         if health_step and not skipped:
             self.health.measure(s.step, micro[0], partial(to_device, device=self.device))
-        step_time = time.perf_counter() - t0
+        self.clock = time.perf_counter()
+        step_time = self.clock - t0
+        if self.step == self.session_start_step + 1 and self.forward is not self.ddp:
+            self._compiled_first_step(step_time)
         loss_sum, stop, s.elapsed = self.dist.agree(loss_sum, bool(self._stop_wanted), s.elapsed + step_time)
         if stop:
             self._agreed_stop()
@@ -184,6 +195,11 @@ class Trainer(Controls):
         clear_grads(self)
         return skipped
 
+    def _compiled_first_step(self, seconds: float) -> None:
+        """torch.compile compiles in the first step: its seconds are shown apart, and tokens/s starts after it."""
+        self.apart["compile"] += seconds
+        self.session_start = (self.state.tokens, self.state.elapsed + seconds)
+
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # muon: its Muon group runs at muon_lr / lr times lr
@@ -194,6 +210,7 @@ class Trainer(Controls):
         flush(self)
         self._emit(ev.Status(self.step, "evaluating"))
         t0 = time.perf_counter()
+        self.clock = None
         result = evaluate(self.model, self.dataset, self.device, self.precision, dist=self.dist)
         is_best = self.state.record_eval(result.loss, result.bpc)
         train_loss = self.state.take_train_loss()
@@ -215,6 +232,7 @@ class Trainer(Controls):
         if self.tcfg.sample_tokens and math.isfinite(result.loss) and self.dist.main:  # diverged: nothing to say
             self._sample(self.tcfg.sample_prompt)
         self._emit(ev.Status(self.step, "paused" if self.paused else "running"))
+        self.apart["eval"] += time.perf_counter() - t0
         return event
 
     def _sample(self, prompt: str) -> str:
@@ -223,6 +241,7 @@ class Trainer(Controls):
             return ""
         # A generator of its own, seeded by the step, leaves the training RNG untouched (resumes stay exact).
         settings = SamplingSettings(max_new_tokens=self.tcfg.sample_tokens)
+        self.clock = None
         text = sample_text(self.model, self.dataset.tokenizer, prompt, settings, seed=self.tcfg.seed + self.step)
         self._emit(ev.Sample(self.step, prompt, text))
         return text
@@ -230,13 +249,16 @@ class Trainer(Controls):
     def _save_model(self, path: Path, reason: str) -> None:
         if not self.dist.main:  # rank 0 alone writes the run directory
             return
+        t0 = time.perf_counter()
         self.files.save_model(path, self.model, checkpoint_meta(self))
+        self.apart["checkpoint"] += time.perf_counter() - t0
         self._emit(ev.CheckpointSaved(self.step, str(path), reason))
 
     def _save(self, reason: str) -> Path:
         """last.safetensors and train_state.safetensors, the pair a resume needs."""
         flush(self)
         self._emit(ev.Status(self.step, "saving"))
+        t0, self.clock = time.perf_counter(), None
         extra = {**self.state.to_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
         extra["health"] = self.health.state_dict()
         if self.dist.main:  # rank 0 alone writes the run directory
@@ -244,6 +266,7 @@ class Trainer(Controls):
             if reason == "interval":  # train.keep_checkpoints: step-<STEP>.safetensors beside last.safetensors
                 self.files.keep_step(self.model, checkpoint_meta(self), self.tcfg.keep_checkpoints)
         self.guard.keep(self)  # a resume would start from this state: so does a rewind (train/rewind.py)
+        self.apart["checkpoint"] += time.perf_counter() - t0
         self._emit(ev.CheckpointSaved(self.step, str(self.files.last), reason))
         self._emit(ev.Status(self.step, "paused" if self.paused else "running"))
         return self.files.last
