@@ -164,6 +164,15 @@ def _under_pty(cmd: list[str], run: Path) -> tuple[int, str]:
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
     proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
     os.close(slave)
+    try:
+        return _drive(proc, master, run)
+    finally:
+        if proc.poll() is None:  # never leave a dashboard behind, waiting for a key
+            os.killpg(proc.pid, 9)
+        os.close(master)
+
+
+def _drive(proc, master: int, run: Path) -> tuple[int, str]:
     screen = bytearray()
     finished_at = None
     while proc.poll() is None:
@@ -180,7 +189,6 @@ def _under_pty(cmd: list[str], run: Path) -> tuple[int, str]:
             os.write(master, b"q")
         elif finished_at is not None and time.monotonic() - finished_at > 30:
             proc.kill()  # the dashboard would not quit: the figure is still read from metrics.jsonl
-    os.close(master)
     return proc.wait(), screen.decode(errors="replace")
 
 
