@@ -6,6 +6,7 @@ import json
 import shutil
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,27 @@ def test_stop_at_target_ends_the_run_where_it_was_reached(small_corpus, tmp_path
     trainer, rec = tiny_trainer(small_corpus, tmp_path / "never", "max_steps=5", "target=loss=0.001")
     trainer.run()
     assert rec.of(ev.Finished)[0].target_reached is None and rec.of(ev.Finished)[0].target == "loss=0.001"
+
+
+@pytest.mark.anyio
+async def test_the_val_chart_draws_the_ema_curve_beside_the_weights():
+    from tests.helpers import replayed
+    from tuilm.tui.app import Dashboard
+    from tuilm.tui.widgets import LineChart
+
+    store = replayed()
+    last = store.eval_series()["step"][-1]
+    for k, step in enumerate((last + 10, last + 20)):
+        store(ev.Eval(int(step), 2.0, 7.4, 1.1 - 0.1 * k, 2.0, True, 2.1, 0.5, ema_val_bpc=1.0 - 0.1 * k))
+    app = Dashboard(store=store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        val = app.query_one("#val", LineChart)
+        for _ in range(100):
+            if any(s.label == "ema bits/char" for s in val.series):
+                break
+            await pilot.pause(0.05)
+        (ema,) = [s for s in val.series if s.label == "ema bits/char"]
+        assert ema.y[-2:].tolist() == pytest.approx([1.0, 0.9]) and np.isnan(ema.y[0])  # none before train.ema
+        assert len(ema.x) == len(next(s for s in val.series if s.label == "bits/char").x)
+    plain = replayed()
+    assert np.isnan(plain.eval_series()["ema_val_bpc"]).all()

@@ -91,6 +91,14 @@ def train(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = None,
     time: Annotated[str | None, typer.Option("--time", help="Wall-clock training budget, e.g. 90s, 10m, 1h.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Stop after this many optimizer steps.")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="Record when val bits/char first gets under this (loss=1.5: val loss; bpb=: bits/byte): step, "
+            "tokens, seconds, FLOPs. train.stop_at_target=true ends the run there.",
+        ),
+    ] = None,
     compile: Annotated[
         bool | None,
         typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA, off elsewhere)."),
@@ -132,6 +140,7 @@ def train(
         device=device,
         time=time,
         steps=steps,
+        target=target,
         compile=compile,
         wandb=wandb,
         wandb_project=wandb_project,
@@ -180,9 +189,11 @@ def overfit(
     ] = None,
     steps: Annotated[int, typer.Option("--steps", help="At most this many steps on the batch.")] = 200,
     target: Annotated[
-        float | None,
+        str | None,
         typer.Option(
-            "--target", help="Pass under this loss (nats/token); default the larger of 0.05 and 1% of ln(vocab)."
+            "--target",
+            help="Pass under this loss (nats/token; loss=X says the same); default the larger of 0.05 and 1% of "
+            "ln(vocab). train's --target has the same meaning, a value to get under, on the val split.",
         ),
     ] = None,
     out: Annotated[

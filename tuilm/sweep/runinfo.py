@@ -37,6 +37,9 @@ class RunSummary:
     padding_fraction: float | None = None  # of the training rows' cells, padding
     error: str = ""
     nonfinite: bool = False  # a non-finite loss or gradient was reported in the last session
+    best_weights: str | None = None  # what best.safetensors holds: model, or ema (train.ema)
+    target: str | None = None  # train.target, and where it was reached (step, tokens, seconds, flops, score)
+    target_reached: dict | None = None
     evals: list[ev.Eval] = field(default_factory=list)
     train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of every finite step
 
@@ -87,6 +90,7 @@ def summarize_run(run_dir: Path, events: list[ev.Event] | None = None) -> RunSum
         summary.final_val_loss, summary.final_val_bpc = end.last_val_loss, end.last_val_bpc
         summary.tokens_per_s = end.tokens_per_s
         summary.peak_memory_mb = end.peak_memory_mb
+        summary.best_weights, summary.target, summary.target_reached = end.best_weights, end.target, end.target_reached
     elif isinstance(end, ev.Failed):
         # A crash after the loss went non-finite (say, sampling from NaN weights) is the divergence showing.
         summary.status = "diverged" if summary.nonfinite else "failed"
