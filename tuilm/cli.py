@@ -374,10 +374,29 @@ def runs(
 
 @app.command()
 def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Two or more run directories; or two groups, A1 A2 ... vs B1 B2 ... (folders, globs)."),
+    ],
+    metric: Annotated[str, typer.Option("--metric", help="Groups: bpc (best val bits/char) or loss.")] = "bpc",
+    alternative: Annotated[
+        str,
+        typer.Option("--alternative", help="Groups: two-sided, less (B lower than A) or greater: Welch's t-test."),
+    ] = "two-sided",
+    confidence: Annotated[float, typer.Option("--confidence", help="Groups: of the interval of B - A.")] = 0.95,
     as_json: Json = False,
 ) -> None:
-    """Show config differences side by side and overlay the runs' learning curves."""
+    """Show config differences side by side and overlay the runs' learning curves.
+
+    With `vs` between two groups of runs (seeds of two configurations; a sweep folder stands for its runs), print
+    each group's mean, standard deviation and n, and B - A with a confidence interval and Welch's t-test.
+    """
+    from tuilm.commands.groups import compare_groups, split_sides
+
+    sides = split_sides(run_dirs)
+    if sides is not None:
+        compare_groups(*sides, metric, alternative, confidence, as_json)
+        return
     from tuilm.commands.runs import compare_command
 
     compare_command(run_dirs, as_json)
