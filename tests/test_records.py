@@ -191,3 +191,17 @@ async def test_the_val_chart_draws_the_ema_curve_beside_the_weights():
         assert len(ema.x) == len(next(s for s in val.series if s.label == "bits/char").x)
     plain = replayed()
     assert np.isnan(plain.eval_series()["ema_val_bpc"]).all()
+
+
+def test_target_settings_are_checked_and_overfit_keeps_the_one_meaning(small_corpus, tmp_path):
+    from tests.helpers import run_tuilm, tiny_config
+    from tuilm.commands.overfit import overfit_target
+
+    with pytest.raises(ConfigError, match="stop_at_target needs a target"):
+        tiny_config(small_corpus, "stop_at_target=true")
+    assert tiny_config(small_corpus, "target=loss=1.5").train.target == "loss=1.5"
+    assert overfit_target("0.05") == overfit_target("loss=0.05") == 0.05  # a bare number: the batch's loss
+    with pytest.raises(ConfigError, match="overfit measures the batch's loss"):
+        overfit_target("bpc=2.2")
+    out = run_tuilm("train", str(small_corpus), "--headless", "--target", "ppl=3", "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and "unknown unit 'ppl'" in out.stderr and "Traceback" not in out.stderr
