@@ -42,6 +42,11 @@ def shakespeare() -> Path:
     return path
 
 
+def nanogpt_val_chars(text: str) -> int:
+    """The characters nanoGPT predicts on its val split (the last 10%), the denominator of its bits/char."""
+    return len(text) - int(len(text) * 0.9) - 1
+
+
 def timed(cmd: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -105,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     data = shakespeare()
     text = data.read_text(encoding="utf-8")
-    n_val_chars = len(text) - int(len(text) * 0.9) - 1  # nanoGPT's predicted val characters
+    n_val_chars = nanogpt_val_chars(text)
     overrides = args.overrides + ([f"train.seed={args.seed}"] if args.seed is not None else [])
     with tempfile.TemporaryDirectory() as tmp:
         nano = None if args.skip_nanogpt else run_nanogpt(data, Path(tmp) / "nanogpt")

@@ -47,7 +47,7 @@ def plant_bad_batch(trainer, monkeypatch, at: int = BAD, lr_factor: float = 1e5)
     monkeypatch.setattr(
         trainer_module,
         "lr_at",
-        lambda step, progress, cfg: real_lr(step, progress, cfg) * (lr_factor if calls[0] == at else 1),
+        lambda step, progress, cfg, *more: real_lr(step, progress, cfg, *more) * (lr_factor if calls[0] == at else 1),
     )
     return calls
 

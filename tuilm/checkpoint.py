@@ -599,8 +599,11 @@ def _json_or_str(value: str) -> Any:
 # -- training state -------------------------------------------------------------------------------------------
 
 
-def save_train_state(path: Path, optimizer, extra: dict[str, Any], rng: dict[str, torch.Tensor]) -> None:
-    """Optimizer tensors and RNG states as tensors; everything else (counters, scalars) as JSON metadata."""
+def save_train_state(
+    path: Path, optimizer, extra: dict[str, Any], rng: dict[str, torch.Tensor], averaged: dict | None = None
+) -> None:
+    """Optimizer tensors, RNG states and train.ema's averaged weights (`averaged`, by parameter name) as tensors;
+    everything else (counters, scalars) as JSON metadata."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -612,6 +615,8 @@ def save_train_state(path: Path, optimizer, extra: dict[str, Any], rng: dict[str
                 scalars.setdefault(str(index), {})[name] = value
     for name, value in rng.items():
         tensors[f"rng.{name}"] = value.to("cpu").contiguous()
+    for name, value in (averaged or {}).items():
+        tensors[f"ema.{name}"] = value.detach().to("cpu").contiguous()
     metadata = {
         "format": STATE_FORMAT,
         "format_version": str(VERSION),
@@ -659,11 +664,15 @@ STATE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
 OPTIONAL_STATE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scaler": (lambda v: v is None or isinstance(v, dict), "a JSON object or null"),
     "health": (_health, "the health monitor's state"),
+    "decay_start": (lambda v: v is None or (_finite_number(v) and 0 <= v <= 1), "a number in [0, 1] or null"),
+    "best_weights": (lambda v: v in (None, "model", "ema"), "model or ema"),
+    "target_hit": (lambda v: v is None or isinstance(v, dict), "a JSON object or null"),
 }
 
 
-def load_train_state(path: Path, optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Restore the optimizer in place; return (the extra state dict, the RNG tensors).
+def load_train_state(path: Path, optimizer, average=None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore the optimizer (and `average`, train.ema's WeightAverage) in place; return (the extra state dict,
+    the RNG tensors).
 
     Every value is checked before the optimizer sees it: state tensors against their parameters' shapes, the
     param groups against the optimizer's own, the RNG state against this torch's, the counters by type.
@@ -699,6 +708,10 @@ def load_train_state(path: Path, optimizer) -> tuple[dict[str, Any], dict[str, t
             raise corrupt(f"state {key} must be {kind}, got {_short(extra.get(key))}")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     _check_groups(groups, optimizer.param_groups, corrupt)
+    averaged_shapes = {k: tuple(v.shape) for k, v in average.tensors().items()} if average is not None else {}
+    missing = [k for k in averaged_shapes if f"ema.{k}" not in header.tensors]
+    if missing:
+        raise corrupt(f"train.ema is on but the averaged weights are missing (ema.{missing[0]})")
     if not isinstance(scalars, dict):
         raise corrupt("optim_scalars must be a JSON object")
     state: dict[int, dict[str, Any]] = {}
@@ -720,6 +733,12 @@ def load_train_state(path: Path, optimizer) -> tuple[dict[str, Any], dict[str, t
             names[key] = ("optim", index, m.group(2))
         elif re.fullmatch(r"rng\.(torch|cuda)", key):
             names[key] = ("rng", 0, key[4:])
+        elif key.startswith("ema.") and average is None:
+            continue  # averaged weights this resume does not keep
+        elif key[4:] in averaged_shapes and key.startswith("ema."):
+            if info.shape != averaged_shapes[key[4:]] or info.dtype not in ("F32", "F64", "F16", "BF16"):
+                raise corrupt(f"{_short(key)} {info.shape} fits no parameter of this model")
+            names[key] = ("ema", 0, key[4:])
         else:
             raise corrupt(f"unexpected tensor {_short(key)}")
     rng_info = header.tensors.get("rng.torch")
@@ -731,19 +750,23 @@ def load_train_state(path: Path, optimizer) -> tuple[dict[str, Any], dict[str, t
     data = _read_data(path, header)
     _verify(path, header, data, "training state")
     tensors = _tensors(path, data, "the training state is corrupt")
-    rng = {}
+    rng, averaged = {}, {}
     for key, value in tensors.items():
+        if key not in names:
+            continue
         kind, index, name = names[key]
         if kind == "optim":
             state.setdefault(index, {})[name] = value
         else:
-            rng[name] = value
+            (averaged if kind == "ema" else rng)[name] = value
     group_of = [g for g, group in enumerate(optimizer.param_groups) for _ in group["params"]]
     _check_consistent(state, params, group_of, corrupt)
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path}: the optimizer state does not fit this model/optimizer ({_clip(e)})") from None
+    if average is not None:
+        average.load(averaged)
     return extra, rng
 
 

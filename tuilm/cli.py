@@ -91,6 +91,14 @@ def train(
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = None,
     time: Annotated[str | None, typer.Option("--time", help="Wall-clock training budget, e.g. 90s, 10m, 1h.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Stop after this many optimizer steps.")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="Record when val bits/char first gets under this (loss=1.5: val loss; bpb=: bits/byte): step, "
+            "tokens, seconds, FLOPs. train.stop_at_target=true ends the run there.",
+        ),
+    ] = None,
     compile: Annotated[
         bool | None,
         typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA, off elsewhere)."),
@@ -132,6 +140,7 @@ def train(
         device=device,
         time=time,
         steps=steps,
+        target=target,
         compile=compile,
         wandb=wandb,
         wandb_project=wandb_project,
@@ -180,9 +189,11 @@ def overfit(
     ] = None,
     steps: Annotated[int, typer.Option("--steps", help="At most this many steps on the batch.")] = 200,
     target: Annotated[
-        float | None,
+        str | None,
         typer.Option(
-            "--target", help="Pass under this loss (nats/token); default the larger of 0.05 and 1% of ln(vocab)."
+            "--target",
+            help="Pass under this loss (nats/token; loss=X says the same); default the larger of 0.05 and 1% of "
+            "ln(vocab). train's --target has the same meaning, a value to get under, on the val split.",
         ),
     ] = None,
     out: Annotated[
@@ -363,10 +374,29 @@ def runs(
 
 @app.command()
 def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Two or more run directories; or two groups, A1 A2 ... vs B1 B2 ... (folders, globs)."),
+    ],
+    metric: Annotated[str, typer.Option("--metric", help="Groups: bpc (best val bits/char) or loss.")] = "bpc",
+    alternative: Annotated[
+        str,
+        typer.Option("--alternative", help="Groups: two-sided, less (B lower than A) or greater: Welch's t-test."),
+    ] = "two-sided",
+    confidence: Annotated[float, typer.Option("--confidence", help="Groups: of the interval of B - A.")] = 0.95,
     as_json: Json = False,
 ) -> None:
-    """Show config differences side by side and overlay the runs' learning curves."""
+    """Show config differences side by side and overlay the runs' learning curves.
+
+    With `vs` between two groups of runs (seeds of two configurations; a sweep folder stands for its runs), print
+    each group's mean, standard deviation and n, and B - A with a confidence interval and Welch's t-test.
+    """
+    from tuilm.commands.groups import compare_groups, split_sides
+
+    sides = split_sides(run_dirs)
+    if sides is not None:
+        compare_groups(*sides, metric, alternative, confidence, as_json)
+        return
     from tuilm.commands.runs import compare_command
 
     compare_command(run_dirs, as_json)

@@ -46,7 +46,12 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | adam | sgd | adafactor | muon (Muon for the blocks' matrices, AdamW rest)
     lr: float = 1e-3
     min_lr: float = 1e-4
-    schedule: str = "cosine"  # cosine | linear | constant (after warmup, towards min_lr)
+    schedule: str = "cosine"  # cosine | linear | constant | wsd (after warmup, towards min_lr)
+    decay_fraction: float = 0.2  # wsd: the share of the run spent decaying to min_lr, at its end
+    decay_shape: str = "linear"  # wsd: linear | sqrt (1 - sqrt, Hägele et al. 2024)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated beside them; 0: off
+    target: str = ""  # time to target: val bits/char (2.2), or loss=1.5 / bpc=2.2 / bpb=2.2; "" for none
+    stop_at_target: bool = False  # end the run at the evaluation that reaches train.target
     warmup_steps: int = 100
     weight_decay: float = 0.1  # on matrices only
     beta1: float = 0.9
@@ -185,7 +190,8 @@ CHOICES = {
     "data.policy": POLICIES,
     "data.split": SPLITS,
     "train.optimizer": ("adamw", "adam", "sgd", "adafactor", "muon"),
-    "train.schedule": ("cosine", "linear", "constant"),
+    "train.schedule": ("cosine", "linear", "constant", "wsd"),
+    "train.decay_shape": ("linear", "sqrt"),
     "train.dtype": ("auto", "fp32", "bf16", "fp16"),
     "health.nonfinite": ("skip", "stop"),
     "health.on_spike": ("none", "skip", "stop", "rewind"),
@@ -253,6 +259,8 @@ RANGES: dict[str, Range] = {
     "train.lr": POSITIVE,
     "train.min_lr": NON_NEGATIVE,
     "train.warmup_steps": _count(0),
+    "train.decay_fraction": Range(0.0, 1.0, lo_open=True),
+    "train.ema": UNIT,
     "train.weight_decay": NON_NEGATIVE,
     "train.beta1": UNIT,
     "train.beta2": UNIT,
@@ -461,8 +469,12 @@ def _coerce(dotted: str, value: Any) -> Any:
                 raise ValueError
             typed = float(value)
         else:
-            if dotted == "train.time" and isinstance(value, int | float) and not isinstance(value, bool):
-                value = str(value)  # time = 90 in a recipe: seconds
+            if (
+                dotted in ("train.time", "train.target")
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+            ):
+                value = str(value)  # time = 90 in a recipe: seconds; target = 2.2: bits/char
             if not isinstance(value, str):
                 raise ValueError
             if dotted == "train.time" and value:
@@ -528,6 +540,10 @@ def validate(config: RunConfig) -> None:
         if not ok:
             raise ConfigError(message)
     t.time_budget  # noqa: B018 - raises ConfigError for a time that is not a duration
+    if t.target:
+        parse_target(t.target)
+    if t.stop_at_target and not t.target:
+        raise ConfigError("train.stop_at_target needs a target: --target 2.2 (val bits/char) or --target loss=1.5")
 
 
 # What `--resume` may change: when to stop, how often to evaluate and save, the lr schedule (computed every step),
@@ -538,7 +554,8 @@ RESUME_MAY_CHANGE = {
     *(f"train.{k}" for k in ("max_steps", "max_tokens", "epochs", "time", "patience", "eval_interval")),
     *(f"train.{k}" for k in ("checkpoint_interval", "sample_prompt", "sample_tokens", "device", "dtype")),
     *(f"train.{k}" for k in ("compile", "threads", "micro_batch_size", "lr", "min_lr", "schedule")),
-    *(f"train.{k}" for k in ("warmup_steps", "grad_clip", "keep_checkpoints")),
+    *(f"train.{k}" for k in ("warmup_steps", "grad_clip", "keep_checkpoints", "decay_fraction", "decay_shape")),
+    *(f"train.{k}" for k in ("target", "stop_at_target")),
     "model.checkpoint_activations",  # recomputes the same activations: the math is unchanged
     *(f"health.{f.name}" for f in fields(HealthConfig)),
 }
@@ -556,6 +573,27 @@ def check_resume_changes(saved: RunConfig, new: RunConfig, run_dir: Path) -> Non
                 "(--out or --name); a resume may change when it stops, the lr schedule, intervals, device and "
                 "health thresholds"
             )
+
+
+TARGET_UNITS = {"bpc": "val bits/char", "loss": "val loss (nats/token)", "bpb": "val bits/byte"}
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """(unit, value) of a target: "2.2" is val bits/char; "loss=1.5", "bpc=2.2" and "bpb=2.2" name the unit.
+    Reached at the first evaluation scoring at or below it (the same meaning as overfit's --target: a value to
+    pass under)."""
+    unit, _, number = str(text).strip().rpartition("=")
+    unit = unit.strip().lower() or "bpc"
+    hint = "write e.g. --target 2.2 (val bits/char) or --target loss=1.5"
+    if unit not in TARGET_UNITS:
+        raise ConfigError(f"target '{text}': unknown unit '{unit}' (bpc, loss or bpb); {hint}")
+    try:
+        value = float(number)
+    except ValueError:
+        raise ConfigError(f"target '{text}' is not a number; {hint}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"target '{text}' must be a number > 0; {hint}")
+    return unit, value
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")

@@ -103,6 +103,8 @@ def _build_trainer(config: RunConfig, run_dir: Path, resume: bool, bus):
 
         pretrained.check_vocab(dataset.tokenizer, trainer.config.model, init_folder)
         pretrained.load_weights(trainer.model, init_folder)
+        if trainer.ema:  # train.ema averages from the pre-trained weights, not the random ones they replaced
+            trainer.ema.load(dict(trainer.model.named_parameters()))
     # Written once the trainer exists (a resume that fails leaves the old file), and again on every resume:
     # its overrides (--steps, --set) are part of what the run now is.
     if dist.main:

@@ -18,7 +18,7 @@ def overfit_command(
     overrides: list[str],
     *,
     steps: int,
-    target: float | None,
+    target: str | None,
     out: Path | None,
     as_json: bool,
 ) -> int:
@@ -30,8 +30,8 @@ def overfit_command(
 
     if steps < 1:
         raise ConfigError(f"--steps {steps}: give at least 1")
-    if target is not None and not target > 0:
-        raise ConfigError(f"--target {target:g}: give a loss > 0 (nats/token)")
+    if target is not None:
+        target = overfit_target(target)
     config = apply_overrides(resolve_config(source), overrides)
     with ExitStack() as stack:
         if out is None:  # the trainer wants a run directory; nothing in it is kept
@@ -111,3 +111,14 @@ class StepProgress:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+def overfit_target(text: str) -> float:
+    """--target as train's --target reads it (tuilm.config.parse_target: a value to get under), in the one unit a
+    single batch has: its loss. A bare number is that loss here (train's bare number is val bits/char)."""
+    from tuilm.config import parse_target
+
+    unit, value = parse_target(text if "=" in text else f"loss={text}")
+    if unit != "loss":
+        raise ConfigError(f"--target {text}: overfit measures the batch's loss; give --target 0.05 or loss=0.05")
+    return value

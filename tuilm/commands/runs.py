@@ -42,7 +42,25 @@ def run_record(summary: RunSummary, label: str) -> dict:
         "peak_memory_mb": summary.peak_memory_mb,
         "params": summary.params,
         "error": summary.error or None,
+        "best_weights": summary.best_weights,
+        "target": target_record(summary),
     }
+
+
+def target_record(summary: RunSummary) -> dict | None:
+    """train.target and where it was first reached (None: no target; reached false: not reached)."""
+    if not summary.target:
+        return None
+    return {"target": summary.target, "reached": summary.target_reached is not None, **(summary.target_reached or {})}
+
+
+def target_cell(summary: RunSummary) -> str:
+    hit = summary.target_reached
+    if not summary.target:
+        return "-"
+    if hit is None:
+        return f"{summary.target}: [yellow]not reached[/]"
+    return f"{summary.target}: step {hit['step']:,}, {hit['seconds']:.1f} s, {hit['flops']:.3g} FLOPs"
 
 
 def runs_command(folder: Path, as_json: bool = False) -> None:
@@ -72,17 +90,20 @@ def runs_command(folder: Path, as_json: bool = False) -> None:
     table.add_column("best val loss", justify="right")
     table.add_column("bits/char", justify="right")
     table.add_column("status")
-    for run_dir in run_dirs:
-        name = _name(folder, run_dir)
-        summary = _summary(run_dir)
-        table.add_row(
-            name,
+    summaries = [_summary(d) for d in run_dirs]
+    targets = any(s.target for s in summaries)
+    if targets:
+        table.add_column("time to target")
+    for run_dir, summary in zip(run_dirs, summaries, strict=True):
+        cells = [
+            _name(folder, run_dir),
             summary.recipe,
             f"{summary.steps:,}",
             fmt(summary.best_val_loss),
             fmt(summary.best_val_bpc),
             _status(summary.status),
-        )
+        ]
+        table.add_row(*cells, *([target_cell(summary)] if targets else []))
     console.print(table)
 
 

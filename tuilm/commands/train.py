@@ -37,6 +37,7 @@ class TrainOptions:
     device: str | None = None
     time: str | None = None
     steps: int | None = None
+    target: str | None = None  # --target: train.target (2.2 is val bits/char; loss=1.5)
     compile: bool | None = None  # --compile / --no-compile; None leaves train.compile (auto: on for CUDA)
     wandb: bool = False
     wandb_project: str = "tuilm"
@@ -67,6 +68,7 @@ def launcher_args(options: TrainOptions) -> list[str]:
         "--device": options.device,
         "--time": options.time,
         "--steps": options.steps,
+        "--target": options.target,
         "--init": options.init,
         "--wandb-name": options.wandb_name,
         "--compare": options.compare,
@@ -102,6 +104,8 @@ def cli_overrides(options: TrainOptions) -> list[Override]:
         extra.append(("train.time", options.time))
     if options.steps is not None:
         extra.append(("train.max_steps", options.steps))
+    if options.target:
+        extra.append(("train.target", options.target))
     if options.compile is not None:
         extra.append(("train.compile", options.compile))
     if options.init:

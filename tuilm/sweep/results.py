@@ -153,6 +153,11 @@ class Group:
             return None
         return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
+    @property
+    def n(self) -> int:
+        """How many seeds the means are over: the completed runs."""
+        return len(self.done)
+
     def statuses(self) -> str:
         counts: dict[str, int] = {}
         for r in self.rows:
@@ -247,12 +252,13 @@ def markdown(name: str, spec: dict[str, Any], rows: list[Row], plots: list[str])
     lines += ["", "## Results", ""]
     if seeds > 1:
         lines += [f"Mean ± standard deviation over the completed seeds (of {seeds}).", ""]
-    headers = [labels.get(k, k) for k in keys] + ["runs" if seeds > 1 else "status"] + [c[0] for c in COLUMNS]
+    n = ["n"] if seeds > 1 else []
+    headers = [labels.get(k, k) for k in keys] + ["runs" if seeds > 1 else "status"] + n + [c[0] for c in COLUMNS]
     lines.append("| " + " | ".join(headers) + " |")
-    lines.append("|" + "|".join(["---"] * len(keys) + ["---"] + ["---:"] * len(COLUMNS)) + "|")
+    lines.append("|" + "|".join(["---"] * len(keys) + ["---"] + ["---:"] * (len(n) + len(COLUMNS))) + "|")
     best = best_group(groups)
     for g in groups:
-        cells = [show_value(g.values[k]) for k in keys] + [g.statuses()] + aggregate_cells(g)
+        cells = [show_value(g.values[k]) for k in keys] + [g.statuses()] + [str(g.n)] * len(n) + aggregate_cells(g)
         if g is best and len(groups) > 1:
             cells = [f"**{c}**" for c in cells]
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
@@ -307,11 +313,13 @@ def groups_table(rows: list[Row], keys: list[str], labels: dict[str, str], title
     for k in keys:
         table.add_column(labels.get(k, k))
     table.add_column("runs")
+    table.add_column("n", justify="right")  # the completed seeds each mean ± standard deviation is over
     for header, *_ in COLUMNS:
         table.add_column(header, justify="right")
     groups = group_rows(rows, keys)
     best = best_group(groups)
     for g in groups:
         style = "bold green" if g is best and len(groups) > 1 else None
-        table.add_row(*[show_value(g.values[k]) for k in keys], g.statuses(), *aggregate_cells(g), style=style)
+        cells = [show_value(g.values[k]) for k in keys]
+        table.add_row(*cells, g.statuses(), str(g.n), *aggregate_cells(g), style=style)
     return table

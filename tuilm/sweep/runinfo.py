@@ -30,6 +30,8 @@ class RunSummary:
     final_val_loss: float | None = None
     final_val_bpc: float | None = None
     tokens_per_s: float | None = None
+    val_characters: int | None = None  # what bits/char divides by
+    elapsed: float | None = None  # seconds of training (evaluation excluded), from the finished event
     peak_memory_mb: float | None = None
     params: int | None = None
     epochs: float | None = None  # passes over the training rows
@@ -37,6 +39,9 @@ class RunSummary:
     padding_fraction: float | None = None  # of the training rows' cells, padding
     error: str = ""
     nonfinite: bool = False  # a non-finite loss or gradient was reported in the last session
+    best_weights: str | None = None  # what best.safetensors holds: model, or ema (train.ema)
+    target: str | None = None  # train.target, and where it was reached (step, tokens, seconds, flops, score)
+    target_reached: dict | None = None
     evals: list[ev.Eval] = field(default_factory=list)
     train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of every finite step
 
@@ -67,6 +72,7 @@ def summarize_run(run_dir: Path, events: list[ev.Event] | None = None) -> RunSum
         if kept is not None and dropped is not None and kept + dropped:
             summary.kept_fraction = kept / (kept + dropped)
         summary.padding_fraction = data.get("padding_fraction")
+        summary.val_characters = data.get("val_characters")
     summary.evals = [e for e in events if isinstance(e, ev.Eval)]
     summary.train = [(e.step, e.loss) for e in events if isinstance(e, ev.Step) and math.isfinite(e.loss)]
     steps = [e for e in events if isinstance(e, ev.Step)]
@@ -85,8 +91,9 @@ def summarize_run(run_dir: Path, events: list[ev.Event] | None = None) -> RunSum
         summary.best_val_loss = end.best_val_loss
         summary.best_val_bpc = end.best_val_bpc
         summary.final_val_loss, summary.final_val_bpc = end.last_val_loss, end.last_val_bpc
-        summary.tokens_per_s = end.tokens_per_s
+        summary.tokens_per_s, summary.elapsed = end.tokens_per_s, end.elapsed
         summary.peak_memory_mb = end.peak_memory_mb
+        summary.best_weights, summary.target, summary.target_reached = end.best_weights, end.target, end.target_reached
     elif isinstance(end, ev.Failed):
         # A crash after the loss went non-finite (say, sampling from NaN weights) is the divergence showing.
         summary.status = "diverged" if summary.nonfinite else "failed"

@@ -100,6 +100,12 @@ class Eval(Event):
     train_loss: float  # mean training loss since the previous evaluation
     seconds: float
     val_bpb: float | None = None  # bits per UTF-8 byte (equal to bits/char on ASCII text)
+    # train.ema: the same scores of the weights' moving average (None with it off); `weights` says which of the
+    # two scored lower here (model or ema): a new best saves those as best.safetensors
+    ema_val_loss: float | None = None
+    ema_val_bpc: float | None = None
+    ema_val_bpb: float | None = None
+    weights: str = "model"
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ class Log(Event):
 class Finished(Event):
     kind: ClassVar[str] = "finished"
     step: int
-    reason: str  # max_steps | max_tokens | epochs | time | early_stop | stopped | interrupted | nonfinite
+    reason: str  # max_steps | max_tokens | epochs | time | early_stop | target | stopped | interrupted | nonfinite
     status: str  # completed | stopped | diverged
     elapsed: float
     tokens: int
@@ -226,6 +232,10 @@ class Finished(Event):
     eval_seconds: float = 0.0
     checkpoint_seconds: float = 0.0
     compile_seconds: float = 0.0
+    best_weights: str = "model"  # what best.safetensors holds: model, or ema (train.ema)
+    target: str | None = None  # train.target, e.g. "2.2" (val bits/char) or "loss=1.5"
+    # where the target was first reached: step, tokens, seconds (training), flops, score; None: not reached
+    target_reached: dict | None = None
 
 
 @dataclass(frozen=True)

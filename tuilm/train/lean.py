@@ -19,7 +19,6 @@ import torch
 
 from tuilm.data.pipeline import Batch
 from tuilm.train.backward import clear_grads, healing_backward
-from tuilm.train.optim import lr_at
 from tuilm.train.reports import step_event
 
 
@@ -84,8 +83,10 @@ def lean_step(trainer, micro: list[Batch], n_targets: int, t0: float) -> None:
     """A step between logged steps: nothing is read back from the device (train/lean.py)."""
     s = trainer.state
     loss_sum, norm = healing_backward(trainer, micro, n_targets, False, lean=True)
-    trainer._set_lr(lr_at(s.step, trainer.progress, trainer.tcfg))
+    trainer._set_lr(trainer.lr_now(s.step))
     bad = step_on_device(trainer.optimizer, loss_sum, norm)
+    if trainer.ema:
+        trainer.ema.update(s.step + 1)
     clear_grads(trainer)
     s.step += 1
     s.tokens += n_targets
@@ -99,6 +100,6 @@ def flush(trainer) -> None:
     """The Step event of unlogged lean steps, when the run stops (or is asked for something) between two."""
     loss, tokens, steps, seconds, bad = trainer.pending.take()
     if steps:
-        lr = lr_at(trainer.step - 1, trainer.progress, trainer.tcfg)
+        lr = trainer.lr_now(trainer.step - 1)
         event = step_event(trainer, tokens, loss / max(1, tokens), lr, seconds, math.nan, bad > 0)
         trainer._emit(replace(event, step_time=seconds / steps))

@@ -11,7 +11,8 @@ def eval_summary(e: ev.Eval, ppl: bool = True) -> str:
     short; without bits/byte where the byte count is unknown)."""
     perplexity = f"  ppl {e.val_ppl:.2f}" if ppl else ""
     per_byte = f"  bits/byte {e.val_bpb:.4f}" if e.val_bpb is not None else ""
-    return f"val loss {e.val_loss:.4f}{perplexity}  bits/char {e.val_bpc:.4f}{per_byte}"
+    ema = f"  ema {e.ema_val_loss:.4f} ({e.ema_val_bpc:.4f} bits/char)" if e.ema_val_loss is not None else ""
+    return f"val loss {e.val_loss:.4f}{perplexity}  bits/char {e.val_bpc:.4f}{per_byte}{ema}"
 
 
 def finished_line(e: ev.Finished) -> str:
@@ -19,7 +20,21 @@ def finished_line(e: ev.Finished) -> str:
     why = f" ({e.reason})" if e.reason != e.status else ""
     return (
         f"{e.status}{why} at step {e.step} after {fmt_duration(e.elapsed)} of training, "
-        f"{e.tokens_per_s:,.0f} tok/s{fmt_mfu(e.mfu)}{best}{time_apart(e)}"
+        f"{e.tokens_per_s:,.0f} tok/s{fmt_mfu(e.mfu)}{best}{' of the ema weights' if e.best_weights == 'ema' else ''}"
+        f"{target_text(e)}{time_apart(e)}"
+    )
+
+
+def target_text(e: ev.Finished) -> str:
+    """`; target 2.2 reached at step 300 (41.2 s, 1.2M tokens, 3.4e+13 FLOPs)`, or not reached; "" for none."""
+    hit = e.target_reached
+    if not e.target:
+        return ""
+    if hit is None:
+        return f"; target {e.target} not reached"
+    return (
+        f"; target {e.target} reached at step {hit['step']:,} ({hit['seconds']:.1f} s, {hit['tokens']:,} tokens, "
+        f"{hit['flops']:.3g} FLOPs)"
     )
 
 
@@ -38,7 +53,9 @@ def time_apart(e: ev.Finished) -> str:
 
 
 def best_summary(e: ev.Finished) -> str:
-    return f"best val loss {e.best_val_loss:.4f}" if e.best_val_loss is not None else "no evaluation"
+    if e.best_val_loss is None:
+        return "no evaluation"
+    return f"best val loss {e.best_val_loss:.4f}" + (" (ema weights)" if e.best_weights == "ema" else "")
 
 
 VERBS = {"completed": "✔ finished", "stopped": "■ stopped", "diverged": "✘ diverged"}

@@ -13,8 +13,9 @@ from tuilm.train import events as ev
 from tuilm.train.state import finite_or_none
 
 
-def checkpoint_meta(trainer) -> dict:
-    """Written into every .safetensors beside the weights: where the run stood, and on what data."""
+def checkpoint_meta(trainer, weights: str = "model") -> dict:
+    """Written into every .safetensors beside the weights: where the run stood, and on what data; `weights`:
+    the model's own, or their moving average (ema, train.ema)."""
     last, s = trainer.last_eval, trainer.state
     return {
         "step": s.step,
@@ -27,6 +28,7 @@ def checkpoint_meta(trainer) -> dict:
         "data": trainer.dataset.summary(),
         "run": trainer.name,
         "recipe": trainer.config.recipe,
+        "weights": weights,
     }
 
 
@@ -76,7 +78,7 @@ def step_event(trainer, n_targets: int, loss: float, lr: float, step_time: float
 # How each stopping reason counts as an outcome; every other reason (max_steps, time, early_stop...) completed.
 STATUS_OF = {
     **dict.fromkeys(("nonfinite", "loss_spike", "rewinds"), "diverged"),  # health stops (health.on_spike)
-    "stopped": "stopped",
+    "stopped": "stopped",  # "target" (train.stop_at_target) completed
     "interrupted": "stopped",
 }
 
@@ -102,6 +104,9 @@ def finished_event(trainer, reason: str, last: Path | None) -> ev.Finished:
         eval_seconds=trainer.apart["eval"],
         checkpoint_seconds=trainer.apart["checkpoint"],
         compile_seconds=trainer.apart["compile"],
+        best_weights=s.best_weights,
+        target=trainer.tcfg.target or None,
+        target_reached=s.target_hit,
     )
 
 

@@ -44,6 +44,7 @@ class Snapshot:
     scaler: dict | None
     health: dict
     rng: dict
+    averaged: dict | None = None  # train.ema's weights
 
 
 def clone(tree: Any) -> Any:
@@ -114,6 +115,7 @@ class SpikeGuard:
             scaler=trainer.scaler.state_dict() if trainer.scaler else None,
             health={k: v for k, v in trainer.health.state_dict().items() if k in EMAS},
             rng=rng,
+            averaged=clone(trainer.ema.tensors()) if trainer.ema else None,
         )
 
     def rewind(self, trainer, cause: str) -> bool:
@@ -125,6 +127,8 @@ class SpikeGuard:
         trainer.model.load_state_dict(snap.model)  # copied into the parameters: a compiled graph stays valid
         trainer.optimizer.load_state_dict(clone(snap.optimizer))  # a copy: the optimizer updates it in place
         trainer.optimizer.zero_grad(set_to_none=True)
+        if trainer.ema and snap.averaged:  # the average forgets the discarded steps too
+            trainer.ema.load(snap.averaged)
         if trainer.scaler and snap.scaler:
             trainer.scaler.load_state_dict(snap.scaler)
         trainer.health.load_state_dict({**trainer.health.state_dict(), **snap.health})

@@ -60,6 +60,25 @@ class StopRules:
         return min(known) if known else None
 
 
+def wsd_start(t: TrainConfig, s: TrainState, progress: float, resumed_progress: float) -> float | None:
+    """Where a wsd run's decay starts (progress 0..1); None for the other schedules.
+
+    1 - decay_fraction of the run, unless the run was resumed from its stable phase past that point (a cooldown
+    branch: resumed with a nearer limit), when the decay runs from the resume to the new end. Once the decay has
+    begun, its start is kept in the state, so a resume during the decay continues the same decay.
+    """
+    if t.schedule != "wsd":
+        return None
+    if s.decay_start is None:
+        start = 1 - t.decay_fraction
+        if not math.isnan(resumed_progress) and resumed_progress > start:
+            start = min(resumed_progress, 1.0)
+        if progress >= start and s.step >= t.warmup_steps:
+            s.decay_start = start
+        return start
+    return s.decay_start
+
+
 class BatchSource:
     """The training rows of each step, shuffled per epoch by (seed, epoch) so that a resume continues exactly."""
 

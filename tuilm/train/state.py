@@ -46,11 +46,15 @@ class TrainState:
     best_val_bpc: float = math.inf
     evals_since_best: int = 0
     train_losses: list[float] = field(default_factory=list)  # since the last evaluation
+    decay_start: float | None = None  # wsd: the progress its decay began at (schedule.wsd_start)
+    best_weights: str = "model"  # which weights best.safetensors holds: model, or ema (train.ema)
+    target_hit: dict | None = None  # train.target: step, tokens, seconds and flops where it was first reached
 
-    def record_eval(self, val_loss: float, val_bpc: float) -> bool:
+    def record_eval(self, val_loss: float, val_bpc: float, weights: str = "model") -> bool:
         """Count an evaluation towards early stopping; True when it is the best so far."""
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_val_bpc, self.evals_since_best = val_loss, val_bpc, 0
+            self.best_weights = weights
             return True
         self.evals_since_best += 1
         return False
@@ -68,7 +72,8 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainState:
-        values = {f.name: data[f.name] for f in fields(cls)}
+        # A state saved before a field existed (decay_start, best_weights, target_hit) takes its default.
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         for key in INFINITE:
             values[key] = math.inf if values[key] is None else values[key]
         values["train_losses"] = list(values["train_losses"])
@@ -108,22 +113,23 @@ class RunFiles:
         for step in sorted(steps)[:-keep]:
             steps[step].unlink(missing_ok=True)
 
-    def save_resume_point(self, model, optimizer, meta: dict, extra: dict, device) -> None:
+    def save_resume_point(self, model, optimizer, meta: dict, extra: dict, device, averaged=None) -> None:
+        """`averaged`: train.ema's weights by name, saved in the training state."""
         rng = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
-        save_train_state(self.next_state, optimizer, extra, rng)
+        save_train_state(self.next_state, optimizer, extra, rng, averaged)
         self.save_model(self.last, model, meta)  # the commit point
         os.replace(self.next_state, self.state)
 
-    def load_resume_point(self, model, optimizer, device) -> dict[str, Any]:
-        """Weights into `model`, state into `optimizer`, the RNG restored; returns the saved extra dict (the
-        TrainState's keys and whatever else the trainer saved beside them)."""
+    def load_resume_point(self, model, optimizer, device, average=None) -> dict[str, Any]:
+        """Weights into `model`, state into `optimizer` (and `average`, train.ema's WeightAverage), the RNG
+        restored; returns the saved extra dict (the TrainState's keys and whatever the trainer saved beside them)."""
         meta = read_metadata(self.last)
         saved_step = int(meta.get("step", "-1"))
         self._settle(saved_step)
         load_weights(model, read_weights(self.last), self.last)
-        extra, rng = load_train_state(self.state, optimizer)
+        extra, rng = load_train_state(self.state, optimizer, average)
         if extra["step"] != saved_step:
             raise CheckpointError(
                 f"{self.run_dir}: last.safetensors (step {saved_step}) and train_state.safetensors "

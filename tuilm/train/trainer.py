@@ -21,7 +21,7 @@ from tuilm.data.dataset import Dataset
 from tuilm.flops import run_flops
 from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
-from tuilm.train import accel, distributed
+from tuilm.train import accel, distributed, ema, target
 from tuilm.train import events as ev
 from tuilm.train.backward import apply_update, clear_grads, healing_backward, non_finite
 from tuilm.train.controls import Controls
@@ -31,7 +31,7 @@ from tuilm.train.lean import Pending, flush, lean_possible, lean_step, logged
 from tuilm.train.optim import build_optimizer, lr_at
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
 from tuilm.train.rewind import SpikeGuard
-from tuilm.train.schedule import BatchSource, StopRules, to_device
+from tuilm.train.schedule import BatchSource, StopRules, to_device, wsd_start
 from tuilm.train.state import RunFiles, TrainState
 
 
@@ -70,6 +70,7 @@ class Trainer(Controls):
         self.forward = accel.compiled(self.ddp, t.compile, self.device)  # compile = auto: on CUDA
         self.flops = run_flops(self.model, self.device, self.dist.world)  # for MFU beside tokens/s
         self.optimizer = build_optimizer(self.model, t, self.device)
+        self.ema = ema.build(self.model, t.ema)  # train.ema: the weights' moving average (train/ema.py)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
         init_vocab = None if t.init else self.config.model.vocab_size  # pre-trained weights start below ln(vocab)
         self.health = HealthMonitor(self.model, self.optimizer, config.health, self._emit, t.warmup_steps, init_vocab)
@@ -94,6 +95,7 @@ class Trainer(Controls):
         self.resumed_step = 0
         if resume:
             self._load_state()
+        self.resumed_progress = self.progress if resume else 0.0  # wsd: a cooldown branch decays from here
 
     @property
     def step(self) -> int:
@@ -140,6 +142,8 @@ class Trainer(Controls):
                 self._evaluate()
                 if self.tcfg.patience and self.state.evals_since_best >= self.tcfg.patience:
                     return "early_stop"
+                if self.tcfg.stop_at_target and self.state.target_hit:
+                    return "target"
             if self.step % self.tcfg.checkpoint_interval == 0:
                 self._save("interval")
 
@@ -152,7 +156,7 @@ class Trainer(Controls):
         if self.lean and not (health_step or logged(self, s.step + 1)):
             return lean_step(self, micro, n_targets, t0)
         loss_sum, grad_norm = healing_backward(self, micro, n_targets, health_step)
-        lr = lr_at(s.step, self.progress, self.tcfg)
+        lr = self.lr_now(s.step)
         skipped = self._optimizer_step(lr, float(loss_sum) / max(1, n_targets), grad_norm, health_step)
         s.step += 1
         s.tokens += n_targets
@@ -192,6 +196,8 @@ class Trainer(Controls):
             if health_step:
                 self.health.snapshot()
             apply_update(self)
+            if self.ema:
+                self.ema.update(self.step + 1)
         clear_grads(self)
         return skipped
 
@@ -199,6 +205,11 @@ class Trainer(Controls):
         """torch.compile compiles in the first step: its seconds are shown apart, and tokens/s starts after it."""
         self.apart["compile"] += seconds
         self.session_start = (self.state.tokens, self.state.elapsed + seconds)
+
+    def lr_now(self, step: int) -> float:
+        """The scheduled learning rate of `step`, at the run's progress now (wsd: see schedule.wsd_start)."""
+        progress = self.progress
+        return lr_at(step, progress, self.tcfg, wsd_start(self.tcfg, self.state, progress, self.resumed_progress))
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -212,7 +223,10 @@ class Trainer(Controls):
         t0 = time.perf_counter()
         self.clock = None
         result = evaluate(self.model, self.dataset, self.device, self.precision, dist=self.dist)
-        is_best = self.state.record_eval(result.loss, result.bpc)
+        averaged = self.ema and evaluate(self.ema.module, self.dataset, self.device, self.precision, dist=self.dist)
+        weights = "ema" if averaged and averaged.loss < result.loss else "model"
+        best = averaged if weights == "ema" else result
+        is_best = self.state.record_eval(best.loss, best.bpc, weights)
         train_loss = self.state.take_train_loss()
         self.last_eval = event = ev.Eval(
             step=self.step,
@@ -224,11 +238,18 @@ class Trainer(Controls):
             is_best=is_best,
             train_loss=train_loss,
             seconds=time.perf_counter() - t0,
+            ema_val_loss=averaged.loss if averaged else None,
+            ema_val_bpc=averaged.bpc if averaged else None,
+            ema_val_bpb=averaged.bpb if averaged else None,
+            weights=weights,
         )
         self._emit(event)
         self.health.on_eval(self.step, result.loss, train_loss)
+        if self.tcfg.target and not self.state.target_hit:
+            s = self.state
+            s.target_hit = target.reached(self.tcfg.target, event, s.tokens, s.elapsed, self.flops.per_token)
         if is_best:
-            self._save_model(self.files.best, "best")
+            self._save_model(self.files.best, "best", weights)
         if self.tcfg.sample_tokens and math.isfinite(result.loss) and self.dist.main:  # diverged: nothing to say
             self._sample(self.tcfg.sample_prompt)
         self._emit(ev.Status(self.step, "paused" if self.paused else "running"))
@@ -246,11 +267,12 @@ class Trainer(Controls):
         self._emit(ev.Sample(self.step, prompt, text))
         return text
 
-    def _save_model(self, path: Path, reason: str) -> None:
+    def _save_model(self, path: Path, reason: str, weights: str = "model") -> None:
         if not self.dist.main:  # rank 0 alone writes the run directory
             return
         t0 = time.perf_counter()
-        self.files.save_model(path, self.model, checkpoint_meta(self))
+        model = self.ema.module if weights == "ema" else self.model
+        self.files.save_model(path, model, checkpoint_meta(self, weights))
         self.apart["checkpoint"] += time.perf_counter() - t0
         self._emit(ev.CheckpointSaved(self.step, str(path), reason))
 
@@ -262,7 +284,10 @@ class Trainer(Controls):
         extra = {**self.state.to_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
         extra["health"] = self.health.state_dict()
         if self.dist.main:  # rank 0 alone writes the run directory
-            self.files.save_resume_point(self.model, self.optimizer, checkpoint_meta(self), extra, self.device)
+            averaged = self.ema.tensors() if self.ema else None
+            self.files.save_resume_point(
+                self.model, self.optimizer, checkpoint_meta(self), extra, self.device, averaged
+            )
             if reason == "interval":  # train.keep_checkpoints: step-<STEP>.safetensors beside last.safetensors
                 self.files.keep_step(self.model, checkpoint_meta(self), self.tcfg.keep_checkpoints)
         self.guard.keep(self)  # a resume would start from this state: so does a rewind (train/rewind.py)
@@ -272,7 +297,7 @@ class Trainer(Controls):
         return self.files.last
 
     def _load_state(self) -> None:
-        extra = self.files.load_resume_point(self.model, self.optimizer, self.device)
+        extra = self.files.load_resume_point(self.model, self.optimizer, self.device, self.ema)
         self.state = TrainState.from_dict(extra)
         if self.scaler and extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])

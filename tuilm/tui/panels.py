@@ -133,6 +133,7 @@ class Panels:
             charts["val"].show(
                 [
                     Series("bits/char", val_x, val["val_bpc"], ORANGE),
+                    *ema_series(val_x, val["ema_val_bpc"]),
                     Series("ppl", val_x, val["val_ppl"], MAGENTA, yside="right"),
                     *overlay.val_series(axis),
                 ]
@@ -142,6 +143,11 @@ class Panels:
         last = store.last_step
         charts["speed"].border_title = TITLES["speed"] + fmt_mfu(last.mfu if last else None).replace("  ", " · ")
         charts["lr"].show([Series(None, *downsample(step, lr, points), YELLOW)])
+
+
+def ema_series(x, ema_bpc) -> list[Series]:
+    """train.ema: the averaged weights' bits/char beside the weights' own (none with it off)."""
+    return [Series("ema bits/char", x, ema_bpc, GREEN)] if np.isfinite(ema_bpc).any() else []
 
 
 def loss_title(log: bool, smoothed) -> str:

@@ -8,6 +8,7 @@ lists. The UI drains what is new a few times a second; nothing here knows about 
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -214,6 +215,7 @@ class RunStore:
             "val_loss": np.array([e.val_loss for e in evals], dtype=float),
             "val_ppl": np.array([e.val_ppl for e in evals], dtype=float),
             "val_bpc": np.array([e.val_bpc for e in evals], dtype=float),
+            "ema_val_bpc": np.array([math.nan if e.ema_val_bpc is None else e.ema_val_bpc for e in evals], dtype=float),
         }
 
     def health_history(self) -> list[ev.Health]:
