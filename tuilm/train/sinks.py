@@ -151,23 +151,29 @@ class MetricsTail:
 
     def read(self, max_bytes: int = 4 << 20) -> tuple[list[ev.Event], bool]:
         """(new events, whether the file was replaced and the caller should forget what it had)."""
+        complete, restarted = self.read_lines(max_bytes)
+        events = (parse_event(line) for line in complete.splitlines())
+        return [e for e in events if e is not None], restarted
+
+    def read_lines(self, max_bytes: int = 4 << 20) -> tuple[bytes, bool]:
+        """The whole lines appended since the last call, unparsed (the board parses only the few it needs), and
+        whether the file was replaced."""
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
-            return [], False
+            return b"", False
         restarted = size < self.offset
         if restarted:
             self.offset, self._partial = 0, b""
         if size == self.offset:
-            return [], restarted
+            return b"", restarted
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             chunk = f.read(max_bytes)
         self.offset += len(chunk)
-        data = self._partial + chunk
+        data = self._partial + chunk if self._partial else chunk
         complete, _, self._partial = data.rpartition(b"\n")
-        events = (parse_event(line) for line in complete.splitlines())
-        return [e for e in events if e is not None], restarted
+        return complete, restarted
 
 
 @dataclass(frozen=True)
