@@ -34,7 +34,8 @@ def started(name: str, lr: float = 3e-3, seed: int = 1337, max_steps: int = 1000
     for key, value in config.items():
         section, _, name_ = key.partition(".")
         cfg[section][name_] = value
-    return dataclasses.replace(t, name=name, run_dir=f"runs/{name}", config=cfg, max_steps=max_steps, time=0.0)
+    fields = {"name": name, "run_dir": f"runs/{name}", "config": cfg, "max_steps": max_steps, "time": 0.0}
+    return dataclasses.replace(t, **fields, flops_per_token=200_000)
 
 
 def step_line(step: int, max_steps: int, loss: float, lr: float, grad_norm: float) -> str:
@@ -53,8 +54,10 @@ def curve(step: int, lr: float, seed: int) -> float:
 
 
 def health(step: int, scale: float = 1.0) -> ev.Health:
+    """The recorded measurement with gradients `scale` times larger towards the output (the first layer as is)."""
     t = _template(ev.Health)
-    return dataclasses.replace(t, step=step, grad_norm=[g * scale for g in t.grad_norm])
+    n = len(t.grad_norm) - 1
+    return dataclasses.replace(t, step=step, grad_norm=[g * scale ** (i / n) for i, g in enumerate(t.grad_norm)])
 
 
 def write_run(
@@ -90,7 +93,13 @@ def write_run(
             out.append(line(ev.Eval(s, loss, math.exp(loss), bpc, loss, bpc == best, loss, 0.01)))
     if end == "completed":
         b = None if best == math.inf else best
-        out.append(line(ev.Finished(steps, "max_steps", "completed", steps * 0.05, steps * 128, None, b, None, b, 2560.0, None, None)))
+        out.append(
+            line(
+                ev.Finished(
+                    steps, "max_steps", "completed", steps * 0.05, steps * 128, None, b, None, b, 2560.0, None, None
+                )
+            )
+        )
     elif end == "failed":
         out.append(line(ev.Failed(steps, "RuntimeError: boom")))
     (run / "metrics.jsonl").write_text("".join(out), encoding="utf-8")

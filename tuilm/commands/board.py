@@ -48,12 +48,7 @@ def board_command(
 
 def _dashboard(run: Path) -> None:
     """A run's full dashboard, as `tuilm watch` shows it; Esc (or q) comes back to the board."""
-    from textual.binding import Binding
-
-    from tuilm.tui.app import Dashboard
-
-    class RunDashboard(Dashboard):
-        BINDINGS = [*Dashboard.BINDINGS, Binding("escape", "quit_dashboard", "Board")]
+    from tuilm.tui.board import RunDashboard
 
     RunDashboard(follow=run / "metrics.jsonl").run()
 

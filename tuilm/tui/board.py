@@ -22,6 +22,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from tuilm.formatting import fmt_duration, human
 from tuilm.tui import board_charts as charts
+from tuilm.tui.app import Dashboard
 from tuilm.tui.board_data import BoardModel, BoardRun, Detail, matches
 from tuilm.tui.board_screens import DiffScreen, HealthScreen
 from tuilm.tui.widgets import LineChart
@@ -60,6 +61,12 @@ class OpenRun:
     path: Path
 
 
+class RunDashboard(Dashboard):
+    """A run's dashboard opened from the board (Enter), read-only as under `tuilm watch`: Esc goes back."""
+
+    BINDINGS = [*Dashboard.BINDINGS, Binding("escape", "quit_dashboard", "Board")]
+
+
 @dataclass
 class BoardView:
     picked: list[Path] = field(default_factory=list)
@@ -76,14 +83,18 @@ class BoardView:
 class Board(App[OpenRun | None]):
     CSS_PATH = "board.tcss"
     TITLE = "tuilm board"
+    ENABLE_COMMAND_PALETTE = False  # its key hint would crowd the footer at 80 columns
+    # Below 40 rows the charts show two at a time (train loss and val, or `c`: learning rate and gradient norm).
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]
     BINDINGS = [
         Binding("space", "pick", "Pick"),
         Binding("enter", "open", "Open", show=False),  # DataTable's own Enter selects the row: see on_..._selected
         Binding("slash", "prompt('filter')", "Filter", key_display="/"),
         Binding("o", "sort", "Sort"),
         Binding("g", "prompt('group')", "Group"),
-        Binding("x", "axis", "X axis"),
-        Binding("f", "fold", "Fold seeds"),
+        Binding("x", "axis", "Axis"),
+        Binding("f", "fold", "Fold"),
+        Binding("c", "charts", "Charts", show=False),
         Binding("b", "band", "Band", show=False),
         Binding("d", "diff", "Diff"),
         Binding("h", "health", "Health"),
@@ -104,8 +115,9 @@ class Board(App[OpenRun | None]):
         yield Static(id="board-header")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         with Grid(id="charts"):
-            for metric, title in charts.METRICS.items():
-                chart = LineChart(id=f"chart-{metric}", classes="board-chart", empty="pick runs with space")
+            for i, (metric, title) in enumerate(charts.METRICS.items()):
+                pair = f"board-chart pair-{i // 2}"
+                chart = LineChart(id=f"chart-{metric}", classes=pair, empty="pick runs with space")
                 chart.border_title = title
                 yield chart
         yield Input(id="prompt")
@@ -153,7 +165,7 @@ class Board(App[OpenRun | None]):
         present = [r for r in runs if sort_value(r) is not None]
         runs = sorted(present, key=sort_value, reverse=v.reverse) + [r for r in runs if sort_value(r) is None]
         if v.group:
-            runs.sort(key=lambda r: _group_value(r, v.group))  # stable: sorted within each group
+            runs.sort(key=lambda r: _group_order(_group_value(r, v.group)))  # stable: still sorted within a group
         return runs
 
     def _draw_table(self) -> None:
@@ -252,6 +264,8 @@ class Board(App[OpenRun | None]):
     # -- actions -------------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if len(self.screen_stack) > 1:  # the diff or the heatmaps: their own keys only
+            return action == "quit"
         # While the input line is open its keys are text: only Esc (clear) closes it.
         return action == "clear" or not self.query_one("#prompt", Input).has_focus
 
@@ -286,6 +300,10 @@ class Board(App[OpenRun | None]):
         self.view.fold = not self.view.fold
         self._draw_table()
         self._draw_charts()
+
+    def action_charts(self) -> None:
+        """On a short terminal: the other two charts."""
+        self.screen.toggle_class("-second-pair")
 
     def action_band(self) -> None:
         self.view.band = not self.view.band
@@ -341,6 +359,14 @@ class Board(App[OpenRun | None]):
         for d in details:
             d.load()
         self.push_screen(HealthScreen(*details))
+
+
+def _group_order(value: str) -> tuple:
+    """Numbers in numeric order, before words."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def _group_value(run: BoardRun, key: str) -> str:

@@ -72,6 +72,15 @@ def differing_layers(a: list[ev.Health], b: list[ev.Health], count: int = MARKED
     return sorted(gaps, key=lambda g: -g[1])[:count]
 
 
+def shared_scale(*histories: list[ev.Health]) -> tuple[float, float] | None:
+    """The log10 range of every gradient norm in both runs."""
+    norms = np.array([g for history in histories for h in history for g in h.grad_norm], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(norms)
+    logs = logs[np.isfinite(logs)]
+    return (float(logs.min()), float(logs.max())) if len(logs) else None
+
+
 class MarkedHeatmap(GradHeatmap):
     """The dashboard's heatmap with some layer names in reverse video (reads without colour)."""
 
@@ -108,7 +117,9 @@ class HealthScreen(Back):
         yield Footer()
 
     def on_mount(self) -> None:
+        scale = shared_scale(*self.histories)
         for widget, history in zip(self.query(MarkedHeatmap), self.histories, strict=True):
+            widget.scale = scale  # one colour scale: the same shade is the same gradient norm in both maps
             widget.show(history)
 
     def _gap_text(self) -> Text:
