@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 # Reached at or below (losses) or at or above (counts).
 TARGETS = {"val_bpc": "below", "step": "above", "tokens": "above"}
-HOOK_TIMEOUT = 30.0  # seconds a notify command may take before it is killed at close
+HOOK_TIMEOUT = 30.0  # seconds a notify command may take before it is killed
 
 
 @dataclass(frozen=True)
@@ -58,15 +60,16 @@ def parse_target(text: str) -> Target:
 
 
 class Notifier:
-    """Runs CMD once for each happening, without waiting for it (the board stays live); `close()` waits."""
+    """Runs CMD once for each happening, in a thread of its own (the board stays live); `close()` waits."""
 
     def __init__(self, command: str, target: Target | None = None):
         self.command = command
         self.target = target
         self.told: set[tuple] = set()
         self.seen: set[str] = set()  # runs looked at once already
-        self.running: list[subprocess.Popen] = []
         self.failures: list[str] = []
+        self._queue: queue.Queue[bytes | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
 
     def look(self, run: BoardRun, new: list[ev.Event]) -> list[dict]:
         """After a poll of `run` (its new table events): the notices sent now. The first look at a run that was
@@ -121,40 +124,36 @@ class Notifier:
         }
 
     def _send(self, notice: dict) -> None:
-        self._reap()
-        data = json.dumps(notice, allow_nan=False, default=str).encode() + b"\n"
-        try:
-            proc = subprocess.Popen(
-                self.command,
-                shell=True,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C in the board's terminal does not cut a webhook short
-            )
-            proc.stdin.write(data)
-            proc.stdin.close()
-        except OSError as e:
-            self.failures.append(f"notify: cannot run {self.command!r} ({e})")
-            return
-        self.running.append(proc)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run_queue, name="notify", daemon=True)
+            self._thread.start()
+        self._queue.put(json.dumps(notice, allow_nan=False, default=str).encode() + b"\n")
 
-    def _reap(self) -> None:
-        for proc in [p for p in self.running if p.poll() is not None]:
-            self.running.remove(proc)
+    def _run_queue(self) -> None:
+        # One at a time, in order: an alert's word arrives before the run's end.
+        while (data := self._queue.get()) is not None:
+            try:
+                proc = subprocess.run(
+                    self.command,
+                    shell=True,
+                    input=data,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=HOOK_TIMEOUT,
+                    start_new_session=True,  # a Ctrl-C in the board's terminal does not cut a webhook short
+                )
+            except (OSError, subprocess.TimeoutExpired) as e:
+                self.failures.append(f"notify: {self.command!r} failed ({e})")
+                continue
             if proc.returncode:
                 self.failures.append(f"notify: {self.command!r} exited with {proc.returncode}")
 
-    def close(self, timeout: float = HOOK_TIMEOUT) -> None:
-        """Wait for the commands still running (killed after `timeout` seconds)."""
-        deadline = time.monotonic() + timeout
-        for proc in self.running:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._reap()
+    def close(self) -> None:
+        """Wait for the notices still queued to be sent."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 def _alert(a: ev.Alert) -> dict:
