@@ -84,9 +84,8 @@ def test_reads_only_what_was_appended_and_waits_for_a_whole_line(tmp_path, monke
         half = step_line(12, 1000, 2.9, 3e-3, 0.5)
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(whole + half[:40])  # the writer is midway through step 12's line
-        new = run.poll()
-        assert [type(e) for e in new] == [ev.Eval] and run.step == 11 and run.best_bpc == 1.25
-        assert len(parsed) == 2  # the eval and the newest step, nothing read before
+        assert run.poll() == [] and run.step == 11 and run.best_bpc == 1.25
+        assert parsed == [whole.split("\n")[0].encode()]  # only the newest step line became an event
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(half[40:])
         run.poll()
@@ -180,9 +179,10 @@ async def test_diff_and_health_screens(tmp_path):
         assert keys == ["train.lr", "train.seed"]
         await pilot.press("escape", "h")
         assert isinstance(app.screen, HealthScreen)
-        assert len(app.screen.gaps) == 3  # broken's gradients are 30x: every layer differs by ~1.5 decades
+        # broken's gradients grow up to 30x towards the output: the last layers differ most
+        assert [name for name, _ in app.screen.gaps] == ["norm_f", "block1.mlp", "block1.attn"]
         await pilot.press("escape")
-        assert isinstance(app.screen, type(app.screen)) and not isinstance(app.screen, HealthScreen)
+        assert len(app.screen_stack) == 1
 
 
 async def test_enter_opens_the_run_and_the_board_keeps_its_state(tmp_path):

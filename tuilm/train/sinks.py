@@ -151,29 +151,31 @@ class MetricsTail:
 
     def read(self, max_bytes: int = 4 << 20) -> tuple[list[ev.Event], bool]:
         """(new events, whether the file was replaced and the caller should forget what it had)."""
-        complete, restarted = self.read_lines(max_bytes)
-        events = (parse_event(line) for line in complete.splitlines())
+        data, end, restarted = self.read_block(max_bytes)
+        events = (parse_event(line) for line in data[:end].splitlines())
         return [e for e in events if e is not None], restarted
 
-    def read_lines(self, max_bytes: int = 4 << 20) -> tuple[bytes, bool]:
-        """The whole lines appended since the last call, unparsed (the board parses only the few it needs), and
-        whether the file was replaced."""
+    def read_block(self, max_bytes: int = 4 << 20) -> tuple[bytes, int, bool]:
+        """What was appended since the last call, unparsed: (bytes, where its whole lines end, whether the file
+        was replaced). The bytes after `end` are a line still being written; they come again next time. The
+        board searches the block in place (no copy of a file's megabytes) and parses only the lines it needs."""
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
-            return b"", False
+            return b"", 0, False
         restarted = size < self.offset
         if restarted:
             self.offset, self._partial = 0, b""
         if size == self.offset:
-            return b"", restarted
+            return b"", 0, restarted
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             chunk = f.read(max_bytes)
         self.offset += len(chunk)
         data = self._partial + chunk if self._partial else chunk
-        complete, _, self._partial = data.rpartition(b"\n")
-        return complete, restarted
+        end = data.rfind(b"\n") + 1
+        self._partial = data[end:]
+        return data, end, restarted
 
 
 @dataclass(frozen=True)

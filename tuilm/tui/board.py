@@ -264,8 +264,8 @@ class Board(App[OpenRun | None]):
     # -- actions -------------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if len(self.screen_stack) > 1:  # the diff or the heatmaps: their own keys only
-            return action == "quit"
+        if len(self.screen_stack) > 1:  # the diff or the heatmaps: the board's keys wait
+            return action in ("quit", "pop_screen")
         # While the input line is open its keys are text: only Esc (clear) closes it.
         return action == "clear" or not self.query_one("#prompt", Input).has_focus
 

@@ -3,8 +3,9 @@ gained since the last look. Torch-free and Textual-free: the board app, `--json`
 
 Speed at scale (benchmarks/board_scale.py): a table row needs the last step, the evaluations, the alerts and the
 run's start and end, not the hundreds of thousands of step and health lines between them. So the row reader
-(`BoardRun`) splits what was appended into lines and parses only those that are not step, health, status, log,
-sample or checkpoint lines (told apart by their first bytes, a C-speed test), plus the newest step line. The
+(`BoardRun`) finds in what was appended, with one regex, the lines that are not step, health, status, log,
+sample or checkpoint lines, and parses only those (evaluations only for their step and bits/char) and the newest
+step line. The
 curves of the runs picked for the charts are read with the dashboard's own reader and store (`Detail`: a
 MetricsTail feeding a RunStore), from the start of the file once when a run is first picked and incrementally
 after. Both readers keep their own offset and never read a byte twice; a half-written last line waits for
@@ -14,6 +15,7 @@ its newline (MetricsTail).
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +26,11 @@ from tuilm.train.sinks import MetricsTail, parse_event
 from tuilm.tui.store import RunStore
 
 STEP_LINE = b'{"event":"step"'
-# Lines the table does without (the newest step line aside): the bulk of every metrics.jsonl.
-SKIPPED = (STEP_LINE, b'{"event":"health"', b'{"event":"status"', b'{"event":"log"', b'{"event":"sample"')
-SKIPPED += (b'{"event":"checkpoint"',)
+# Every line but those the table does without (the newest step line aside), the bulk of a metrics.jsonl: found
+# by one regex whose literal start C searches for, much faster than splitting a million lines in Python.
+NOT_TABLE = tuple(b'{"event":"%s"' % kind for kind in (b"step", b"health", b"status", b"log", b"sample", b"checkpoint"))
+TABLE_LINE = re.compile(rb'\n(\{"event":"(?!step"|health"|status"|log"|sample"|checkpoint")[^\n]*)')
+EVAL_START = b'{"event":"eval","step":'
 READ_CHUNK = 16 << 20  # bytes per read of one file
 DETAIL_CHUNK = 1 << 20  # bytes per look at a picked run: a long run's history loads over a few looks, the UI stays live
 DETAIL_CAPACITY = 1 << 17  # steps of history per picked run (a ring, like the dashboard's)
@@ -62,12 +66,12 @@ class BoardRun:
         """Read what was appended; the table's events among it, in order."""
         new: list[ev.Event] = []
         while True:
-            lines, restarted = self.tail.read_lines(READ_CHUNK)
+            data, end, restarted = self.tail.read_block(READ_CHUNK)
             if restarted:
                 self._forget()
-            if not lines:
+            if not data:
                 break
-            new += self._take(lines)
+            new += self._take(data, end)
         if new:
             self.version += 1
         status = run_status(self.path, self.end, self.nonfinite) if self.sessions else "empty"
@@ -76,17 +80,29 @@ class BoardRun:
             self.version += 1
         return new
 
-    def _take(self, lines: bytes) -> list[ev.Event]:
-        split = lines.split(b"\n")
-        events = [parse_event(line) for line in split if line and not line.startswith(SKIPPED)]
-        newest = next((line for line in reversed(split) if line.startswith(STEP_LINE)), None)
-        step = parse_event(newest) if newest is not None else None
-        if isinstance(step, ev.Step):
-            self.last = step
-        kept = [e for e in events if e is not None]
-        for event in kept:
+    def _take(self, data: bytes, end: int) -> list[ev.Event]:
+        """The whole lines in data[:end], searched in place: one C-speed pass finds the lines the table needs;
+        the step and health lines between them are never parsed, the newest step line aside."""
+        found = TABLE_LINE.findall(data, 0, end)
+        first = data[: data.find(b"\n", 0, end)]  # the first line has no newline before it for the regex
+        if first and not first.startswith(NOT_TABLE):
+            found.insert(0, first)
+        events = []
+        for line in found:
+            eval_ = _fast_eval(line)
+            if eval_ is not None:  # the many evaluations of a long run: two fields, not a whole event
+                self.evals.append(eval_)
+            elif (event := parse_event(line)) is not None:
+                events.append(event)
+        at = data.rfind(b"\n" + STEP_LINE, 0, end)
+        at = at + 1 if at >= 0 else (0 if data.startswith(STEP_LINE) else -1)
+        if at >= 0:
+            step = parse_event(data[at : data.find(b"\n", at, end)])
+            if isinstance(step, ev.Step):
+                self.last = step
+        for event in events:
             self._apply(event)
-        return kept
+        return events
 
     def _apply(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
@@ -269,3 +285,16 @@ def _same(value, text: str) -> bool:
         return math.isclose(float(value), float(text), rel_tol=1e-9)
     except (TypeError, ValueError):
         return str(value).lower() == text.lower()
+
+
+def _fast_eval(line: bytes) -> tuple[int, float] | None:
+    """(step, val bits/char) of an eval line as the trainer writes it (fields in Eval's order), else None."""
+    if not line.startswith(EVAL_START):
+        return None
+    parts = line.split(b",", 5)
+    if len(parts) < 6 or not parts[4].startswith(b'"val_bpc":'):
+        return None
+    try:
+        return int(parts[1][7:]), float(parts[4][10:].strip(b'"'))  # "nan" is written as a string
+    except ValueError:
+        return None
