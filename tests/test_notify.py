@@ -79,6 +79,7 @@ def test_a_run_killed_with_sigkill_is_told_dead_exactly_once(tmp_path):
     notices = told(out)
     assert [n["event"] for n in notices] == ["dead"]
     assert notices[0]["run"] == "doomed" and notices[0]["status"] == "dead" and notices[0]["step"] == 1
+    assert notices[0]["text"].startswith("tuilm: doomed died at step 1")
 
 
 def test_an_alert_is_told_once_then_the_end(tmp_path):

@@ -115,6 +115,7 @@ class Notifier:
         return {
             **happening,
             "_key": (str(run.path), *happening["_key"]),
+            "text": summary(run, happening),
             "run": run.name,
             "path": str(run.path),
             "status": run.status,
@@ -154,6 +155,23 @@ class Notifier:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+
+
+def summary(run: BoardRun, happening: dict) -> str:
+    """One line for a chat message (Slack's `text`, Discord's `content`: docs/board.md)."""
+    kind, at = happening["event"], f"at step {run.step:,}"
+    if kind == "alert":
+        what = f"alert {at} ({happening['severity']} {happening['code']}): {happening['message']}"
+    elif kind == "finished":
+        best = f", best val {run.best_bpc:.4f} bits/char" if run.best_bpc is not None else ""
+        what = f"finished ({run.status}, {happening['reason']}) {at}{best}"
+    elif kind == "failed":
+        what = f"failed {at}: {happening['error']}"
+    elif kind == "dead":
+        what = f"died {at}: no process holds its lock and it wrote no end"
+    else:
+        what = f"reached {happening['target']} {at}"
+    return f"tuilm: {run.name} {what}"
 
 
 def _alert(a: ev.Alert) -> dict:
