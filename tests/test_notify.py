@@ -45,6 +45,14 @@ def append(run_dir: Path, *events: ev.Event) -> None:
         f.write("".join(line(e) for e in events))
 
 
+def watching(tmp_path: Path, steps: int = 5, target: str | None = None, **run):
+    """A running-looking run under tmp_path/runs, a model of the folder and a notifier appending to told.jsonl."""
+    run_dir = write_run(tmp_path / "runs", "r", steps, end=None, **run)
+    out = tmp_path / "told.jsonl"
+    notifier = Notifier(f"cat >> {out}", parse_target(target) if target else None)
+    return run_dir, out, notifier, BoardModel([tmp_path / "runs"])
+
+
 WRITER = """
 import sys, time
 from tuilm.runlock import RunLock
@@ -83,10 +91,7 @@ def test_a_run_killed_with_sigkill_is_told_dead_exactly_once(tmp_path):
 
 
 def test_an_alert_is_told_once_then_the_end(tmp_path):
-    run_dir = write_run(tmp_path / "runs", "live", 30, end=None)
-    out = tmp_path / "told.jsonl"
-    notifier = Notifier(f"cat >> {out}")
-    model = BoardModel([tmp_path / "runs"])
+    run_dir, out, notifier, model = watching(tmp_path, 30)
     with RunLock(run_dir):
         look_all(model, notifier)
         append(run_dir, ev.Alert(31, "exploding", "bad", "gradient norm 1e5", layer="block0.mlp"))
@@ -117,10 +122,7 @@ def test_what_was_known_at_the_start_is_not_news_but_a_new_run_is(tmp_path):
 
 
 def test_a_target_is_told_once(tmp_path):
-    run_dir = write_run(tmp_path / "runs", "aim", 10, end=None, eval_every=0)
-    out = tmp_path / "told.jsonl"
-    notifier = Notifier(f"cat >> {out}", parse_target("val_bpc=1.5"))
-    model = BoardModel([tmp_path / "runs"])
+    run_dir, out, notifier, model = watching(tmp_path, 10, "val_bpc=1.5", eval_every=0)
     with RunLock(run_dir):
         look_all(model, notifier)
         append(run_dir, ev.Eval(11, 3.0, 20.0, 1.6, 3.0, True, 3.0, 0.1))
@@ -151,9 +153,8 @@ def test_watch_notify_thread_tells_the_end(tmp_path, monkeypatch):
 
 
 def test_a_failing_command_is_noted_not_raised(tmp_path):
-    run_dir = write_run(tmp_path / "runs", "r", 5, end=None)
+    run_dir, _, _, model = watching(tmp_path)
     notifier = Notifier("exit 7")
-    model = BoardModel([tmp_path / "runs"])
     with RunLock(run_dir):
         look_all(model, notifier)
         append(run_dir, ev.Alert(6, "loss_spike", "warn", "spike"))
@@ -165,10 +166,7 @@ def test_a_failing_command_is_noted_not_raised(tmp_path):
 async def test_the_board_tells_while_it_shows(tmp_path):
     from tuilm.tui.board import Board
 
-    run_dir = write_run(tmp_path / "runs", "r", 5, end=None)
-    out = tmp_path / "told.jsonl"
-    notifier = Notifier(f"cat >> {out}")
-    model = BoardModel([tmp_path / "runs"])
+    run_dir, out, notifier, model = watching(tmp_path)
     with RunLock(run_dir):
         look_all(model, notifier)
         app = Board(model, notifier=notifier)
