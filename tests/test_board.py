@@ -168,6 +168,29 @@ async def test_sort_filter_group_and_pick(tmp_path):
         assert app.view.axis == "tokens"
 
 
+async def test_new_runs_and_new_values_show_up_live(tmp_path, monkeypatch):
+    monkeypatch.setattr("tuilm.tui.board_data.DISCOVER_INTERVAL", 0.0)
+    live = write_run(tmp_path, "live", 10, end=None)
+    app = Board(model_of(tmp_path))
+    async with app.run_test(size=(120, 40)):
+        table = app.query_one("#runs", DataTable)
+        with RunLock(live):
+            with open(live / "metrics.jsonl", "a") as f:
+                f.write(step_line(11, 1000, 3.0, 3e-3, 0.5))
+            write_run(tmp_path / "sweep", "newcomer", 20)
+            app.tick()
+            assert rows(app) == ["live", "sweep/newcomer"]
+            assert (
+                str(table.get_cell(str(live), "step")) == "11" and str(table.get_cell(str(live), "status")) == "running"
+            )
+            cells = table.get_row(str(live))
+            with open(live / "metrics.jsonl", "a") as f:
+                f.write(step_line(12, 1000, 3.0, 3e-3, 0.5))
+            app.tick()
+            assert str(table.get_cell(str(live), "step")) == "12"  # updated in place, the other cells kept
+            assert table.get_row(str(live))[0] is cells[0]
+
+
 async def test_diff_and_health_screens(tmp_path):
     model = model_of(sweep(tmp_path))
     picked = [tmp_path / "sweep" / "lr0.001-s1", tmp_path / "broken"]

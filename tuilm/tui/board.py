@@ -109,6 +109,8 @@ class Board(App[OpenRun | None]):
         self.notifier = notifier
         self.details: dict[Path, Detail] = {}
         self._drawn_version = -1
+        self._shown_keys: list[str] = []  # the table's rows as last drawn, and their cells
+        self._shown_cells: dict[str, list] = {}
         self._prompt = ""  # what the input line asks for: filter or group
 
     def compose(self) -> ComposeResult:
@@ -169,21 +171,33 @@ class Board(App[OpenRun | None]):
         return runs
 
     def _draw_table(self) -> None:
+        """Redraw the rows: in place, cell by cell, when the same rows are shown in the same order (a live sweep
+        changes a few values a second), else from scratch."""
         self._drawn_version = self.model.version
         table = self.query_one("#runs", DataTable)
-        cursor = self._cursor_path()
-        table.clear()
-        group = None
+        rows, group = [], None
         for run in self.visible():
             if self.view.group:
                 value = _group_value(run, self.view.group)
                 if value != group:
                     group = value
                     label = Text(f"{self.view.group} = {value}", style="bold")
-                    table.add_row(label, *[""] * (len(COLUMNS) - 1), key=f"group:{value}")
-            table.add_row(*self._cells(run), key=str(run.path))
-        if cursor is not None and str(cursor) in table.rows:
-            table.move_cursor(row=table.get_row_index(str(cursor)), animate=False)
+                    rows.append((f"group:{value}", [label, *[""] * (len(COLUMNS) - 1)]))
+            rows.append((str(run.path), self._cells(run)))
+        keys = [key for key, _ in rows]
+        if keys == self._shown_keys:
+            for key, cells in rows:
+                for (column, *_), cell, old in zip(COLUMNS, cells, self._shown_cells[key], strict=True):
+                    if str(cell) != str(old) or getattr(cell, "style", None) != getattr(old, "style", None):
+                        table.update_cell(key, column, cell)
+        else:
+            cursor = self._cursor_path()
+            table.clear()
+            for key, cells in rows:
+                table.add_row(*cells, key=key)
+            if cursor is not None and str(cursor) in table.rows:
+                table.move_cursor(row=table.get_row_index(str(cursor)), animate=False)
+        self._shown_keys, self._shown_cells = keys, dict(rows)
         self._draw_header()
 
     def _cells(self, run: BoardRun) -> list:

@@ -72,7 +72,6 @@ class BoardRun:
             if not data:
                 break
             new += self._take(data, end)
-        if new:
             self.version += 1
         status = run_status(self.path, self.end, self.nonfinite) if self.sessions else "empty"
         if status != self.status:
@@ -247,6 +246,7 @@ class Detail:
             self.store.clear()
         for event in events:
             self.store(event)
+        self.store.drain()  # no one reads the store's feed of events here: let it not fill
         try:
             self.caught_up = self.tail.offset >= self.tail.path.stat().st_size
         except FileNotFoundError:
