@@ -16,7 +16,7 @@ from tuilm.commands import board as board_command_module
 from tuilm.runlock import RunLock
 from tuilm.sweep.runinfo import summarize_run
 from tuilm.train import events as ev
-from tuilm.train.sinks import parse_event
+from tuilm.train.sinks import MetricsTail, parse_event
 from tuilm.tui import board_charts as charts
 from tuilm.tui.board import Board, BoardView, OpenRun, RunDashboard
 from tuilm.tui.board_data import BoardModel, BoardRun, Detail, matches
@@ -72,7 +72,9 @@ def test_rows_agree_with_tuilm_runs_summary(tmp_path):
     assert len(alerted.alerts) == 1 and alerted.device == "cpu" and alerted.ranks == 1
 
 
-def test_reads_only_what_was_appended_and_waits_for_a_whole_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mapped", [False, True], ids=["read", "mmap"])
+def test_reads_only_what_was_appended_and_waits_for_a_whole_line(tmp_path, monkeypatch, mapped):
+    monkeypatch.setattr(MetricsTail, "MAP_FROM", 1 if mapped else 1 << 30)  # large blocks are mapped, not read
     run_dir = write_run(tmp_path, "live", 10, end=None)
     run = BoardRun(run_dir, "live", 0)
     with RunLock(run_dir):

@@ -230,7 +230,8 @@ class Board(App[OpenRun | None]):
         running = sum(r.status == "running" for r in runs)
         v = self.view
         text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(f"{len(self.model.runs)} runs", style="bold")
+        count = len(self.model.runs)
+        text.append(f"{count} run{'' if count == 1 else 's'}", style="bold")
         text.append(f" ({running} running)" if running else "", style="cyan")
         order = "↓" if v.reverse else "↑"
         text.append(f" · sort {dict((c[0], c[1]) for c in COLUMNS)[v.sort]} {order}", style="dim")

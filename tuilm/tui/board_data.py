@@ -15,6 +15,7 @@ its newline (MetricsTail).
 from __future__ import annotations
 
 import math
+import mmap
 import re
 import time
 from dataclasses import dataclass, field
@@ -66,12 +67,12 @@ class BoardRun:
         """Read what was appended; the table's events among it, in order."""
         new: list[ev.Event] = []
         while True:
-            data, end, restarted = self.tail.read_block(READ_CHUNK)
+            data, start, end, restarted = self.tail.read_block(READ_CHUNK)
             if restarted:
                 self._forget()
-            if not data:
+            if end == start:
                 break
-            new += self._take(data, end)
+            new += self._take(data, start, end)
             self.version += 1
         status = run_status(self.path, self.end, self.nonfinite) if self.sessions else "empty"
         if status != self.status:
@@ -79,11 +80,11 @@ class BoardRun:
             self.version += 1
         return new
 
-    def _take(self, data: bytes, end: int) -> list[ev.Event]:
-        """The whole lines in data[:end], searched in place: one C-speed pass finds the lines the table needs;
-        the step and health lines between them are never parsed, the newest step line aside."""
-        found = TABLE_LINE.findall(data, 0, end)
-        first = data[: data.find(b"\n", 0, end)]  # the first line has no newline before it for the regex
+    def _take(self, data: bytes | mmap.mmap, start: int, end: int) -> list[ev.Event]:
+        """The whole lines in data[start:end], searched in place: one C-speed pass finds the lines the table
+        needs; the step and health lines between them are never parsed, the newest step line aside."""
+        found = TABLE_LINE.findall(data, start, end)
+        first = data[start : data.find(b"\n", start, end)]  # no newline before it for the regex to find
         if first and not first.startswith(NOT_TABLE):
             found.insert(0, first)
         events = []
@@ -93,8 +94,8 @@ class BoardRun:
                 self.evals.append(eval_)
             elif (event := parse_event(line)) is not None:
                 events.append(event)
-        at = data.rfind(b"\n" + STEP_LINE, 0, end)
-        at = at + 1 if at >= 0 else (0 if data.startswith(STEP_LINE) else -1)
+        at = data.rfind(b"\n" + STEP_LINE, start, end)
+        at = at + 1 if at >= 0 else (start if first.startswith(STEP_LINE) else -1)
         if at >= 0:
             step = parse_event(data[at : data.find(b"\n", at, end)])
             if isinstance(step, ev.Step):
@@ -237,7 +238,6 @@ class Detail:
         self.run = run
         self.tail = MetricsTail(run.path / METRICS)
         self.store = RunStore(step_capacity=DETAIL_CAPACITY)
-        self.caught_up = False
 
     def poll(self, max_bytes: int = DETAIL_CHUNK) -> bool:
         """Read up to `max_bytes` more; whether anything changed."""
@@ -247,17 +247,12 @@ class Detail:
         for event in events:
             self.store(event)
         self.store.drain()  # no one reads the store's feed of events here: let it not fill
-        try:
-            self.caught_up = self.tail.offset >= self.tail.path.stat().st_size
-        except FileNotFoundError:
-            self.caught_up = True
         return bool(events) or restarted
 
     def load(self) -> None:
-        """Everything there is now (the tests and a snapshot's first frame)."""
-        self.poll(READ_CHUNK)
-        while not self.caught_up:
-            self.poll(READ_CHUNK)
+        """Everything there is now (the heatmaps, the tests and a snapshot's first frame)."""
+        while self.poll(READ_CHUNK):
+            pass
 
 
 def seedless(config: dict) -> tuple:
