@@ -122,6 +122,7 @@ def main() -> int:
         f"next look after 20,000 appended lines: {r['look_s'] * 1000:.0f} ms, read {r['look_bytes_read']:,} bytes "
         f"of {r['look_bytes_appended']:,} appended  {'ok' if ok_look else 'WRONG'}"
     )
+    print(json.dumps({"runs": r["runs"], "lines": lines, "bytes": size, **r, "ok": ok_open and ok_mem and ok_look}))
     return 0 if ok_open and ok_mem and ok_look else 1
 
 
