@@ -293,29 +293,29 @@ FOLD = (
 )
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
 def test_snapshot_table(snap_compare, snap_runs, size):
     assert snap_compare(snap_board(snap_runs, sort="bpc"), terminal_size=size)
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
 def test_snapshot_overlay(snap_compare, snap_runs, size):
     app = snap_board(snap_runs, ("lr-sweep/lr0.001-s1", "lr-sweep/lr0.003-s1", "hot"), fold=False)
     assert snap_compare(app, terminal_size=size)
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
 def test_snapshot_folded_seeds(snap_compare, snap_runs, size):
     assert snap_compare(snap_board(snap_runs, FOLD), terminal_size=size)
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
 def test_snapshot_heatmap_comparison(snap_compare, snap_runs, size):
     app = snap_board(snap_runs, ("lr-sweep/lr0.001-s1", "hot"))
     assert snap_compare(app, terminal_size=size, press=["h"])
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
 def test_snapshot_filter(snap_compare, snap_runs, size):
     assert snap_compare(snap_board(snap_runs), terminal_size=size, press=["slash", *"lr=3e-3"])
 

@@ -187,3 +187,6 @@ def test_bad_targets_are_refused_in_one_line(tmp_path):
     assert result.returncode == 2 and "--target" in result.stderr and "Traceback" not in result.stderr
     result = run_tuilm("board", str(tmp_path / "runs"), "--target", "step=5")
     assert result.returncode == 2 and "--notify" in result.stderr
+    run_dir = write_run(tmp_path / "runs", "r", 5)
+    result = run_tuilm("watch", str(run_dir), "--notify", "cat", "--target", "tokens")
+    assert result.returncode == 2 and "--target" in result.stderr and "Traceback" not in result.stderr
