@@ -107,7 +107,6 @@ class Board(App[OpenRun | None]):
         self.model = model
         self.view = view or BoardView()
         self.notifier = notifier
-        self.details: dict[Path, Detail] = {}
         self._drawn_version = -1
         self._shown_keys: list[str] = []  # the table's rows as last drawn, and their cells
         self._shown_cells: dict[str, list] = {}
@@ -145,7 +144,7 @@ class Board(App[OpenRun | None]):
             if self.notifier is not None:
                 self.notifier.look(run, new)
         changed = False
-        for detail in list(self.details.values()):
+        for detail in list(self.model.details.values()):
             changed |= detail.poll()
         if self.model.version != self._drawn_version:
             self._draw_table()
@@ -153,9 +152,10 @@ class Board(App[OpenRun | None]):
             self._draw_charts()
 
     def _detail(self, run: BoardRun) -> Detail:
-        if run.path not in self.details:
-            self.details[run.path] = Detail(run)
-        return self.details[run.path]
+        details = self.model.details  # kept by the model: the board comes back after a dashboard without a re-read
+        if run.path not in details:
+            details[run.path] = Detail(run)
+        return details[run.path]
 
     # -- the table -----------------------------------------------------------------------------------------------
 
@@ -290,6 +290,7 @@ class Board(App[OpenRun | None]):
             return
         if path in self.view.picked:
             self.view.picked.remove(path)
+            self.model.details.pop(path, None)  # its history's memory back (a ring of DETAIL_CAPACITY steps)
         else:
             self.view.picked.append(path)
             self._detail(self.model.runs[path]).poll()

@@ -199,6 +199,7 @@ class BoardModel:
     def __init__(self, folders: list[Path]):
         self.folders = [Path(f) for f in folders]
         self.runs: dict[Path, BoardRun] = {}
+        self.details: dict[Path, Detail] = {}  # the picked runs' full histories (the board's charts)
         self._found_at = -math.inf
         self._looked = False
         self.version = 0
