@@ -274,7 +274,8 @@ class Board(App[OpenRun | None]):
             chart = self.query_one(f"#chart-{metric}", LineChart)
             chart.border_title = f"{title} · x {charts.AXIS_TITLES[self.view.axis]}"
             width = max(8, chart.size.width)
-            chart.show(charts.series(chart_lines, metric, self.view.axis, width * 2, self.view.band))
+            points = width * 2
+            chart.show(charts.series(chart_lines, metric, self.view.axis, points, self.view.band, self.no_color))
 
     # -- actions -------------------------------------------------------------------------------------------------
 

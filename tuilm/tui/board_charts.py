@@ -109,19 +109,23 @@ def fold_band(curves: list[tuple[np.ndarray, np.ndarray]], points: int):
         return grid, np.nanmean(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
 
 
-def series(chart_lines: list[Line], metric: str, axis: str, points: int, band: bool = True) -> list[Series]:
-    """The Series of one chart: per line, its curve (a fold: the mean, and its min and max, dim)."""
+def series(
+    chart_lines: list[Line], metric: str, axis: str, points: int, band: bool = True, marks: bool = False
+) -> list[Series]:
+    """The Series of one chart: per line, its curve (a fold: the mean, and its min and max, dim). `marks`
+    (NO_COLOR): each line drawn in its run's mark, the table's, so the lines tell apart without colour."""
     out = []
     for line in chart_lines:
         rgb = colour(line.leader.run.index)
+        marker = mark(line.leader.run.index) if marks else "hd"
         curves = [xy(d, metric, axis) for d in line.details]
         if len(curves) == 1:
             x, y = downsample(*curves[0], points)
-            out.append(Series(None, x, y, rgb))
+            out.append(Series(None, x, y, rgb, marker=marker))
             continue
         grid, mean, low, high = fold_band(curves, points)
         if band:
             out.append(Series(None, grid, low, dim(rgb), marker=BAND_MARK))
             out.append(Series(None, grid, high, dim(rgb), marker=BAND_MARK))
-        out.append(Series(None, grid, mean, rgb))
+        out.append(Series(None, grid, mean, rgb, marker=marker))
     return out
