@@ -273,9 +273,12 @@ class Board(App[OpenRun | None]):
         for metric, title in charts.METRICS.items():
             chart = self.query_one(f"#chart-{metric}", LineChart)
             chart.border_title = f"{title} · x {charts.AXIS_TITLES[self.view.axis]}"
-            width = max(8, chart.size.width)
-            points = width * 2
+            # Two points a column; before the first layout (width 0) as many as a wide terminal's chart shows.
+            points = chart.size.width * 2 or 400
             chart.show(charts.series(chart_lines, metric, self.view.axis, points, self.view.band, self.no_color))
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._draw_charts)  # the curves thinned to the charts' new widths
 
     # -- actions -------------------------------------------------------------------------------------------------
 
