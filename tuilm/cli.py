@@ -44,6 +44,15 @@ Stop = Annotated[
     typer.Option("--stop", help="End at the first TEXT (not printed); repeatable; \\n is a newline.", metavar="TEXT"),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+Notify = Annotated[
+    str | None,
+    typer.Option(
+        "--notify",
+        help="Shell command run once when a run finishes, fails, dies, alerts or reaches --target; "
+        "the event as JSON on its stdin (docs/board.md).",
+    ),
+]
+Target = Annotated[str | None, typer.Option("--target", help="With --notify: val_bpc=1.6, step=5000 or tokens=1e8.")]
 Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout instead of tables (README).")]
 AllowNonfinite = Annotated[
     bool, typer.Option("--allow-nonfinite", help="Load weights holding NaN/Inf anyway (a diverged run's post-mortem).")
@@ -331,11 +340,28 @@ def watch(
     compare: Annotated[
         Path | None, typer.Option("--compare", help="Overlay this other run's loss and val curves.")
     ] = None,
+    notify: Notify = None,
+    target: Target = None,
 ) -> None:
     """Follow a run written by another process in the dashboard (read-only)."""
     from tuilm.commands.watch import watch_command
 
-    raise typer.Exit(watch_command(run, compare))
+    raise typer.Exit(watch_command(run, compare, notify, target))
+
+
+@app.command()
+def board(
+    folders: Annotated[
+        list[Path] | None, typer.Argument(help="Folders of runs, searched recursively (default runs/).")
+    ] = None,
+    as_json: Json = False,
+    notify: Notify = None,
+    target: Target = None,
+) -> None:
+    """Every run under the folders in one live table; pick runs (space) to overlay their curves."""
+    from tuilm.commands.board import board_command
+
+    raise typer.Exit(board_command(list(folders or []), as_json, notify, target))
 
 
 @app.command()

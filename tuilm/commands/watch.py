@@ -7,7 +7,7 @@ from pathlib import Path
 from tuilm.errors import TuilmError
 
 
-def watch_command(run: Path, compare: Path | None = None) -> int:
+def watch_command(run: Path, compare: Path | None = None, notify: str | None = None, target: str | None = None) -> int:
     from tuilm.commands.chat import open_chat
     from tuilm.tui.app import Dashboard, OpenChat
     from tuilm.tui.startup import freeze_startup_objects
@@ -21,9 +21,16 @@ def watch_command(run: Path, compare: Path | None = None) -> int:
     from tuilm.train.comparison import compare_metrics
 
     other = compare_metrics(compare, run) if compare is not None else None
+    from tuilm.commands.board import watch_notices
+
+    notices = watch_notices(run, notify, target)
     app = Dashboard(follow=metrics, compare=other)
     freeze_startup_objects()
-    choice = app.run()
+    try:
+        choice = app.run()
+    finally:
+        if notices is not None:
+            notices.stop()
     if isinstance(choice, OpenChat):
         return open_chat(choice.path)
     return app.return_code or 0

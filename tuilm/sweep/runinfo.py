@@ -85,8 +85,8 @@ def summarize_run(run_dir: Path, events: list[ev.Event] | None = None) -> RunSum
         summary.best_val_loss, summary.best_val_bpc = best.val_loss, best.val_bpc
     if summary.evals:
         summary.final_val_loss, summary.final_val_bpc = summary.evals[-1].val_loss, summary.evals[-1].val_bpc
+    summary.status = run_status(run_dir, end, summary.nonfinite)
     if isinstance(end, ev.Finished):
-        summary.status = end.status
         summary.steps = end.step
         summary.best_val_loss = end.best_val_loss
         summary.best_val_bpc = end.best_val_bpc
@@ -95,15 +95,23 @@ def summarize_run(run_dir: Path, events: list[ev.Event] | None = None) -> RunSum
         summary.peak_memory_mb = end.peak_memory_mb
         summary.best_weights, summary.target, summary.target_reached = end.best_weights, end.target, end.target_reached
     elif isinstance(end, ev.Failed):
-        # A crash after the loss went non-finite (say, sampling from NaN weights) is the divergence showing.
-        summary.status = "diverged" if summary.nonfinite else "failed"
         summary.error = end.error
-    else:
-        summary.status = liveness(run_dir)  # running (a live process holds the run's lock) or dead
     if summary.tokens_per_s is None:
         rates = [e.tokens_per_s for e in session if isinstance(e, ev.Step)]
         summary.tokens_per_s = sum(rates) / len(rates) if rates else None
     return summary
+
+
+def run_status(run_dir: Path, end: ev.Finished | ev.Failed | None, nonfinite: bool) -> str:
+    """A run's status from its last session's end event, or without one from its lock: completed, stopped or
+    diverged (Finished), failed, running (a live process holds the run's lock) or dead. `tuilm runs` and
+    `tuilm board` both ask here."""
+    if isinstance(end, ev.Finished):
+        return end.status
+    if isinstance(end, ev.Failed):
+        # A crash after the loss went non-finite (say, sampling from NaN weights) is the divergence showing.
+        return "diverged" if nonfinite else "failed"
+    return liveness(run_dir)
 
 
 def find_runs(folder: Path) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import sys
 import threading
@@ -140,34 +141,50 @@ def _well_typed(event: ev.Event) -> bool:
 class MetricsTail:
     """Reads the events appended to a metrics.jsonl since the last call.
 
-    The writer appends whole lines, but a reader can still catch one half-written: bytes after the last newline
-    wait for the next call. A file that shrank was replaced (a new run in the same directory): reading starts over.
+    The writer appends whole lines, but a reader can still catch one half-written: `offset` stays at the end of
+    the last whole line, so the bytes after it wait for the next call. A file that shrank was replaced (a new run in
+    the same directory): reading starts over.
     """
+
+    MAP_FROM = 1 << 20  # bytes: a larger block is mapped (tuilm board's first look at a long run), not copied
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.offset = 0
-        self._partial = b""
 
     def read(self, max_bytes: int = 4 << 20) -> tuple[list[ev.Event], bool]:
         """(new events, whether the file was replaced and the caller should forget what it had)."""
+        data, start, end, restarted = self.read_block(max_bytes)
+        events = (parse_event(line) for line in data[start:end].splitlines())
+        return [e for e in events if e is not None], restarted
+
+    def read_block(self, max_bytes: int = 4 << 20) -> tuple[bytes | mmap.mmap, int, int, bool]:
+        """What was appended since the last call, unparsed: (buffer, start, end, whether the file was replaced),
+        the new whole lines being buffer[start:end]. The board searches the buffer in place and parses only the
+        lines it needs; a large block comes memory-mapped, so its megabytes are not even copied."""
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
-            return [], False
+            return b"", 0, 0, False
         restarted = size < self.offset
         if restarted:
-            self.offset, self._partial = 0, b""
-        if size == self.offset:
-            return [], restarted
+            self.offset = 0
+        stop = min(size, self.offset + max_bytes)
+        if stop == self.offset:
+            return b"", 0, 0, restarted
         with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read(max_bytes)
-        self.offset += len(chunk)
-        data = self._partial + chunk
-        complete, _, self._partial = data.rpartition(b"\n")
-        events = (parse_event(line) for line in complete.splitlines())
-        return [e for e in events if e is not None], restarted
+            if stop - self.offset >= self.MAP_FROM:
+                data, start = mmap.mmap(f.fileno(), stop, access=mmap.ACCESS_READ), self.offset
+            else:
+                f.seek(self.offset)
+                data, start = f.read(stop - self.offset), 0
+        end = data.rfind(b"\n", start, start + stop - self.offset) + 1
+        if end == 0:  # no whole line yet; one longer than max_bytes is no event (MAX_LINE): skip it
+            if stop - self.offset < max_bytes:
+                return b"", 0, 0, restarted
+            end = start + stop - self.offset
+        self.offset += end - start
+        return data, start, end, restarted
 
 
 @dataclass(frozen=True)

@@ -361,6 +361,7 @@ class GradHeatmap(Widget):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.history: list[ev.Health] = []
+        self.scale: tuple[float, float] | None = None  # log10 range shared with another map (tuilm board), else own
 
     def show(self, history: list[ev.Health]) -> None:
         rows = len(self.history[-1].layers) if self.history else 0
@@ -381,7 +382,7 @@ class GradHeatmap(Widget):
             logs = np.log10(np.array([h.grad_norm for h in rows], dtype=float)).T  # (layers, time)
         bins = np.array_split(np.arange(logs.shape[1]), min(cols, logs.shape[1]))
         finite = logs[np.isfinite(logs)]
-        lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        lo, hi = self.scale or ((float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0))
         starts = np.array([b[0] for b in bins])
         with np.errstate(invalid="ignore"):
             means = np.add.reduceat(logs, starts, axis=1) / np.array([len(b) for b in bins])
