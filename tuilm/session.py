@@ -95,6 +95,7 @@ def claim_run_dir(run_dir: Path):
     One line (ConfigError) when it is a file, cannot be created or written, or another live process trains into
     it; a killed save's `.<name>.*.tmp` files (tuilm.atomic's temp names) are deleted, under the lock.
     """
+    from tuilm.atomic import check_replaceable
     from tuilm.runlock import RunLock
 
     run_dir = Path(run_dir)
@@ -109,9 +110,18 @@ def claim_run_dir(run_dir: Path):
         raise ConfigError(
             f"{run_dir}: cannot write the run directory ({e.strerror or e}); choose another with --out"
         ) from None
+    try:
+        for name in RUN_FILES:  # a directory (or FIFO) where a run file belongs: say so now, not at the first save
+            check_replaceable(run_dir / name)
+    except TuilmError:
+        lock.release()
+        raise
     for tmp in run_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     return lock
+
+
+RUN_FILES = ("config.toml", "metrics.jsonl", "last.safetensors", "best.safetensors", "train_state.safetensors")
 
 
 class _Claim:
@@ -272,6 +282,18 @@ def write_error_log(run_dir: Path, error: BaseException) -> str:
     return f" (traceback in {run_dir / 'error.log'})"
 
 
+def what_is_kept(run_dir: Path) -> str:
+    """What a run that failed to write left to continue from, as the end of its one-line error."""
+    from tuilm.checkpoint import read_metadata
+    from tuilm.train.state import LAST
+
+    try:
+        step = int(read_metadata(run_dir / LAST).get("step", "-1"))
+    except (TuilmError, OSError, ValueError):
+        return "no checkpoint of this run was written: free some space, then train again"
+    return f"the checkpoint of step {step} is intact: free some space, then tuilm train --resume {run_dir}"
+
+
 def report_outcome(trainer) -> int:
     """Exit status for a finished trainer: 0 done, 2 for a problem with the input, 1 for anything else."""
     if trainer.error is None:
@@ -283,9 +305,8 @@ def report_outcome(trainer) -> int:
         raise error
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         raise ConfigError(
-            f"no space left on device at step {trainer.step} while writing {trainer.run_dir} "
-            f"({error.filename or 'a checkpoint'}); the previous checkpoint is intact: free some space, then "
-            f"tuilm train --resume {trainer.run_dir}"
+            f"no space left on device at step {trainer.step} while writing {error.filename or trainer.run_dir}; "
+            f"{what_is_kept(trainer.run_dir)}"
         )
     dist = trainer.dist
     where = write_error_log(trainer.run_dir, error) if dist.main else ""  # rank 0 alone writes the run directory

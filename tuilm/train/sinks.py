@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,6 +32,7 @@ class MetricsFile:
         self._fd: int | None = os.open(
             self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644
         )
+        self._size = os.fstat(self._fd).st_size  # the end of the last whole line written
         self._lock = threading.Lock()
 
     def __call__(self, event: ev.Event) -> None:
@@ -38,11 +40,26 @@ class MetricsFile:
         with self._lock:
             if self._fd is None:
                 return
-            view = memoryview(line)
-            while view:  # a regular file takes the whole line at once; the loop is for the rare short write
-                view = view[os.write(self._fd, view) :]
-            if isinstance(event, ev.Finished | ev.Failed):
-                os.fsync(self._fd)
+            try:
+                view = memoryview(line)
+                while view:  # a regular file takes the whole line at once; the loop is for the rare short write
+                    view = view[os.write(self._fd, view) :]
+                if isinstance(event, ev.Finished | ev.Failed):
+                    os.fsync(self._fd)
+            except OSError as e:
+                self._give_up()
+                if isinstance(event, ev.Failed):
+                    return  # the run is failing already: its own error is the one to report
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
+            self._size += len(line)
+
+    def _give_up(self) -> None:
+        """After a failed write (a full disk): cut the file back to its last whole line, write no more. Every line
+        in the file then stands, and none promises what the run could not do after it."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._size)
+        os.close(self._fd)
+        self._fd = None
 
     def close(self) -> None:
         with self._lock:

@@ -112,8 +112,12 @@ class RunFiles:
         rng = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
-        save_train_state(self.next_state, optimizer, extra, rng)
-        self.save_model(self.last, model, meta)  # the commit point
+        try:
+            save_train_state(self.next_state, optimizer, extra, rng)
+            self.save_model(self.last, model, meta)  # the commit point
+        except BaseException:
+            self.next_state.unlink(missing_ok=True)  # not committed: the previous pair (if any) stands alone
+            raise
         os.replace(self.next_state, self.state)
 
     def load_resume_point(self, model, optimizer, device) -> dict[str, Any]:
