@@ -790,6 +790,8 @@ def _check_groups(groups: Any, live: list[dict], corrupt: Callable[[str], Checkp
             if key == "params":
                 continue
             if key not in saved:
+                if key == "initial_lr":  # stamped again from the config on resume (optim.stamp_peaks); older
+                    continue  # checkpoints kept a ratio, lr_scale, instead
                 raise corrupt(f"parameter group {i} has no {key}")
             if not _same_kind(saved[key], value):
                 raise corrupt(f"parameter group {i}: {key} = {_short(saved[key])} where {_short(value)} belongs")

@@ -28,7 +28,7 @@ from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
 from tuilm.train.health import HealthMonitor
 from tuilm.train.lean import Pending, flush, lean_possible, lean_step, logged
-from tuilm.train.optim import build_optimizer, lr_at
+from tuilm.train.optim import build_optimizer, lr_at, set_lr, stamp_peaks
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
 from tuilm.train.rewind import SpikeGuard
 from tuilm.train.schedule import BatchSource, StopRules, to_device
@@ -185,8 +185,7 @@ class Trainer(Controls):
         return skipped
 
     def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # muon: its Muon group runs at muon_lr / lr times lr
+        set_lr(self.optimizer, lr, self.tcfg.lr)  # each group at its own peak: Muon's at muon_lr
 
     # -- evaluation, samples, checkpoints ------------------------------------------------------------------------
 
@@ -250,6 +249,7 @@ class Trainer(Controls):
 
     def _load_state(self) -> None:
         extra = self.files.load_resume_point(self.model, self.optimizer, self.device)
+        stamp_peaks(self.optimizer, self.tcfg)  # the saved groups hold the old peaks: this run's are the config's
         self.state = TrainState.from_dict(extra)
         if self.scaler and extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
