@@ -563,16 +563,9 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", *, allow_non
     data = _read_data(path, header)
     _verify(path, header, data, "weights")
     tensors = _tensors(path, data, "the weights cannot be read")
-    if not allow_nonfinite:
-        bad = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
-        if bad:
-            more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
-            raise CheckpointError(
-                f"{path}: the weights hold NaN or Inf (in {bad[0]}{more}): the run diverged and this model "
-                "cannot produce text; pass --allow-nonfinite to load it anyway for a post-mortem"
-            )
     model = GPT(config)
-    load_weights(model, tensors, path)
+    hint = "this model cannot produce text; pass --allow-nonfinite to load it anyway for a post-mortem"
+    load_weights(model, tensors, path, allow_nonfinite=allow_nonfinite, hint=hint)
     meta = {
         k: _json_or_str(v)
         for k, v in metadata.items()
@@ -581,12 +574,31 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", *, allow_non
     return Checkpoint(path, model.to(device).eval(), tokenizer, parsed["train_config"], meta)
 
 
-def load_weights(model, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def load_weights(
+    model,
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    *,
+    allow_nonfinite: bool = False,
+    hint: str = "training cannot continue from it: start a new run (a lower train.lr) or from an earlier checkpoint",
+) -> None:
+    """`tensors` into `model` after checking their names and shapes, and that they are finite: every way into a
+    model (--resume, --init, sample, chat, eval) refuses NaN or Inf weights here, unless `allow_nonfinite`."""
     expected = model.state_dict()
     if model.cfg.tie_embeddings:
         expected.pop("head.weight", None)
     _compare(path, {k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(t.shape) for k, t in tensors.items()})
+    if not allow_nonfinite:
+        bad = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
+        if bad:
+            more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+            raise CheckpointError(f"{path}: the weights hold NaN or Inf (in {bad[0]}{more}); {hint}")
     model.load_state_dict(tensors, strict=False)
+
+
+def weights_finite(model) -> bool:
+    """Whether every parameter of `model` is finite (one device sync per tensor: for checkpoints, not steps)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _json_or_str(value: str) -> Any:

@@ -282,31 +282,35 @@ def write_error_log(run_dir: Path, error: BaseException) -> str:
     return f" (traceback in {run_dir / 'error.log'})"
 
 
-def what_is_kept(run_dir: Path) -> str:
-    """What a run that failed to write left to continue from, as the end of its one-line error."""
+def what_is_kept(run_dir: Path, fix: str) -> str:
+    """What a failed run left to continue from, with what to do (`fix`), as the end of its one-line error."""
     from tuilm.checkpoint import read_metadata
     from tuilm.train.state import LAST
 
     try:
         step = int(read_metadata(run_dir / LAST).get("step", "-1"))
     except (TuilmError, OSError, ValueError):
-        return "no checkpoint of this run was written: free some space, then train again"
-    return f"the checkpoint of step {step} is intact: free some space, then tuilm train --resume {run_dir}"
+        return f"no checkpoint of this run was written: {fix}, then train again"
+    return f"the checkpoint of step {step} is intact: {fix}, then tuilm train --resume {run_dir}"
 
 
 def report_outcome(trainer) -> int:
     """Exit status for a finished trainer: 0 done, 2 for a problem with the input, 1 for anything else."""
     if trainer.error is None:
-        if trainer.result is not None and trainer.result.status == "diverged":
-            return 1
-        return 0
+        result = trainer.result
+        if result is not None and result.status == "diverged" and trainer.dist.main:
+            print_error(
+                f"training diverged at step {result.step} (health stop: {result.reason}); "
+                + what_is_kept(trainer.run_dir, "lower train.lr (tuilm health says more)")
+            )
+        return 1 if result is not None and result.status == "diverged" else 0
     error = trainer.error
     if isinstance(error, TuilmError):
         raise error
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         raise ConfigError(
             f"no space left on device at step {trainer.step} while writing {error.filename or trainer.run_dir}; "
-            f"{what_is_kept(trainer.run_dir)}"
+            f"{what_is_kept(trainer.run_dir, 'free some space')}"
         )
     dist = trainer.dist
     where = write_error_log(trainer.run_dir, error) if dist.main else ""  # rank 0 alone writes the run directory

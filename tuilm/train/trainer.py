@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tuilm.checkpoint import weights_finite
 from tuilm.config import RunConfig
 from tuilm.data.dataset import Dataset
 from tuilm.flops import run_flops
@@ -23,7 +24,7 @@ from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
 from tuilm.train import accel, distributed
 from tuilm.train import events as ev
-from tuilm.train.backward import apply_update, clear_grads, healing_backward, non_finite
+from tuilm.train.backward import ENDING_STREAK, apply_update, clear_grads, healing_backward, non_finite
 from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
 from tuilm.train.health import HealthMonitor
@@ -217,7 +218,7 @@ class Trainer(Controls):
         return event
 
     def _sample(self, prompt: str) -> str:
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        if not weights_finite(self.model):
             self._emit(ev.Log(self.step, "no sample: the model's weights are no longer finite", "warning"))
             return ""
         # A generator of its own, seeded by the step, leaves the training RNG untouched (resumes stay exact).
@@ -227,14 +228,18 @@ class Trainer(Controls):
         return text
 
     def _save_model(self, path: Path, reason: str) -> None:
-        if not self.dist.main:  # rank 0 alone writes the run directory
+        if not self.dist.main or not weights_finite(self.model):  # rank 0 alone writes; NaN weights are no best
             return
         self.files.save_model(path, self.model, checkpoint_meta(self))
         self._emit(ev.CheckpointSaved(self.step, str(path), reason))
 
-    def _save(self, reason: str) -> Path:
-        """last.safetensors and train_state.safetensors, the pair a resume needs."""
+    def _save(self, reason: str) -> Path | None:
+        """last.safetensors and train_state.safetensors, the pair a resume needs. Weights gone non-finite are never
+        saved: the run stops as diverged, and the previous pair (if any) stays the resume point."""
         flush(self)
+        if not weights_finite(self.model):
+            self.stop("nonfinite")
+            return self.files.last if self.files.last.is_file() else None
         self._emit(ev.Status(self.step, "saving"))
         extra = {**self.state.to_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
         extra["health"] = self.health.state_dict()
@@ -268,7 +273,9 @@ class Trainer(Controls):
     def _finish(self, reason: str) -> ev.Finished:
         flush(self)
         self._emit(ev.Status(self.step, "stopping"))
-        if self.step > 0 and (self.last_eval is None or self.last_eval.step != self.step):
+        if not weights_finite(self.model) or self._skips >= ENDING_STREAK:  # fewer than MAX_SKIPS: diverged still
+            reason = "nonfinite"
+        elif self.step > 0 and (self.last_eval is None or self.last_eval.step != self.step):
             self._evaluate()
         last = self._save("end" if reason not in ("stopped", "interrupted") else "stop") if self.step > 0 else None
         finished = finished_event(self, reason, last)
