@@ -191,3 +191,32 @@ def test_a_run_that_diverges_in_fewer_than_10_skips_exits_non_zero_with_one_line
     sets = [a for item in [*TINY, "optimizer=adamw", setting] for a in ("--set", item)]
     out = run_tuilm("train", str(small_corpus), "--headless", "--out", str(tmp_path / "run"), "--steps", "6", *sets)
     assert out.returncode == 1 and "diverged" in one_error_line(out), out.stderr
+
+
+def test_a_recipe_too_large_for_a_checkpoint_header_is_refused_at_load(tmp_path, small_corpus):
+    recipe = tmp_path / "huge.toml"
+    recipe.write_text(f'description = "{"x" * (2 << 20)}"\n[data]\nsource = "{small_corpus}"\n')
+    out = run_tuilm("train", str(recipe), "--headless", "--out", str(tmp_path / "run"), "--steps", "2")
+    assert out.returncode == 2 and "too large for a recipe" in one_error_line(out), out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_header_over_safetensors_limit_is_never_written_and_never_called_truncated(
+    trained_run, tmp_path, monkeypatch
+):
+    from tuilm import checkpoint, integrity
+    from tuilm.errors import CheckpointError
+
+    path = tmp_path / "last.safetensors"
+    shutil.copy(trained_run / "last.safetensors", path)
+    kept = path.read_bytes()
+    monkeypatch.setattr(integrity, "MAX_HEADER", 1000)  # a few KB of header, as if the config were 100 MiB long
+    trainer, _ = tiny_trainer(trained_run.parent / "corpus.txt", tmp_path / "other", "max_steps=1")
+    with pytest.raises(CheckpointError, match="over safetensors' limit"):
+        trainer.files.save_model(path, trainer.model, checkpoint_meta(trainer))
+    trainer.run_lock.release()
+    assert path.read_bytes() == kept  # the file it would have replaced is untouched
+    monkeypatch.setattr(checkpoint, "MAX_HEADER", 1000)  # a reader meets a header over the limit
+    with pytest.raises(CheckpointError) as caught:
+        read_metadata(path)
+    assert "over safetensors' limit" in str(caught.value) and "truncated" not in str(caught.value)

@@ -31,13 +31,12 @@ from safetensors.torch import load
 
 from tuilm import __version__, atomic, integrity
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
-from tuilm.integrity import CHECKSUM, tensors_digest  # noqa: F401 (part of the checkpoint API)
+from tuilm.integrity import CHECKSUM, MAX_HEADER, tensors_digest  # noqa: F401 (part of the checkpoint API)
 
 FORMAT = "tuilm-checkpoint"
 STATE_FORMAT = "tuilm-train-state"
 VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
-MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 MAX_TENSORS = 100_000
 # Position tables and the KV cache are not in the file, so their size (seq_len x d_model x layers) is bounded apart.
 MAX_CONTEXT_ELEMENTS = 2**27  # 512 MiB in fp32
@@ -279,8 +278,10 @@ def read_header(path: Path, corrupt: Callable[[str], CheckpointError] | None = N
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 2 <= n <= min(MAX_HEADER, size - 8):
+            if not 2 <= n <= size - 8:
                 raise corrupt(f"a header of {n:,} bytes does not fit a file of {size:,} bytes: truncated?")
+            if n > MAX_HEADER:  # whole, but no safetensors reader opens it
+                raise corrupt(f"a header of {n:,} bytes, over safetensors' limit of {MAX_HEADER:,}")
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
