@@ -220,3 +220,30 @@ def test_a_header_over_safetensors_limit_is_never_written_and_never_called_trunc
     with pytest.raises(CheckpointError) as caught:
         read_metadata(path)
     assert "over safetensors' limit" in str(caught.value) and "truncated" not in str(caught.value)
+
+
+def test_counts_that_cannot_mean_anything_are_refused_before_any_work(small_corpus, tmp_path):
+    sweep = run_tuilm("sweep", "tiny_shakespeare_cpu", "--grid", "lr=1e-3", "--budget", "2", "--seeds", "100000000")
+    assert sweep.returncode == 2 and "100,000,000 runs" in one_error_line(sweep), sweep.stderr
+    lrfind = run_tuilm("lr-find", str(small_corpus), "--steps", "1000000000")
+    assert lrfind.returncode == 2 and "--steps 1000000000" in one_error_line(lrfind), lrfind.stderr
+    assert "tokenizer" not in lrfind.stderr  # refused before the data was prepared
+
+
+def test_a_long_sample_stops_on_ctrl_c_and_keeps_what_it_sampled(trained_run):
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tuilm", "sample", "-m", str(trained_run), "-n", "1000000000", "--seed", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background shell ignores it
+    )
+    first = child.stdout.read(1)  # sampling has started
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert first and out.endswith(b"\n")
+    assert b"stopped by Ctrl-C after" in err and b"Traceback" not in err
