@@ -4,6 +4,7 @@ writing metrics.jsonl or at the first save; a run whose weights go non-finite, a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -247,3 +248,52 @@ def test_a_long_sample_stops_on_ctrl_c_and_keeps_what_it_sampled(trained_run):
     assert child.returncode == 130, err
     assert first and out.endswith(b"\n")
     assert b"stopped by Ctrl-C after" in err and b"Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP with the terminal closed"])
+def test_the_dashboard_saves_and_exits_on_sigterm_and_a_closed_terminal(small_corpus, tmp_path, how):
+    """Issue 27, item 6: the dashboard in a real terminal (a pty) saves and exits 0, as headless does; it used to
+    save, then wait for a key (and spin, the terminal gone)."""
+    import pty
+    import select
+    import signal
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    sets = [a for item in [*TINY, "max_steps=100000", "eval_interval=10"] for a in ("--set", item)]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the dashboard, as a user starts it in a terminal
+        os.execv(
+            sys.executable, [sys.executable, "-m", "tuilm", "train", str(small_corpus), "--out", str(run_dir), *sets]
+        )
+    deadline = time.monotonic() + 120
+    try:
+        while not (run_dir / "last.safetensors").exists() and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                os.read(fd, 1 << 16)  # keep the terminal drained
+        assert (run_dir / "last.safetensors").exists(), "training did not get to its first save"
+        if how == "SIGTERM":
+            os.kill(pid, signal.SIGTERM)
+        else:
+            os.close(fd)  # the window closes: the kernel sends SIGHUP
+        while time.monotonic() < deadline:
+            if how == "SIGTERM" and select.select([fd], [], [], 0.1)[0]:
+                with contextlib.suppress(OSError):
+                    os.read(fd, 1 << 16)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the dashboard did not exit")
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    finished = [e for e in read_events(run_dir / "metrics.jsonl") if isinstance(e, ev.Finished)]
+    assert len(finished) == 1 and finished[0].status == "stopped"
+    assert int(read_metadata(run_dir / "last.safetensors")["step"]) == finished[0].step
