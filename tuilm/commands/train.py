@@ -81,16 +81,11 @@ def launcher_args(options: TrainOptions) -> list[str]:
 
 def launch(options: TrainOptions) -> int:
     """`tuilm train --nproc N`: torch's elastic launcher on this machine; its exit status is the job's."""
-    import subprocess
-
-    from tuilm.train.distributed import launch_command
+    from tuilm.train import distributed
 
     if options.nproc < 1:
         raise ConfigError(f"--nproc {options.nproc}: give at least 1 process")
-    try:
-        return subprocess.call(launch_command(options.nproc, launcher_args(options)))
-    except KeyboardInterrupt:  # the ranks got the same Ctrl-C and are saving; torchrun reports their end
-        return 130
+    return distributed.launch(options.nproc, launcher_args(options))
 
 
 def cli_overrides(options: TrainOptions) -> list[Override]:
