@@ -115,9 +115,9 @@ class RunFiles:
         try:
             save_train_state(self.next_state, optimizer, extra, rng)
             self.save_model(self.last, model, meta)  # the commit point
-        except BaseException:
-            self.next_state.unlink(missing_ok=True)  # not committed: the previous pair (if any) stands alone
-            raise
+        except Exception:  # a write that failed (a full disk) raises before its rename: nothing was committed
+            self.next_state.unlink(missing_ok=True)  # so the previous pair (if any) stands alone. Not on a second
+            raise  # Ctrl-C, which may land after the commit: the next start settles that (_settle)
         os.replace(self.next_state, self.state)
 
     def load_resume_point(self, model, optimizer, device) -> dict[str, Any]:
