@@ -181,3 +181,39 @@ def test_an_out_of_memory_on_one_rank_halves_the_micro_batch_on_every_rank(corpu
     assert sorted(two) == list(range(1, 13))
     for step in range(1, 13):
         assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-6), step
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM"])
+def test_a_signal_to_the_launcher_stops_and_saves_every_rank_then_exits(corpus, tmp_path, signame):
+    """Issue 27, item 7: `tuilm train --nproc 2` forwards SIGTERM to the ranks, waits while they save, and exits
+    143; no torchrun or rank is left training as an orphan."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = [*tiny_args(corpus), "--set", "checkpoint_interval=2", "--steps", "100000", "--out", str(out)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tuilm", "train", *args, "--nproc", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "last.safetensors").exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ranks = subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout.split()
+        assert len(ranks) == 2, ranks
+        child.send_signal(getattr(signal, signame))
+        _, stderr = child.communicate(timeout=TIMEOUT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 128 + getattr(signal, signame), stderr
+    assert "Traceback" not in stderr and "ChildFailedError" not in stderr
+    for pid in ranks:  # the launcher waited for its ranks: none is left
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "finished" and events[-1]["reason"] == "interrupted"

@@ -399,6 +399,9 @@ def test_the_dashboard_takes_sigterm_and_sighup_as_ctrl_c(signame):
         def action_stop_now(self):
             actions.append("stop_now")
 
+        def call_later(self, callback):  # Textual's: the callback runs from the app's message queue
+            callback()
+
     async def main():
         os.kill(os.getpid(), getattr(signal, signame))
         for _ in range(50):

@@ -9,7 +9,7 @@ import torch
 from tests.helpers import tiny_config, tiny_trainer
 from tuilm.model import GPT, ModelConfig
 from tuilm.train import events as ev
-from tuilm.train.optim import build_optimizer, muon_params
+from tuilm.train.optim import build_optimizer, muon_params, set_lr
 
 
 def _model_with_grads(seed=0):
@@ -29,8 +29,7 @@ def test_a_muon_step_is_torchs_muon_on_matrices_and_adamw_on_the_rest(small_corp
         q.grad = p.grad.clone()
 
     optimizer = build_optimizer(ours, cfg, torch.device("cpu"))
-    for group in optimizer.param_groups:  # what the trainer's schedule does at the peak
-        group["lr"] = cfg.lr * group["lr_scale"]
+    set_lr(optimizer, cfg.lr, cfg.lr)  # what the trainer's schedule does at the peak
     optimizer.step()
 
     matrices, rest = muon_params(reference)
@@ -94,3 +93,19 @@ def test_health_reports_muons_momentum(small_corpus, tmp_path):
     assert blocks and all(health.adam_m_norm[i] > 0 for i in blocks)
     assert len(health.update_ratio) == len(health.layers)  # every group's update ratio is measured
     assert not any(math.isnan(r) for r in health.update_ratio)
+
+
+def test_a_resume_that_changes_lr_keeps_muons_peak_at_muon_lr(small_corpus, tmp_path):
+    """Issue 27, item 4: each group's peak is the config's (initial_lr), not a ratio saved with the old lr."""
+    common = ("optimizer=muon", "muon_lr=0.02", "max_steps=3", "warmup_steps=0", "schedule=constant")
+    first, _ = tiny_trainer(small_corpus, tmp_path / "run", *common, "lr=0.01")
+    first.run()
+    assert first.error is None, first.error
+    first.run_lock.release()
+    second, _ = tiny_trainer(small_corpus, tmp_path / "run", *common, "lr=0.001", "max_steps=5", resume=True)
+    peaks = {group["muon"]: group["initial_lr"] for group in second.optimizer.param_groups}
+    assert peaks == {True: 0.02, False: 0.001}
+    second.run()
+    assert second.error is None, second.error
+    lrs = {group["muon"]: group["lr"] for group in second.optimizer.param_groups}
+    assert lrs == {True: pytest.approx(0.02), False: pytest.approx(0.001)}

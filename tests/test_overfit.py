@@ -115,3 +115,16 @@ def test_the_command_fails_with_exit_1_and_the_likely_causes(small_corpus):
 def test_bad_options_are_one_line_and_exit_2():
     out = run_tuilm("overfit", "tiny_shakespeare_cpu", "--steps", "0")
     assert out.returncode == 2 and "--steps 0" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_overfit_never_writes_into_an_existing_run(trained_run, tmp_path):
+    """Issue 27, item 2: --out onto a run of `tuilm train` is refused before anything in it is touched."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    out = run_tuilm("overfit", str(trained_run.parent / "corpus.txt"), *SETS, "--steps", "5", "--out", str(run))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "already holds a run" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

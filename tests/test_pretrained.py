@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,21 @@ def test_bad_init_is_one_line(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(ConfigError, match=r"needs config\.json, model\.safetensors, tokenizer\.json"):
         sliding_eval_command(None, str(tmp_path / "m"), "x.txt", 0, "cpu")
+
+
+def test_init_from_non_finite_weights_is_one_line(hf_dir, tmp_path):
+    """Issue 27, item 5: --init refuses NaN weights before training, as --resume does."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "nan-gpt2"
+    shutil.copytree(hf_dir, folder)
+    tensors = load_file(folder / "model.safetensors")
+    name = next(k for k in tensors if k.endswith("wte.weight"))
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "data.txt").write_text(TEXT)
+    args = ["--init", str(folder), "--headless", "--steps", "2", "--set", "seq_len=32", "--set", "batch_size=4"]
+    out = helpers.run_tuilm("train", str(tmp_path / "data.txt"), *args)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "NaN or Inf" in errors[0], out.stderr

@@ -12,6 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from tuilm.errors import TuilmError
+
+
+class NotAFileError(TuilmError):
+    """A write would replace a directory, FIFO, device or socket: the rename would swap it for a file."""
+
 
 def _read_umask() -> int:
     # The only portable way to read the umask is to set it; done once, at import, before any thread writes.
@@ -46,7 +52,21 @@ def atomic_write_with(path: Path, fill: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def check_replaceable(path: Path) -> None:
+    """NotAFileError unless `path` is absent or a regular file (or a link to one). os.replace() swaps whatever is
+    there, so without this a write to /dev/full as root would replace the device node, and one to a directory's
+    name fails half way with a bare OS error."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # absent (or a dangling link): nothing to lose; any other problem, the write itself reports
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
+        raise NotAFileError(f"{path} is {kind} where tuilm writes a file; it is left alone: move it or write elsewhere")
+
+
 def _write(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file(path)
     try:

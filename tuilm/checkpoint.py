@@ -31,13 +31,12 @@ from safetensors.torch import load
 
 from tuilm import __version__, atomic, integrity
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
-from tuilm.integrity import CHECKSUM, tensors_digest  # noqa: F401 (part of the checkpoint API)
+from tuilm.integrity import CHECKSUM, MAX_HEADER, tensors_digest  # noqa: F401 (part of the checkpoint API)
 
 FORMAT = "tuilm-checkpoint"
 STATE_FORMAT = "tuilm-train-state"
 VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
-MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 MAX_TENSORS = 100_000
 # Position tables and the KV cache are not in the file, so their size (seq_len x d_model x layers) is bounded apart.
 MAX_CONTEXT_ELEMENTS = 2**27  # 512 MiB in fp32
@@ -279,8 +278,10 @@ def read_header(path: Path, corrupt: Callable[[str], CheckpointError] | None = N
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 2 <= n <= min(MAX_HEADER, size - 8):
+            if not 2 <= n <= size - 8:
                 raise corrupt(f"a header of {n:,} bytes does not fit a file of {size:,} bytes: truncated?")
+            if n > MAX_HEADER:  # whole, but no safetensors reader opens it
+                raise corrupt(f"a header of {n:,} bytes, over safetensors' limit of {MAX_HEADER:,}")
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
@@ -563,16 +564,9 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", *, allow_non
     data = _read_data(path, header)
     _verify(path, header, data, "weights")
     tensors = _tensors(path, data, "the weights cannot be read")
-    if not allow_nonfinite:
-        bad = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
-        if bad:
-            more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
-            raise CheckpointError(
-                f"{path}: the weights hold NaN or Inf (in {bad[0]}{more}): the run diverged and this model "
-                "cannot produce text; pass --allow-nonfinite to load it anyway for a post-mortem"
-            )
     model = GPT(config)
-    load_weights(model, tensors, path)
+    hint = "this model cannot produce text; pass --allow-nonfinite to load it anyway for a post-mortem"
+    load_weights(model, tensors, path, allow_nonfinite=allow_nonfinite, hint=hint)
     meta = {
         k: _json_or_str(v)
         for k, v in metadata.items()
@@ -581,12 +575,31 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", *, allow_non
     return Checkpoint(path, model.to(device).eval(), tokenizer, parsed["train_config"], meta)
 
 
-def load_weights(model, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def load_weights(
+    model,
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    *,
+    allow_nonfinite: bool = False,
+    hint: str = "training cannot continue from it: start a new run (a lower train.lr) or from an earlier checkpoint",
+) -> None:
+    """`tensors` into `model` after checking their names and shapes, and that they are finite: every way into a
+    model (--resume, --init, sample, chat, eval) refuses NaN or Inf weights here, unless `allow_nonfinite`."""
     expected = model.state_dict()
     if model.cfg.tie_embeddings:
         expected.pop("head.weight", None)
     _compare(path, {k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(t.shape) for k, t in tensors.items()})
+    if not allow_nonfinite:
+        bad = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
+        if bad:
+            more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+            raise CheckpointError(f"{path}: the weights hold NaN or Inf (in {bad[0]}{more}); {hint}")
     model.load_state_dict(tensors, strict=False)
+
+
+def weights_finite(model) -> bool:
+    """Whether every parameter of `model` is finite (one device sync per tensor: for checkpoints, not steps)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _json_or_str(value: str) -> Any:
@@ -813,6 +826,8 @@ def _check_groups(groups: Any, live: list[dict], corrupt: Callable[[str], Checkp
             if key == "params":
                 continue
             if key not in saved:
+                if key == "initial_lr":  # stamped again from the config on resume (optim.stamp_peaks); older
+                    continue  # checkpoints kept a ratio, lr_scale, instead
                 raise corrupt(f"parameter group {i} has no {key}")
             if not _same_kind(saved[key], value):
                 raise corrupt(f"parameter group {i}: {key} = {_short(saved[key])} where {_short(value)} belongs")

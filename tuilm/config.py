@@ -336,8 +336,18 @@ def from_dict(data: dict[str, Any], recipe: str = "custom") -> RunConfig:
     return config
 
 
+# A recipe is a few KB. Its text goes into every checkpoint's header, which safetensors caps at 100 MiB.
+MAX_RECIPE_BYTES = 1 << 20
+
+
 def load_toml(path: Path, recipe: str | None = None) -> RunConfig:
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise ConfigError(
+                f"{path}: {size:,} bytes is too large for a recipe (at most {MAX_RECIPE_BYTES:,}); a recipe holds "
+                "settings, and its text goes into every checkpoint: shorten it (description, sample_prompt)"
+            )
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None

@@ -27,6 +27,9 @@ import torch
 import xxhash
 
 from tuilm.atomic import atomic_write_with
+from tuilm.errors import CheckpointError
+
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header: a longer one no reader opens
 
 CHECKSUM = "checksum"  # metadata key: "<kind>:<hex>" over the other metadata and every tensor
 BY_NAME = "xxh3-128"
@@ -107,6 +110,11 @@ def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     placeholder = f"{IN_FILE_ORDER}:{'0' * 32}"
     metadata[CHECKSUM] = placeholder
     header = _header(ordered, metadata)
+    if len(header) > MAX_HEADER:  # refused before anything is written: the file it would replace stays readable
+        raise CheckpointError(
+            f"{path}: not written: its metadata (config and tokenizer) is {len(header):,} bytes, over safetensors' "
+            f"limit of {MAX_HEADER:,}; shorten the recipe's text (description, sample_prompt)"
+        )
     marker = json.dumps({CHECKSUM: placeholder}, separators=(",", ":"))[1:-1].encode()
     # The key is unique and other values are JSON strings, whose quotes are escaped: the marker is found once.
     at = header.index(marker) + len(marker) - len(placeholder) - 1

@@ -118,6 +118,7 @@ def claim_run_dir(run_dir: Path):
     One line (ConfigError) when it is a file, cannot be created or written, or another live process trains into
     it; a killed save's `.<name>.*.tmp` files (tuilm.atomic's temp names) are deleted, under the lock.
     """
+    from tuilm.atomic import check_replaceable
     from tuilm.runlock import RunLock
 
     run_dir = Path(run_dir)
@@ -132,9 +133,18 @@ def claim_run_dir(run_dir: Path):
         raise ConfigError(
             f"{run_dir}: cannot write the run directory ({e.strerror or e}); choose another with --out"
         ) from None
+    try:
+        for name in RUN_FILES:  # a directory (or FIFO) where a run file belongs: say so now, not at the first save
+            check_replaceable(run_dir / name)
+    except TuilmError:
+        lock.release()
+        raise
     for tmp in run_dir.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     return lock
+
+
+RUN_FILES = ("config.toml", "metrics.jsonl", "last.safetensors", "best.safetensors", "train_state.safetensors")
 
 
 class _Claim:
@@ -295,20 +305,35 @@ def write_error_log(run_dir: Path, error: BaseException) -> str:
     return f" (traceback in {run_dir / 'error.log'})"
 
 
+def what_is_kept(run_dir: Path, fix: str) -> str:
+    """What a failed run left to continue from, with what to do (`fix`), as the end of its one-line error."""
+    from tuilm.checkpoint import read_metadata
+    from tuilm.train.state import LAST
+
+    try:
+        step = int(read_metadata(run_dir / LAST).get("step", "-1"))
+    except (TuilmError, OSError, ValueError):
+        return f"no checkpoint of this run was written: {fix}, then train again"
+    return f"the checkpoint of step {step} is intact: {fix}, then tuilm train --resume {run_dir}"
+
+
 def report_outcome(trainer) -> int:
     """Exit status for a finished trainer: 0 done, 2 for a problem with the input, 1 for anything else."""
     if trainer.error is None:
-        if trainer.result is not None and trainer.result.status == "diverged":
-            return 1
-        return 0
+        result = trainer.result
+        if result is not None and result.status == "diverged" and trainer.dist.main:
+            print_error(
+                f"training diverged at step {result.step} (health stop: {result.reason}); "
+                + what_is_kept(trainer.run_dir, "lower train.lr (tuilm health says more)")
+            )
+        return 1 if result is not None and result.status == "diverged" else 0
     error = trainer.error
     if isinstance(error, TuilmError):
         raise error
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         raise ConfigError(
-            f"no space left on device at step {trainer.step} while writing {trainer.run_dir} "
-            f"({error.filename or 'a checkpoint'}); the previous checkpoint is intact: free some space, then "
-            f"tuilm train --resume {trainer.run_dir}"
+            f"no space left on device at step {trainer.step} while writing {error.filename or trainer.run_dir}; "
+            f"{what_is_kept(trainer.run_dir, 'free some space')}"
         )
     dist = trainer.dist
     where = write_error_log(trainer.run_dir, error) if dist.main else ""  # rank 0 alone writes the run directory

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tuilm.errors import ConfigError, TuilmError
 
+MIN_STEPS, MAX_STEPS = 20, 10_000
+
 
 def lrfind_command(
     source: str,
@@ -28,8 +30,11 @@ def lrfind_command(
 
     if not 0 < start < end:
         raise ConfigError(f"--start {start:g} and --end {end:g}: need 0 < start < end")
-    if steps < 20:
-        raise ConfigError(f"--steps {steps}: the range test needs at least 20 steps")
+    if not MIN_STEPS <= steps <= MAX_STEPS:
+        raise ConfigError(
+            f"--steps {steps}: the range test needs {MIN_STEPS} to {MAX_STEPS:,} steps (a few hundred resolve the "
+            "curve; more only retrain the model, one step at a time)"
+        )
     if rule not in RULES:
         raise ConfigError(f"--rule {rule}: choose {' or '.join(RULES)}")
     config = apply_overrides(resolve_config(source), overrides)

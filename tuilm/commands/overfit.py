@@ -33,6 +33,8 @@ def overfit_command(
     if target is not None:
         target = overfit_target(target)
     config = apply_overrides(resolve_config(source), overrides)
+    if out is not None:
+        refuse_a_run(Path(out))
     with ExitStack() as stack:
         if out is None:  # the trainer wants a run directory; nothing in it is kept
             out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tuilm-overfit-"))) / "run"
@@ -61,6 +63,16 @@ def overfit_command(
         if keep:
             print(f"saved {out / 'last.safetensors'}", file=sys.stderr)
     return 0 if result.passed else 1
+
+
+def refuse_a_run(out: Path) -> None:
+    """--out names a new folder: overfit's model (last.safetensors, no training state) written into a run that
+    `tuilm train` made would replace that run's checkpoint and config and leave it impossible to resume."""
+    from tuilm.session import RUN_FILES
+
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held:
+        raise ConfigError(f"{out} already holds a run ({held[0]}); overfit writes a model of its own: give a new --out")
 
 
 def result_fields(result) -> dict:

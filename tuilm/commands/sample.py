@@ -48,10 +48,18 @@ def sample_command(
         out.flush()
 
     out.write(show(prompt))  # a stop string counts in the completion only, never in the prompt
-    with closing(generate(ckpt.model, context, settings, generator=generator, use_cache=use_cache)) as tokens:
-        for token in tokens:
-            write(stops.feed(decoder.feed(token)))
-            if stops.stopped:
-                break
+    sampled = 0
+    try:
+        with closing(generate(ckpt.model, context, settings, generator=generator, use_cache=use_cache)) as tokens:
+            for token in tokens:
+                sampled += 1
+                write(stops.feed(decoder.feed(token)))
+                if stops.stopped:
+                    break
+    except KeyboardInterrupt:  # a long -n: Ctrl-C ends it, and what was sampled stays
+        write(stops.feed(decoder.flush()) + stops.flush())
+        out.write("\n")
+        print(f"stopped by Ctrl-C after {sampled:,} of {settings.max_new_tokens:,} tokens", file=sys.stderr)
+        raise SystemExit(130) from None
     write(stops.feed(decoder.flush()) + stops.flush())
     out.write("\n")

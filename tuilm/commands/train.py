@@ -83,16 +83,11 @@ def launcher_args(options: TrainOptions) -> list[str]:
 
 def launch(options: TrainOptions) -> int:
     """`tuilm train --nproc N`: torch's elastic launcher on this machine; its exit status is the job's."""
-    import subprocess
-
-    from tuilm.train.distributed import launch_command
+    from tuilm.train import distributed
 
     if options.nproc < 1:
         raise ConfigError(f"--nproc {options.nproc}: give at least 1 process")
-    try:
-        return subprocess.call(launch_command(options.nproc, launcher_args(options)))
-    except KeyboardInterrupt:  # the ranks got the same Ctrl-C and are saving; torchrun reports their end
-        return 130
+    return distributed.launch(options.nproc, launcher_args(options))
 
 
 def cli_overrides(options: TrainOptions) -> list[Override]:
@@ -258,15 +253,23 @@ def _signals_quit(app):
     """SIGTERM and SIGHUP do what Ctrl-C does in the dashboard: stop, save and quit (a second one: at once)."""
     import asyncio
     import signal
+    import threading
 
     def handler(signum, frame) -> None:
+        trainer = getattr(app.source, "trainer", None)
+        if trainer is not None and not watchdog:
+            watchdog.append(threading.Thread(target=_leave_once_saved, args=(trainer,), daemon=True))
+            watchdog[0].start()
         try:
-            asyncio.get_running_loop().call_soon_threadsafe(app.action_stop_now)
+            # Through the app's own message queue: run bare on the loop, the action's timer (which waits for the
+            # save, then quits) would have no message pump to run in, and the dashboard would wait for a key.
+            asyncio.get_running_loop().call_soon_threadsafe(app.call_later, app.action_stop_now)
         except RuntimeError:  # the app's loop is not running (yet, or any more): stop the trainer itself
             trainer = getattr(app.source, "trainer", None)
             if trainer is not None:
                 trainer.stop("interrupted")
 
+    watchdog: list = []
     sigs = [s for s in STOP_SIGNALS if s != signal.SIGINT]  # Ctrl-C reaches Textual as a key
     previous = {s: signal.signal(s, handler) for s in sigs}
     try:
@@ -274,6 +277,24 @@ def _signals_quit(app):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+# Seconds the dashboard has to close once a signal's save is done: ample for a terminal, while one that is gone
+# (SIGHUP on a closed window) blocks Textual's shutdown for ever, its writes to the terminal queued behind a dead one.
+CLOSE_GRACE_S = 10.0
+
+
+def _leave_once_saved(trainer) -> None:
+    """After SIGTERM/SIGHUP: wait for the trainer's save, give the dashboard CLOSE_GRACE_S to close, then leave as
+    the headless path does (0 stopped and saved, 1 failed or diverged). Every file is written atomically and
+    metrics.jsonl unbuffered: nothing but the terminal is left to flush, and it is gone."""
+    import os
+
+    trainer.join()
+    time.sleep(CLOSE_GRACE_S)
+    failed = trainer.error is not None or (trainer.result is not None and trainer.result.status == "diverged")
+    release_run_dir(trainer)
+    os._exit(1 if failed else 0)
 
 
 def list_recipes(as_json: bool = False) -> None:

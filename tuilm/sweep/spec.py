@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,12 +94,22 @@ class SweepSpec:
         }
 
 
+# Runs in one sweep: each is a training run of its own, so more would not end in any useful time; a larger study is
+# several sweeps (each folder resumes where it stopped).
+MAX_RUNS = 10_000
+
+
 def make_spec(
     recipe: str, grid: list[str], overrides: list[str], budget: str | None, seeds: int, device: str | None
 ) -> SweepSpec:
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     axes = parse_grid(grid)
+    planned = math.prod(len(a.values) for a in axes) * seeds  # counted before any run is planned
+    if planned > MAX_RUNS:
+        raise ConfigError(
+            f"--grid and --seeds make {planned:,} runs; a sweep plans at most {MAX_RUNS:,}: give fewer values or seeds"
+        )
     parsed = parse_budget(budget) if budget else None
     keys = [a.key for a in axes]
     if parsed is not None:

@@ -18,6 +18,9 @@ from tuilm.train.losses import z_loss_sum
 from tuilm.train.schedule import to_device
 
 MAX_SKIPS = 10  # non-finite steps in a row before a `skip` policy gives up
+# A run that ends inside a streak this long has not recovered from it (its weights may be finite but useless, the
+# val loss 1e10 after lr=1e6): it ends diverged, not completed. One bad last batch alone does not count.
+ENDING_STREAK = 3
 
 
 def healing_backward(trainer, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):

@@ -222,18 +222,36 @@ def refused(trainer, what: str) -> bool:
     return True
 
 
-def launch_command(nproc: int, args: list[str]) -> list[str]:
-    """`python -m torch.distributed.run` on this machine with `nproc` ranks running `tuilm train args`."""
-    import sys
+def launch(nproc: int, args: list[str]) -> int:
+    """torch's elastic launcher with `nproc` ranks of `tuilm train ARGS` on this machine; the job's exit status.
 
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "tuilm",
-        "train",
-        *args,
-    ]
+    The agent runs in this process, not as a child of it: torch starts each rank in a session of its own, so a
+    SIGINT, SIGTERM or SIGHUP reaches this process alone, and the agent sends it on to every rank once, waits while
+    they stop and save, and only then does this process end, with 128 + the signal (130, 143, 129). A rank that
+    fails has said why in its own one line, and its exit status is the job's; one killed by a signal is named here,
+    in one line, instead of torch's ChildFailedError traceback."""
+    import logging
+    import signal
+
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    from tuilm.errors import print_error
+
+    for name in list(logging.root.manager.loggerDict):  # each sets its own level: its reports repeat the ranks' lines
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    argv = ["--standalone", f"--nproc-per-node={nproc}", "-m", "tuilm", "train", *args]
+    try:
+        run(get_args_parser().parse_args(argv))
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        if failure.exitcode > 0:
+            return failure.exitcode
+        name = signal.Signals(-failure.exitcode).name if failure.exitcode < 0 else "no exit status"
+        print_error(f"rank {rank} was killed ({name}); the other ranks were stopped: resume with --resume")
+        return 1
+    return 0

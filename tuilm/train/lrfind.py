@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tuilm.data.pipeline import IGNORE
+from tuilm.train.optim import set_lr
 from tuilm.train.schedule import to_device
 
 RULES = ("min/10", "steepest")
@@ -83,8 +84,7 @@ def lr_range_test(
     best = math.inf
     for i in range(steps):
         lr = start * (end / start) ** (i / max(1, steps - 1))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(optimizer, lr, trainer.tcfg.lr)
         micro = trainer.batches.next_step(trainer.state)
         n_targets = max(1, sum(b.n_targets for b in micro))
         total = 0.0

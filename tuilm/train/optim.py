@@ -21,18 +21,37 @@ def build_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.
     betas = (cfg.beta1, cfg.beta2)
     fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, **fast)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=betas, **fast)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
-    if cfg.optimizer == "muon":
-        return build_muon(model, cfg, fast)
-    if cfg.optimizer == "adafactor":
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, **fast)
+    elif cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=betas, **fast)
+    elif cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, foreach=True)
+    elif cfg.optimizer == "muon":
+        optimizer = build_muon(model, cfg, fast)
+    elif cfg.optimizer == "adafactor":
         if not hasattr(torch.optim, "Adafactor"):
             raise ConfigError("adafactor needs torch >= 2.5; upgrade torch or choose adamw")
-        return torch.optim.Adafactor(groups, lr=cfg.lr, foreach=True)
-    raise ConfigError(f"unknown optimizer '{cfg.optimizer}'; choose adamw, adam, sgd, adafactor or muon")
+        optimizer = torch.optim.Adafactor(groups, lr=cfg.lr, foreach=True)
+    else:
+        raise ConfigError(f"unknown optimizer '{cfg.optimizer}'; choose adamw, adam, sgd, adafactor or muon")
+    stamp_peaks(optimizer, cfg)
+    return optimizer
+
+
+def stamp_peaks(optimizer: torch.optim.Optimizer, cfg) -> None:
+    """Each group's own peak learning rate as `initial_lr` (nanochat's name): muon_lr for the Muon group, train.lr
+    for the others. Stamped from the config when the optimizer is built and again after a resume has loaded the
+    saved groups, so a resume with another train.lr or muon_lr trains each group at its new peak, never at a ratio
+    of the old ones."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.muon_lr if group.get("muon") else cfg.lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, peak: float) -> None:
+    """Apply a point `lr` of a schedule that peaks at `peak` (train.lr) to every group: each follows the same
+    warmup and decay, scaled to its own peak."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["initial_lr"] / peak
 
 
 def muon_params(model: torch.nn.Module) -> tuple[list, list]:
@@ -51,12 +70,11 @@ def build_muon(model: torch.nn.Module, cfg, fast: dict) -> torch.optim.Optimizer
         raise ConfigError("optimizer muon needs at least one transformer block (model.n_layers >= 1)")
     decay = [p for p in rest if p.dim() >= 2]
     other = [p for p in rest if p.dim() < 2]
-    # lr_scale: the schedule sets every group's lr to lr_at(...) * lr_scale, so Muon follows the same warmup and
-    # decay at its own peak (muon_lr) while the AdamW groups run at train.lr.
+    # Muon follows the same warmup and decay at its own peak, muon_lr (stamp_peaks), the AdamW groups at train.lr.
     groups = [
-        {"params": muon, "muon": True, "lr_scale": cfg.muon_lr / cfg.lr, "weight_decay": cfg.weight_decay},
-        {"params": decay, "muon": False, "lr_scale": 1.0, "weight_decay": cfg.weight_decay},
-        {"params": other, "muon": False, "lr_scale": 1.0, "weight_decay": 0.0},
+        {"params": muon, "muon": True, "weight_decay": cfg.weight_decay},
+        {"params": decay, "muon": False, "weight_decay": cfg.weight_decay},
+        {"params": other, "muon": False, "weight_decay": 0.0},
     ]
     return MuonAdamW(
         [g for g in groups if g["params"]],
@@ -76,7 +94,7 @@ class MuonAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, groups, lr: float, betas, momentum: float, adamw_options: dict | None = None):
-        super().__init__(groups, {"lr": lr, "muon": False, "lr_scale": 1.0, "weight_decay": 0.0})
+        super().__init__(groups, {"lr": lr, "muon": False, "weight_decay": 0.0})
         self._momentum, self._betas, self._adamw_options = momentum, betas, dict(adamw_options or {})
         self._link()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -19,31 +20,37 @@ from tuilm.train.lines import eval_summary, finished_line
 
 
 class MetricsFile:
-    """metrics.jsonl: one JSON object per event, each appended whole.
-
-    Each event is one os.write() of a complete line to a file opened for appending (no Python buffer in
-    between), so a reader tailing the file (tuilm watch) never sees half an event, and a crash loses at most
-    the line being written.
-    """
+    """metrics.jsonl: one JSON object per event, each appended whole by one os.write() (no Python buffer between):
+    a reader tailing the file (tuilm watch) never sees half an event, a crash loses at most the line being written,
+    and a full disk cuts it back to its last whole line, after which nothing more is written."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(
-            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644
-        )
-        self._lock = threading.Lock()
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+        self._fd: int | None = os.open(self.path, flags, 0o644)
+        self._size = os.fstat(self._fd).st_size  # the end of the last whole line written
+        self._lock = threading.RLock()  # close() takes it too, from a failed write
 
     def __call__(self, event: ev.Event) -> None:
         line = (json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
         with self._lock:
             if self._fd is None:
                 return
-            view = memoryview(line)
-            while view:  # a regular file takes the whole line at once; the loop is for the rare short write
-                view = view[os.write(self._fd, view) :]
-            if isinstance(event, ev.Finished | ev.Failed):
-                os.fsync(self._fd)
+            try:
+                view = memoryview(line)
+                while view:  # a regular file takes the whole line at once; the loop is for the rare short write
+                    view = view[os.write(self._fd, view) :]
+                if isinstance(event, ev.Finished | ev.Failed):
+                    os.fsync(self._fd)
+            except OSError as e:  # every line left stands: none promises what the run could not do after it
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+                self.close()
+                if not isinstance(event, ev.Failed):  # a failing run's own error is the one to report
+                    raise OSError(e.errno, e.strerror, str(self.path)) from None
+                return
+            self._size += len(line)
 
     def close(self) -> None:
         with self._lock:

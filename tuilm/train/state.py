@@ -118,8 +118,12 @@ class RunFiles:
         rng = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
-        save_train_state(self.next_state, optimizer, extra, rng, averaged)
-        self.save_model(self.last, model, meta)  # the commit point
+        try:
+            save_train_state(self.next_state, optimizer, extra, rng, averaged)
+            self.save_model(self.last, model, meta)  # the commit point
+        except Exception:  # a write that failed (a full disk) raises before its rename: nothing was committed
+            self.next_state.unlink(missing_ok=True)  # so the previous pair (if any) stands alone. Not on a second
+            raise  # Ctrl-C, which may land after the commit: the next start settles that (_settle)
         os.replace(self.next_state, self.state)
 
     def load_resume_point(self, model, optimizer, device, average=None) -> dict[str, Any]:

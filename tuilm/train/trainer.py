@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tuilm.checkpoint import weights_finite
 from tuilm.config import RunConfig
 from tuilm.data.dataset import Dataset
 from tuilm.flops import run_flops
@@ -23,12 +24,12 @@ from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
 from tuilm.train import accel, distributed, ema, target
 from tuilm.train import events as ev
-from tuilm.train.backward import apply_update, clear_grads, healing_backward, non_finite
+from tuilm.train.backward import ENDING_STREAK, apply_update, clear_grads, healing_backward, non_finite
 from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
 from tuilm.train.health import HealthMonitor
 from tuilm.train.lean import Pending, flush, lean_possible, lean_step, logged
-from tuilm.train.optim import build_optimizer, lr_at
+from tuilm.train.optim import build_optimizer, lr_at, set_lr, stamp_peaks
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
 from tuilm.train.rewind import SpikeGuard
 from tuilm.train.schedule import BatchSource, StopRules, to_device, wsd_start
@@ -212,8 +213,7 @@ class Trainer(Controls):
         return lr_at(step, progress, self.tcfg, wsd_start(self.tcfg, self.state, progress, self.resumed_progress))
 
     def _set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)  # muon: its Muon group runs at muon_lr / lr times lr
+        set_lr(self.optimizer, lr, self.tcfg.lr)  # each group at its own peak: Muon's at muon_lr
 
     # -- evaluation, samples, checkpoints ------------------------------------------------------------------------
 
@@ -257,7 +257,7 @@ class Trainer(Controls):
         return event
 
     def _sample(self, prompt: str) -> str:
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+        if not weights_finite(self.model):
             self._emit(ev.Log(self.step, "no sample: the model's weights are no longer finite", "warning"))
             return ""
         # A generator of its own, seeded by the step, leaves the training RNG untouched (resumes stay exact).
@@ -268,17 +268,21 @@ class Trainer(Controls):
         return text
 
     def _save_model(self, path: Path, reason: str, weights: str = "model") -> None:
-        if not self.dist.main:  # rank 0 alone writes the run directory
+        model = self.ema.module if weights == "ema" else self.model
+        if not self.dist.main or not weights_finite(model):  # rank 0 alone writes; NaN weights are no best
             return
         t0 = time.perf_counter()
-        model = self.ema.module if weights == "ema" else self.model
         self.files.save_model(path, model, checkpoint_meta(self, weights))
         self.apart["checkpoint"] += time.perf_counter() - t0
         self._emit(ev.CheckpointSaved(self.step, str(path), reason))
 
-    def _save(self, reason: str) -> Path:
-        """last.safetensors and train_state.safetensors, the pair a resume needs."""
+    def _save(self, reason: str) -> Path | None:
+        """last.safetensors and train_state.safetensors, the pair a resume needs. Weights gone non-finite are never
+        saved: the run stops as diverged, and the previous pair (if any) stays the resume point."""
         flush(self)
+        if not weights_finite(self.model):
+            self.stop("nonfinite")
+            return self.files.last if self.files.last.is_file() else None
         self._emit(ev.Status(self.step, "saving"))
         t0, self.clock = time.perf_counter(), None
         extra = {**self.state.to_dict(), "scaler": self.scaler.state_dict() if self.scaler else None}
@@ -298,6 +302,7 @@ class Trainer(Controls):
 
     def _load_state(self) -> None:
         extra = self.files.load_resume_point(self.model, self.optimizer, self.device, self.ema)
+        stamp_peaks(self.optimizer, self.tcfg)  # the saved groups hold the old peaks: this run's are the config's
         self.state = TrainState.from_dict(extra)
         if self.scaler and extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
@@ -316,7 +321,9 @@ class Trainer(Controls):
     def _finish(self, reason: str) -> ev.Finished:
         flush(self)
         self._emit(ev.Status(self.step, "stopping"))
-        if self.step > 0 and (self.last_eval is None or self.last_eval.step != self.step):
+        if not weights_finite(self.model) or self._skips >= ENDING_STREAK:  # fewer than MAX_SKIPS: diverged still
+            reason = "nonfinite"
+        elif self.step > 0 and (self.last_eval is None or self.last_eval.step != self.step):
             self._evaluate()
         last = self._save("end" if reason not in ("stopped", "interrupted") else "stop") if self.step > 0 else None
         finished = finished_event(self, reason, last)
