@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from tuilm import __version__
-from tuilm.errors import ConfigError, TuilmError, print_error
+from tuilm.errors import ConfigError, TuilmError, os_error_line, print_error
 from tuilm.sampling_settings import DEFAULTS
 
 app = typer.Typer(
@@ -412,6 +412,13 @@ def main() -> None:
     except TuilmError as e:
         print_error(str(e))
         sys.exit(e.exit_code)
+    except OSError as e:
+        # a path the user named that the OS refuses (too long, a directory, read-only, full): one line, exit 2
+        line = os_error_line(e)
+        if line is None:
+            raise
+        print_error(line)
+        sys.exit(2)
     except SystemExit as e:
         if e.code == 130:
             _quit_at_once()
