@@ -6,6 +6,7 @@ It sits below both commands and above the library: nothing in train/, tui/ or sw
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -62,6 +63,7 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
             print(message + "…", file=sys.stderr)
 
     # Rank 0 alone writes the run directory, so it alone claims it (the lock is held until the run is over).
+    created = not Path(run_dir).exists()
     lock = claim_run_dir(run_dir) if dist.main else None
     try:
         config, tokenizer, init_folder = pretrained_start(config, run_dir, resume)
@@ -75,6 +77,8 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
     except BaseException:
         if lock is not None:
             lock.release()
+            if created:  # a start refused (a bad --init, unusable data) leaves no empty run behind
+                _remove_if_empty(Path(run_dir))
         raise
     trainer.run_lock = lock
     if init_folder is not None:
@@ -87,6 +91,14 @@ def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, qui
     if dist.main:
         atomic_write_text(run_dir / "config.toml", config.to_toml())
     return trainer
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    from tuilm.runlock import LOCK_NAME
+
+    with contextlib.suppress(OSError):
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        run_dir.rmdir()  # fails, as it should, when anything else is in it
 
 
 def claim_run_dir(run_dir: Path):

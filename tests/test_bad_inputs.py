@@ -1,0 +1,169 @@
+"""Issue 27, part B: the third round of bad inputs. Each probe is run as a user would and ends in one `error:` line
+and exit 2, never a traceback: OS errors on a path the user named (one place: cli.main and errors.os_error_line),
+values nested or sized past what a parser takes, imported model configs checked like tuilm's own settings."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import run_tuilm
+from tuilm.errors import CheckpointError, TuilmError, os_error_line
+from tuilm.model import pretrained
+
+LONG = "a" * 300  # one path component over the 255 bytes every common filesystem allows
+
+
+def assert_one_line(out, *fragments: str) -> str:
+    assert out.returncode == 2, (out.returncode, out.stdout[-500:], out.stderr[-2000:])
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip() and not line.endswith("…")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# -- 9, 16: OS errors on a path the user named ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["data", "stats", LONG],
+        ["train", LONG, "--headless"],
+        ["train", "{corpus}", "--headless", "--out", f"{LONG}/run"],
+        ["sample", "-m", LONG],
+        ["health", LONG],
+    ],
+)
+def test_a_name_too_long_is_one_line(small_corpus, tmp_path, args):
+    args = [a.replace("{corpus}", str(small_corpus)) for a in args]
+    assert_one_line(run_tuilm(*args, cwd=tmp_path), "longer than the filesystem allows (255 bytes)")
+
+
+def test_vocab_train_out_names_the_users_path(small_corpus, tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("x")
+    base = ["vocab", "train", str(small_corpus), "--size", "300", "--out"]
+    assert_one_line(run_tuilm(*base, str(tmp_path / "d")), f"{tmp_path / 'd'}: it is a directory")
+    assert_one_line(run_tuilm(*base, str(tmp_path / "f" / "x.json")), "f/x.json: a part of the path is a file")
+    assert (tmp_path / "f").read_text() == "x" and not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+@given(code=st.sampled_from(["ENAMETOOLONG", "EISDIR", "ENOTDIR", "EACCES", "ENOSPC", "EROFS"]), name=st.text())
+@settings(max_examples=40, deadline=None)
+def test_every_os_error_on_a_path_is_one_printable_line(code, name):
+    number = getattr(errno, code)
+    line = os_error_line(OSError(number, "strerror", name))
+    assert line is not None and "\n" not in line.replace(name[:60], "").replace(name[-40:], "")
+    assert len(line) < 120 + 120 and line.encode("utf-8")  # a surrogate (a non-UTF-8 name) would fail to encode
+    assert os_error_line(OSError(errno.EBADF, "bad fd")) is None  # not the user's path: a bug, keeps its trace
+
+
+def test_lr_find_refuses_an_endless_range_and_a_png_that_is_not_one(small_corpus, tmp_path):
+    (tmp_path / "dir.png").mkdir()
+    for args, fragment in [
+        (["--end", "inf"], "both finite"),
+        (["--end", "nan"], "both finite"),
+        (["--png", str(tmp_path / "x.safetensors")], "ending in .png"),
+        (["--png", str(tmp_path)], "ending in .png"),
+        (["--png", str(tmp_path / "dir.png")], "not a directory"),
+    ]:
+        assert_one_line(run_tuilm("lr-find", str(small_corpus), *args), fragment)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+# -- 10, 22: recipes and --set ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("[train]\nlr = " + "[" * 3000 + "]" * 3000, "nested too deeply"),
+        ("[train]\nlr = 1" + "0" * 100_000, "a number too long"),
+        ('[train]\nbatch_size = "1"', "train.batch_size must be int"),
+        ("[health]\ninit_tolerance = nan", "health.init_tolerance must be a finite number > 0.0, got nan"),
+        ("[health]\nentropy_floor = -1", "health.entropy_floor must be a finite number >= 0.0, got -1"),
+        ("[train]\nlog_interval = 1e30", "train.log_interval must be an integer in [1, "),
+    ],
+)
+def test_recipes_the_parser_or_the_ranges_refuse_are_one_line(tmp_path, body, fragment):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(body)
+    assert_one_line(run_tuilm("train", str(recipe), "--headless", "--out", str(tmp_path / "run")), fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_deep_set_is_one_line(small_corpus, tmp_path):
+    deep = "[" * 3000 + "]" * 3000
+    out = run_tuilm("train", str(small_corpus), "--headless", "--out", str(tmp_path / "r"), "--set", f"lr={deep}")
+    assert_one_line(out, "train.lr must be float")
+
+
+# -- 11, 22: an imported (--init) model's config.json ------------------------------------------------------------------
+
+GOOD = {"vocab_size": 400, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}
+
+
+def model_dir(folder: Path, config_text: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(config_text)
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@given(key=st.sampled_from([*GOOD, "n_inner", "layer_norm_epsilon"]), value=JSON_VALUES)
+@settings(max_examples=60, deadline=None)
+def test_every_field_of_an_imported_config_is_typed_and_ranged(tmp_path_factory, key, value):
+    folder = model_dir(tmp_path_factory.mktemp("m"), json.dumps({**GOOD, key: value}))
+    try:
+        cfg = pretrained.model_config(folder)
+    except CheckpointError as e:
+        assert "config.json" in str(e) or str(folder) in str(e)
+        assert "\n" not in str(e)
+        return
+    # accepted: every number is a sane one
+    assert 2 <= cfg.vocab_size <= 1_000_000 and cfg.d_model >= 1 and cfg.d_model % cfg.n_heads == 0
+    if key == "layer_norm_epsilon":
+        assert isinstance(value, int | float) and math.isclose(value, 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (json.dumps({**GOOD, "vocab_size": "abc"}), "vocab_size: model.vocab_size must be int"),
+        ("[1, 2]", "must be a JSON object of settings, got a list"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "n_embd"}), "no 'n_embd'"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (json.dumps({**GOOD, "layer_norm_epsilon": math.nan}), "layer_norm_epsilon nan"),
+        (json.dumps({**GOOD, "n_head": 3}), "not divisible by n_heads 3"),
+    ],
+)
+def test_train_and_eval_init_refuse_a_bad_config_json_in_one_line(small_corpus, tmp_path, text, fragment):
+    folder = model_dir(tmp_path / "m", text)
+    out = run_tuilm("train", str(small_corpus), "--init", str(folder), "--headless", "--out", str(tmp_path / "r"))
+    assert_one_line(out, fragment)
+    assert_one_line(run_tuilm("eval", "--init", str(folder), "--data", str(small_corpus)), fragment)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_os_error_handler_is_only_for_os_errors():
+    assert not issubclass(OSError, TuilmError)  # the two ends in main are separate: a TuilmError keeps its text
