@@ -167,3 +167,42 @@ def test_train_and_eval_init_refuse_a_bad_config_json_in_one_line(small_corpus, 
 
 def test_the_os_error_handler_is_only_for_os_errors():
     assert not issubclass(OSError, TuilmError)  # the two ends in main are separate: a TuilmError keeps its text
+
+
+# -- 12, 23: JSONL corpora -------------------------------------------------------------------------------------------
+
+
+def jsonl(path: Path, extra: str = "7") -> Path:
+    lines = [json.dumps({"text": f"document {i}: " + "words and more words " * 20}) for i in range(40)]
+    path.write_text("\n".join([*lines[:5], '{"text": "a huge id", "id": ' + extra + "}", *lines[5:]]) + "\n")
+    return path
+
+
+def test_a_huge_integer_in_a_record_is_carried_not_parsed(tmp_path, trained_run):
+    corpus = jsonl(tmp_path / "c.jsonl", "1" + "0" * 100_000)
+    out = run_tuilm("data", "stats", str(corpus), "--vocab-size", "300", "--seq-len", "16")
+    assert out.returncode == 0 and "documents" in out.stdout and "41" in out.stdout, out.stderr
+    out = run_tuilm("eval", "-m", str(trained_run), "--data", str(corpus))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+
+
+@given(cut=st.floats(0.01, 0.99))
+@settings(max_examples=8, deadline=None)
+def test_a_truncated_zst_says_it_is_cut_short(tmp_path_factory, cut):
+    import zstandard
+
+    from tuilm.data.sources import load_corpus
+    from tuilm.errors import DataError
+
+    folder = tmp_path_factory.mktemp("z")
+    data = jsonl(folder / "c.jsonl").read_bytes()
+    whole = zstandard.ZstdCompressor().compress(data[:3000]) + zstandard.ZstdCompressor().compress(data[3000:])
+    (folder / "ok.jsonl.zst").write_bytes(whole)
+    assert len(load_corpus(folder / "ok.jsonl.zst").documents) == 41  # two frames, read across
+    (folder / "cut.jsonl.zst").write_bytes(whole[: max(1, int(len(whole) * cut))])
+    with pytest.raises(DataError, match="cut short"):
+        load_corpus(folder / "cut.jsonl.zst")
+
+
+def test_data_stats_of_a_hub_dataset_says_what_reads_it():
+    assert_one_line(run_tuilm("data", "stats", "hf:someone/nothing"), "`tuilm train hf:someone/nothing`")
