@@ -87,7 +87,6 @@ def load_corpus(spec: str | Path, *, progress: bool = True) -> Corpus:
         return Corpus(spec, path, docs, digest)
     path = Path(spec).expanduser()
     from tuilm.data.corpora import SPLIT_CORPORA  # corpora (issue 15)
-
     from tuilm.data.hf import is_hf
 
     if (spec in SPLIT_CORPORA or is_hf(spec)) and not path.exists():
