@@ -206,3 +206,71 @@ def test_a_truncated_zst_says_it_is_cut_short(tmp_path_factory, cut):
 
 def test_data_stats_of_a_hub_dataset_says_what_reads_it():
     assert_one_line(run_tuilm("data", "stats", "hf:someone/nothing"), "`tuilm train hf:someone/nothing`")
+
+
+# -- 13, 18, 23: text that is not UTF-8, or that a terminal would act on ------------------------------------------------
+
+ESCAPES = "\x1b]0;PWNED\x07\x1b[2J\x9b2J"  # set the window title, clear the screen (and the 8-bit CSI)
+
+
+@pytest.mark.parametrize("args", [["--set", b"sample_prompt=caf\xe9"], ["--out", b"r/caf\xe9"]])
+def test_arguments_that_are_not_utf8_are_refused_at_the_door(small_corpus, tmp_path, args):
+    out = run_tuilm("train", str(small_corpus), "--headless", "--steps", "1", *args, cwd=tmp_path)
+    assert_one_line(out, "caf\\xe9", "is not valid UTF-8")
+    assert not (tmp_path / "r").exists()
+
+
+def poisoned_run(trained_run: Path, where: Path, name: str) -> Path:
+    import shutil
+
+    run = where / name
+    shutil.copytree(trained_run, run)
+    lines = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        for key, value in record.items():
+            if isinstance(value, str) and key != "event":
+                record[key] = value + ESCAPES
+        lines.append(json.dumps(record))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def test_an_untrusted_runs_text_reaches_no_terminal_as_escapes(metrics_run, tmp_path):
+    run = poisoned_run(metrics_run, tmp_path / "runs", "evil" + ESCAPES)
+    for args in (["runs", str(tmp_path / "runs")], ["health", str(run)], ["runs", str(tmp_path / "runs"), "--json"]):
+        out = run_tuilm(*args)
+        assert out.returncode == 0, out.stderr
+        assert not {"\x1b", "\x07", "\x9b"} & set(out.stdout + out.stderr), args
+    assert "evil␛]0;PWNED␇" in run_tuilm("runs", str(tmp_path / "runs")).stdout  # shown, defused
+
+
+def test_headless_lines_are_defused(metrics_run, tmp_path):
+    run = poisoned_run(metrics_run, tmp_path, "evil" + ESCAPES)
+    out = run_tuilm("train", "--resume", str(run), "--headless", "--steps", "8")
+    assert out.returncode == 0, out.stderr
+    assert "saved" in out.stdout + out.stderr and not {"\x1b", "\x07", "\x9b"} & set(out.stdout + out.stderr)
+
+
+def test_runs_json_is_valid_utf8_whatever_the_folder_names(metrics_run, tmp_path):
+    import os
+    import shutil
+
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(metrics_run, tmp_path / "runs" / os.fsdecode(b"caf\xe9"))
+    out = run_tuilm("runs", str(tmp_path / "runs"), "--json", text=False)
+    assert out.returncode == 0, out.stderr
+    document = json.loads(out.stdout.decode("utf-8"))  # strict: raises on invalid UTF-8
+    assert document["runs"][0]["run"] == "caf\ufffd"
+
+
+@given(text=st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]) | st.sampled_from("\x1b\x07\x9b")))
+@settings(max_examples=60, deadline=None)
+def test_a_metrics_line_holds_no_control_characters_once_parsed(text):
+    from tuilm.train.sinks import parse_event
+
+    line = json.dumps({"event": "alert", "step": 1, "code": text, "severity": "warn", "message": text})
+    event = parse_event(line)
+    assert event is not None
+    shown = event.code + event.message
+    assert not [c for c in shown if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0]

@@ -408,6 +408,7 @@ def vocab_train(
 
 def main() -> None:
     try:
+        check_utf8(sys.argv[1:])
         app()
     except TuilmError as e:
         print_error(str(e))
@@ -423,6 +424,23 @@ def main() -> None:
         if e.code == 130:
             _quit_at_once()
         raise
+
+
+def check_utf8(args: list[str]) -> None:
+    """The text boundary: every argument (settings, prompts, paths) must be UTF-8. Python hands undecodable bytes
+    on as lone surrogates, which pass for text until the first write fails far from here (a config.toml, a run
+    name, a checkpoint's metadata), so they are refused at the door, naming the bytes."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            import os
+
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+            raise ConfigError(
+                f"argument '{shown[:80]}' is not valid UTF-8; tuilm takes UTF-8 text and file names: re-type it, "
+                "or rename the file (e.g. convmv -t utf-8)"
+            ) from None
 
 
 def _quit_at_once() -> None:
