@@ -274,3 +274,32 @@ def test_a_metrics_line_holds_no_control_characters_once_parsed(text):
     assert event is not None
     shown = event.code + event.message
     assert not [c for c in shown if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0]
+
+
+# -- 17: sampling at the ends of its ranges ----------------------------------------------------------------------------
+
+
+@given(
+    temperature=st.one_of(st.floats(5e-324, 1e-30), st.sampled_from([1e-300, 1e-39, 1e-45, 5e-324])),
+    top_p=st.one_of(st.just(1.0), st.floats(5e-324, 1e-30), st.sampled_from([1e-46, 1e-300])),
+    scale=st.sampled_from([1.0, 1e-6, 1e6, 1e38]),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_tiny_temperature_or_top_p_is_greedy_decoding(temperature, top_p, scale):
+    import torch
+
+    from tuilm.sampling import next_token
+    from tuilm.sampling_settings import SamplingSettings
+
+    logits = torch.tensor([[0.1, 2.0, -1.0, 1.9, 0.0]]) * scale
+    g = torch.Generator().manual_seed(0)
+    picks = {int(next_token(logits, SamplingSettings(temperature=temperature, top_p=top_p), g)) for _ in range(20)}
+    assert picks == {1}
+
+
+def test_sample_and_chat_at_a_tiny_temperature_on_a_healthy_model(trained_run):
+    for option in (["--temperature", "1e-39"], ["--top-p", "1e-46"], ["--temperature", "1e-300"]):
+        out = run_tuilm("sample", "-m", str(trained_run), "-n", "4", "--prompt", "hi", "--seed", "1", *option)
+        assert out.returncode == 0 and out.stdout, (option, out.stderr)
+    out = run_tuilm("chat", "-m", str(trained_run), "-n", "3", input="/temp 1e-300\nhello\nagain\n")
+    assert out.returncode == 0 and "NaN" not in out.stdout + out.stderr, out.stderr
