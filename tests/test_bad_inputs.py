@@ -303,3 +303,33 @@ def test_sample_and_chat_at_a_tiny_temperature_on_a_healthy_model(trained_run):
         assert out.returncode == 0 and out.stdout, (option, out.stderr)
     out = run_tuilm("chat", "-m", str(trained_run), "-n", "3", input="/temp 1e-300\nhello\nagain\n")
     assert out.returncode == 0 and "NaN" not in out.stdout + out.stderr, out.stderr
+
+
+# -- 20: a damaged checkpoint header on resume -------------------------------------------------------------------------
+
+
+def damage_header(path: Path, old: str, new: str) -> None:
+    """Replace text inside the safetensors header by text of the same length, as a flipped byte would."""
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + size].decode()
+    assert old in header and len(old) == len(new)
+    data[8 : 8 + size] = header.replace(old, new, 1).encode()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment"),
+    [
+        ('\\"model\\"', '\\"mod|l\\"', "metadata is damaged (tokenizer: not a valid tokenizer file"),
+        ("explode_factor", "explode_fac|or", "metadata is damaged (train_config: unknown setting"),
+    ],
+)
+def test_a_damaged_checkpoint_on_resume_names_the_file(metrics_run, tmp_path, old, new, fragment):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(metrics_run, run)
+    damage_header(run / "last.safetensors", old, new)
+    out = run_tuilm("train", "--resume", str(run), "--headless", "--steps", "8")
+    assert_one_line(out, f"{run / 'last.safetensors'}: ", fragment)

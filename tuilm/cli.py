@@ -426,11 +426,17 @@ def main() -> None:
         raise
 
 
+PROMPT_OPTIONS = ("-p", "--prompt")  # text for the model: carried as U+FFFD with a note (formatting.valid_text)
+
+
 def check_utf8(args: list[str]) -> None:
-    """The text boundary: every argument (settings, prompts, paths) must be UTF-8. Python hands undecodable bytes
-    on as lone surrogates, which pass for text until the first write fails far from here (a config.toml, a run
-    name, a checkpoint's metadata), so they are refused at the door, naming the bytes."""
-    for arg in args:
+    """The text boundary: every argument (settings, paths) must be UTF-8. Python hands undecodable bytes on as lone
+    surrogates, which pass for text until the first write fails far from here (a config.toml, a run name, a
+    checkpoint's metadata), so they are refused at the door, naming the bytes. A prompt alone is carried: it is
+    only ever text for the model, and `sample` says what it replaced."""
+    for before, arg in zip(["", *args], args, strict=False):
+        if before in PROMPT_OPTIONS or arg.startswith(tuple(f"{o}=" for o in PROMPT_OPTIONS)):
+            continue
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError:

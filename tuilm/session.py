@@ -197,10 +197,9 @@ def pretrained_start(config: RunConfig, run_dir: Path, resume: bool):
         # The checkpoint has the architecture, the weights and the tokenizer already. Its own tokenizer, not
         # one trained again: another tuilm version's rule (or a changed cache) could learn other merges and
         # scramble the token ids the weights were trained on.
-        from tuilm.checkpoint import read_metadata
-        from tuilm.data.tokenizer import Tokenizer
+        from tuilm.checkpoint import read_tokenizer
 
-        return config, Tokenizer.from_json(read_metadata(run_dir / "last.safetensors")["tokenizer"]), None
+        return config, read_tokenizer(run_dir / "last.safetensors"), None
     if not (config.train.init or config.data.tokenizer):
         return config, None, None
     from tuilm.model import pretrained

@@ -69,14 +69,14 @@ def _numbers(name: str, path: str, what: str, result, **more) -> dict:
 
 def own_val_split(ckpt):
     """The run's own val split, rebuilt from its saved data settings, after checking the text is unchanged."""
-    from tuilm.config import from_dict
+    from tuilm.checkpoint import saved_run_config
     from tuilm.data.dataset import prepare, split_corpus
     from tuilm.data.hf import is_hf
     from tuilm.data.large import is_streamed
     from tuilm.data.sources import load_corpus
     from tuilm.errors import DataError
 
-    config = from_dict(ckpt.run_config or {}, ckpt.run_config.get("recipe", "custom"))
+    config = saved_run_config(ckpt.path, ckpt.run_config or {})
     source = config.data.source
     if is_hf(source) or is_streamed(source):  # rebuilt exactly as training built it
         dataset = prepare(config.data, ckpt.model.cfg.seq_len, tokenizer=ckpt.tokenizer)

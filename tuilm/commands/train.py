@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuilm.config import Override, RunConfig, apply_overrides, check_resume_changes, from_dict, load_toml
+from tuilm.config import Override, RunConfig, apply_overrides, check_resume_changes, load_toml
 from tuilm.errors import ConfigError
 from tuilm.resources import recipe_names, recipe_path
 from tuilm.session import (
@@ -121,7 +120,7 @@ def run_dir_for(config: RunConfig, options: TrainOptions) -> Path:
 
 def train_command(options: TrainOptions) -> int:
     check_sinks(options)  # a missing package or a bad --compare path: one line, before anything starts
-    from tuilm.checkpoint import read_metadata
+    from tuilm.checkpoint import read_run_config
     from tuilm.train import distributed
 
     if options.nproc != 1:
@@ -131,9 +130,7 @@ def train_command(options: TrainOptions) -> int:
         refuse_if_live(run_dir)
         if not (run_dir / "last.safetensors").is_file():
             raise ConfigError(f"{run_dir}: nothing to resume (no last.safetensors in it)")
-        meta = read_metadata(run_dir / "last.safetensors")
-        saved = json.loads(meta["train_config"])
-        saved_config = from_dict(saved, saved.get("recipe", "custom"))
+        saved_config = read_run_config(run_dir / "last.safetensors")
         config = apply_overrides(saved_config, cli_overrides(options))
         check_resume_changes(saved_config, config, run_dir)  # before anything in the run dir is touched
     else:
