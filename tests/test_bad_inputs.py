@@ -333,3 +333,31 @@ def test_a_damaged_checkpoint_on_resume_names_the_file(metrics_run, tmp_path, ol
     damage_header(run / "last.safetensors", old, new)
     out = run_tuilm("train", "--resume", str(run), "--headless", "--steps", "8")
     assert_one_line(out, f"{run / 'last.safetensors'}: ", fragment)
+
+
+# -- 21: every failure exit says what happened ---------------------------------------------------------------------------
+
+TINY_ARGS = [
+    x for item in ["vocab_size=300", "seq_len=16", "d_model=32", "n_layers=1", "n_heads=2"] for x in ("--set", item)
+]
+
+
+def test_a_diverged_run_says_so_on_stderr(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    args = ["--set", "lr=1e4", "--set", "grad_clip=0", "--set", "health.nonfinite=stop", "--set", "warmup_steps=1"]
+    out = run_tuilm("train", str(small_corpus), "--headless", "--steps", "40", "--out", str(run), *TINY_ARGS, *args)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "training diverged (nonfinite) at step" in lines[0] and "lower lr" in lines[0], (
+        out.stderr
+    )
+
+
+def test_wandb_without_a_key_is_refused_before_training(small_corpus, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path)}
+    env["WANDB_CONFIG_DIR"] = str(tmp_path / "wandb-config")
+    out = run_tuilm("train", str(small_corpus), "--headless", "--wandb", "--out", str(tmp_path / "run"), env=env)
+    assert_one_line(out, "--wandb: no W&B API key", "wandb login")
+    assert not (tmp_path / "run").exists()

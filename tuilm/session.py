@@ -286,7 +286,15 @@ def write_error_log(run_dir: Path, error: BaseException) -> str:
 def report_outcome(trainer) -> int:
     """Exit status for a finished trainer: 0 done, 2 for a problem with the input, 1 for anything else."""
     if trainer.error is None:
-        if trainer.result is not None and trainer.result.status == "diverged":
+        result = trainer.result
+        if result is not None and result.status == "diverged":
+            from tuilm.config import REMEDIES
+
+            remedy = REMEDIES.get(result.reason, REMEDIES["nonfinite"])[0]
+            print_error(
+                f"training diverged ({result.reason}) at step {result.step}: {remedy}; "
+                f"`tuilm health {trainer.run_dir}` shows where it went wrong"
+            )
             return 1
         return 0
     error = trainer.error

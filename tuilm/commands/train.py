@@ -153,6 +153,10 @@ def train_command(options: TrainOptions) -> int:
 
 
 def check_sinks(options: TrainOptions) -> None:
+    if options.wandb:
+        from tuilm.train.sinks import require_wandb
+
+        require_wandb()
     if options.tensorboard:
         from tuilm.train.sinks import require_tensorboard
 
