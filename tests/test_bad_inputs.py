@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -361,3 +362,25 @@ def test_wandb_without_a_key_is_refused_before_training(small_corpus, tmp_path):
     out = run_tuilm("train", str(small_corpus), "--headless", "--wandb", "--out", str(tmp_path / "run"), env=env)
     assert_one_line(out, "--wandb: no W&B API key", "wandb login")
     assert not (tmp_path / "run").exists()
+
+
+# -- 23: a sweep into a live run; device names no machine has -------------------------------------------------------------
+
+
+def test_a_sweep_never_writes_into_a_run_being_trained(small_corpus, tmp_path):
+    from tuilm.runlock import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):  # this process trains there, as far as any other can tell
+        args = ["sweep", str(small_corpus), "--grid", "lr=1e-3,2e-3", "--budget", "2", "--out", str(run), *TINY_ARGS]
+        assert_one_line(run_tuilm(*args), str(os.getpid()))
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+@pytest.mark.parametrize("device", ["cpu:1", "", "mps:0", "gpu", "cuda:x"])
+def test_device_names_no_machine_has_are_refused(small_corpus, tmp_path, trained_run, device):
+    out = run_tuilm("train", str(small_corpus), "--headless", "--device", device, "--out", str(tmp_path / "r"))
+    assert_one_line(out, f"'{device}' is not a device")
+    assert not (tmp_path / "r").exists()
+    assert_one_line(run_tuilm("sample", "-m", str(trained_run), "--device", device), f"'{device}' is not a device")

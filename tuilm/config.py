@@ -502,10 +502,21 @@ def _coerce(dotted: str, value: Any) -> Any:
     return typed
 
 
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d{1,4})?", re.IGNORECASE)  # no index on a cpu or mps: one of each
+
+
+def check_device_name(name: str, what: str = "device") -> None:
+    """One line for a device name no machine has (cpu:1, an empty one); whether this one has it is device.py's."""
+    if not DEVICE_NAME.fullmatch(name):
+        raise ConfigError(f"{what} '{_short(name)[1:-1]}' is not a device; use auto, cpu, cuda, cuda:N or mps")
+
+
 def checked(dotted: str, value: Any) -> Any:
     """`value` as the setting's type and in its range (RANGES): the one check of a single setting, made as every
     value is loaded (a recipe, --set, a checkpoint's config, an imported model's config.json)."""
     typed = _coerce(dotted, value)
+    if dotted == "train.device":
+        check_device_name(typed, dotted)
     unset = typed is None or (dotted in AUTO_KEYS and typed == "auto")
     if dotted in RANGES and not unset and typed not in RANGES[dotted]:
         auto = " or auto" if dotted in AUTO_KEYS else ""

@@ -95,7 +95,7 @@ def launch(options: TrainOptions) -> int:
 def cli_overrides(options: TrainOptions) -> list[Override]:
     """--set overrides as typed, then the options that are settings too, as typed pairs (never re-parsed)."""
     extra: list[Override] = []
-    if options.device:
+    if options.device is not None:
         extra.append(("train.device", options.device))
     if options.time:
         extra.append(("train.time", options.time))
