@@ -5,6 +5,8 @@ values nested or sized past what a parser takes, imported model configs checked 
 from __future__ import annotations
 
 import errno
+import functools
+import itertools
 import json
 import math
 import os
@@ -384,3 +386,51 @@ def test_device_names_no_machine_has_are_refused(small_corpus, tmp_path, trained
     assert_one_line(out, f"'{device}' is not a device")
     assert not (tmp_path / "r").exists()
     assert_one_line(run_tuilm("sample", "-m", str(trained_run), "--device", device), f"'{device}' is not a device")
+
+
+# -- 24: memory ------------------------------------------------------------------------------------------------------------
+
+
+def test_a_corpus_too_large_for_memory_is_refused_with_the_numbers():
+    from tuilm.data.tokenizer import MEMORY_PER_CHAR, check_memory
+    from tuilm.errors import DataError
+
+    check_memory("c.txt", 10**6, available=MEMORY_PER_CHAR * 10**6)
+    with pytest.raises(DataError, match=r"c\.txt: 50M characters need about 0\.7 GiB .* 0\.5 GiB is available"):
+        check_memory("c.txt", 50 * 10**6, available=2**29)
+
+
+@given(
+    words=st.lists(st.text(alphabet="ab \n\t.,'é", min_size=0, max_size=12), min_size=1, max_size=300),
+    limit=st.integers(4, 64),
+)
+@settings(max_examples=40, deadline=None)
+def test_encoding_in_pieces_gives_the_ids_of_the_whole(words, limit):
+    import numpy as np
+
+    from tuilm.data import pipeline, tokenizer
+
+    tok, text = byte_bpe(), " ".join(words)
+    texts = [text, "x", ""]
+    old = tokenizer.ENCODE_CHARS, pipeline.ENCODE_CHARS
+    tokenizer.ENCODE_CHARS = pipeline.ENCODE_CHARS = limit
+    try:
+        pieces = tokenizer.pieces(text)
+        docs = pipeline.encode_docs(tok, texts)
+    finally:
+        tokenizer.ENCODE_CHARS, pipeline.ENCODE_CHARS = old
+    assert "".join(pieces) == text and all(len(p) <= limit for p in pieces[:-1])
+    at_pre_tokens = all(
+        p[0] == " " and len(p) > 1 and not p[1].isspace() and not before[-1].isspace()
+        for before, p in itertools.pairwise(pieces)
+    )
+    if at_pre_tokens:  # (otherwise no such spot was within reach: the rare cut anywhere)
+        whole = pipeline.tokenize(tok.encode_batch(texts), texts, tok.eos_id)
+        assert np.array_equal(docs.stream, whole.stream) and np.array_equal(docs.bounds, whole.bounds)
+
+
+@functools.cache
+def byte_bpe():
+    from tuilm.data.tokenizer import TokenizerSettings, train_tokenizer
+
+    return train_tokenizer(["ab ba abba, a.b 'é'\n\tba ab"] * 50, TokenizerSettings(300))

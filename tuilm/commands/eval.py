@@ -111,10 +111,10 @@ def other_text(ckpt, data: str):
 
 def _scored(ckpt, corpus, texts: list[str]):
     from tuilm.data.dataset import Dataset
-    from tuilm.data.pipeline import eval_rows, make_rows, tokenize
+    from tuilm.data.pipeline import encode_docs, eval_rows, make_rows
 
     tokenizer, seq_len = ckpt.tokenizer, ckpt.model.cfg.seq_len
-    docs = tokenize(tokenizer.encode_batch(texts), texts, tokenizer.eos_id)
+    docs = encode_docs(tokenizer, texts)
     return Dataset(corpus, tokenizer, docs, docs, make_rows(docs, "pad", seq_len), eval_rows(docs, seq_len))
 
 
