@@ -152,10 +152,27 @@ def train_command(options: TrainOptions) -> int:
         distributed.shutdown()
 
 
+def require_wandb() -> None:
+    """ConfigError before training when --wandb cannot log: wandb missing, or no API key outside offline mode
+    (wandb.init would fail at step 0, after the data and model were built). Reads the key locally, no network."""
+    import os
+
+    from tuilm.errors import ConfigError
+
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("wandb is not installed; pip install wandb, or train without --wandb") from None
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return
+    if not wandb.login(prompt=False, verify=False):
+        raise ConfigError(
+            "--wandb: no W&B API key; run `wandb login` or set WANDB_API_KEY (WANDB_MODE=offline logs locally)"
+        )
+
+
 def check_sinks(options: TrainOptions) -> None:
     if options.wandb:
-        from tuilm.train.sinks import require_wandb
-
         require_wandb()
     if options.tensorboard:
         from tuilm.train.sinks import require_tensorboard

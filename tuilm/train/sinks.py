@@ -417,25 +417,6 @@ def require_tensorboard() -> None:
         raise ConfigError(TENSORBOARD_MISSING)
 
 
-def require_wandb() -> None:
-    """ConfigError before training when --wandb cannot log: wandb missing, or no API key outside offline mode
-    (wandb.init would fail at step 0, after the data and model were built). Reads the key locally, no network."""
-    import os
-
-    from tuilm.errors import ConfigError
-
-    try:
-        import wandb
-    except ImportError:
-        raise ConfigError("wandb is not installed; pip install wandb, or train without --wandb") from None
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
-        return
-    if not wandb.login(prompt=False, verify=False):
-        raise ConfigError(
-            "--wandb: no W&B API key; run `wandb login` or set WANDB_API_KEY (WANDB_MODE=offline logs locally)"
-        )
-
-
 class TensorBoardLogger:
     """TensorBoard event files under `<run>/tensorboard/`: the scalars of `scalars()`, the names wandb gets too.
     A resume purges what the earlier session logged after its checkpoint (the newer steps win there as well)."""
