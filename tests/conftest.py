@@ -61,3 +61,19 @@ def trained_run(tmp_path_factory) -> Path:
     trainer, _ = tiny_trainer(corpus, folder / "run", "max_steps=10", "sample_tokens=0")
     trainer.run()
     return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def metrics_run(tmp_path_factory) -> Path:
+    """A finished tiny run with its metrics.jsonl, as `tuilm train` writes it (shared: tests only read it)."""
+    from tests.helpers import tiny_trainer
+    from tuilm.session import attach_files
+
+    folder = tmp_path_factory.mktemp("metrics")
+    corpus = write_corpus(folder, "corpus.txt")
+    trainer, _ = tiny_trainer(corpus, folder / "run", "max_steps=6", "sample_tokens=0")
+    metrics = attach_files(trainer)
+    trainer.run()
+    metrics.close()
+    trainer.run_lock.release()
+    return folder / "run"

@@ -168,7 +168,7 @@ def test_a_run_whose_weights_go_non_finite_ends_diverged_and_saves_none_of_them(
     result = trainer.run()
     assert result.status == "diverged" and result.reason == "nonfinite"
     assert report_outcome(trainer) == 1
-    assert "training diverged at step 4" in capsys.readouterr().err  # the save at step 4 found NaN: stop
+    assert "training diverged (nonfinite) at step 4" in capsys.readouterr().err  # the save at step 4 found NaN
     for name in ("last.safetensors", "best.safetensors"):
         weights = read_weights(trainer.run_dir / name)
         assert all(bool(torch.isfinite(t).all()) for t in weights.values()), name
@@ -187,11 +187,17 @@ def test_a_resume_from_non_finite_weights_is_one_line(small_corpus, tmp_path):
     assert out.returncode == 2 and "NaN or Inf" in one_error_line(out), out.stderr
 
 
-@pytest.mark.parametrize("setting", ["train.z_loss=inf", "lr=1e6"])
-def test_a_run_that_diverges_in_fewer_than_10_skips_exits_non_zero_with_one_line(small_corpus, tmp_path, setting):
-    sets = [a for item in [*TINY, "optimizer=adamw", setting] for a in ("--set", item)]
+def test_a_run_that_diverges_in_fewer_than_10_skips_exits_non_zero_with_one_line(small_corpus, tmp_path):
+    sets = [a for item in [*TINY, "optimizer=adamw", "lr=1e6"] for a in ("--set", item)]
     out = run_tuilm("train", str(small_corpus), "--headless", "--out", str(tmp_path / "run"), "--steps", "6", *sets)
     assert out.returncode == 1 and "diverged" in one_error_line(out), out.stderr
+
+
+@pytest.mark.parametrize("setting", ["train.z_loss=inf", "train.muon_lr=1e308"])
+def test_settings_that_can_only_diverge_are_refused_before_training(small_corpus, tmp_path, setting):
+    sets = [a for item in [*TINY, setting] for a in ("--set", item)]
+    out = run_tuilm("train", str(small_corpus), "--headless", "--out", str(tmp_path / "run"), "--steps", "6", *sets)
+    assert out.returncode == 2 and setting.split("=")[0] in one_error_line(out), out.stderr
 
 
 def test_a_recipe_too_large_for_a_checkpoint_header_is_refused_at_load(tmp_path, small_corpus):

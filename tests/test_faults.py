@@ -292,22 +292,6 @@ BAD_LINES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def metrics_run(tmp_path_factory) -> Path:
-    """A finished tiny run with its metrics.jsonl, as `tuilm train` writes it."""
-    from tests.conftest import write_corpus
-    from tuilm.session import attach_files
-
-    folder = tmp_path_factory.mktemp("metrics")
-    corpus = write_corpus(folder, "corpus.txt")
-    trainer, _ = tiny_trainer(corpus, folder / "run", "max_steps=6", "sample_tokens=0")
-    metrics = attach_files(trainer)
-    trainer.run()
-    metrics.close()
-    trainer.run_lock.release()
-    return folder / "run"
-
-
 def damaged_run(trained_run: Path, tmp_path: Path) -> Path:
     run_dir = tmp_path / "damaged"
     run_dir.mkdir()

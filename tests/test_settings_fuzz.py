@@ -1,21 +1,26 @@
 """Issue 17, section 2: every setting has a declared type and range (tuilm.config.RANGES beside the dataclasses),
-checked once at load; a wrong value is one ConfigError naming the key, the value and what is allowed."""
+checked once at load; a wrong value is one ConfigError naming the key, the value and what is allowed.
+
+Issue 27 (22): the keys come from the config dataclasses' fields, not from RANGES, so a numeric field added
+without a range fails here, and every numeric setting refuses NaN."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import run_tuilm
-from tuilm.config import RANGES, _field_type, _short, all_keys, apply_overrides, from_dict
+from tuilm.config import RANGES, SECTIONS, _field_type, _short, all_keys, apply_overrides, from_dict
 from tuilm.errors import ConfigError
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
-NUMBER_KEYS = sorted(k for k in RANGES if k in all_keys())
-OTHER_KEYS = sorted(k for k in all_keys() if k not in RANGES)
+FIELD_KEYS = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls) if f"{s}.{f.name}" in all_keys()]
+NUMBER_KEYS = sorted(k for k in FIELD_KEYS if _field_type(k) in (int, float))
+OTHER_KEYS = sorted(k for k in FIELD_KEYS if k not in NUMBER_KEYS)
 WRONG_TYPES = st.one_of(
     st.none(),
     st.lists(st.integers(), max_size=3),
@@ -41,6 +46,44 @@ def out_of_range(key: str, value) -> bool:
     if isinstance(value, float) and allowed.integer and math.isfinite(value) and not value.is_integer():
         return True
     return value not in allowed
+
+
+@pytest.mark.parametrize("key", NUMBER_KEYS)
+def test_every_numeric_field_has_a_range_and_refuses_nan_and_inf(key):
+    assert key in RANGES, f"{key} is a number without a range: add it to tuilm.config.RANGES"
+    for value in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load(key, value)
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            apply_overrides(from_dict({}), [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("key", NUMBER_KEYS)
+def test_a_recipes_text_is_not_a_number(key):
+    with pytest.raises(ConfigError, match=f"{key.replace('.', r'[.]')} must be .*got '1'"):
+        load(key, "1")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        *(
+            f"{key}={v}"
+            for key in ("init_tolerance", "eps_ratio", "attn_logit_limit", "entropy_floor", "logz_drift")
+            for v in ("nan", "inf", "-1")
+        ),
+        "log_interval=1e30",
+    ],
+)
+def test_the_issues_health_thresholds_and_log_interval_are_ranged(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"\.{key} must be .*got"):
+        apply_overrides(from_dict({}), [override])
+
+
+def test_the_command_line_still_takes_what_toml_refuses():
+    config = apply_overrides(from_dict({}), ["lr=1.", "min_lr=.5", "batch_size=007"])
+    assert (config.train.lr, config.train.min_lr, config.train.batch_size) == (1.0, 0.5, 7)
 
 
 @FUZZ
@@ -88,8 +131,8 @@ def test_every_other_setting_loads_its_default(key):
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [
-        ("lr=inf", "train.lr must be a finite number > 0.0, got inf"),
-        ("lr=1e309", "train.lr must be a finite number > 0.0, got inf"),
+        ("lr=inf", "train.lr must be a finite number in (0.0, 3.4e+38], got inf"),
+        ("lr=1e309", "train.lr must be a finite number in (0.0, 3.4e+38], got inf"),
         ("lr=nan", "got nan"),
         ("beta1=2", "train.beta1 must be a finite number in [0.0, 1.0), got 2"),
         ("beta2=-1", "train.beta2 must be a finite number in [0.0, 1.0), got -1"),

@@ -137,4 +137,4 @@ def test_z_loss_adds_the_squared_log_z_and_pulls_it_towards_zero(small_corpus, t
 
 def test_bad_z_loss_is_one_line_exit_2(small_corpus, tmp_path):
     out = run_tuilm("train", str(small_corpus), "--set", "z_loss=-1", "--headless", "--out", str(tmp_path / "r"))
-    assert out.returncode == 2 and "train.z_loss must be 0 (off) or positive" in out.stderr
+    assert out.returncode == 2 and "train.z_loss must be a finite number >= 0.0, got -1" in out.stderr

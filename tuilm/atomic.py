@@ -47,8 +47,11 @@ def atomic_write_with(path: Path, fill: Callable[[BinaryIO], object]) -> None:
     try:
         _write(path, fill)
     except OSError as e:
-        if e.errno == errno.ENOSPC and not e.filename:  # say which file could not be written
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        # Say which file could not be written: the user's path, never the temp file beside it. A parent that is a
+        # file fails mkdir with EEXIST; what the user must fix is that a part of the path is not a directory.
+        code = errno.ENOTDIR if e.errno == errno.EEXIST else e.errno
+        if code is not None and (code != e.errno or e.filename != str(path)):
+            raise OSError(code, os.strerror(code), str(path)) from e
         raise
 
 

@@ -515,6 +515,44 @@ def _check_train_config(path: Path, train_config: dict, model_config: dict) -> N
             raise _damaged(path, f"train_config: {type(e).__name__}: {_clip(e, 80)}") from None
 
 
+def read_tokenizer(path: Path):
+    """The checkpoint's tokenizer, from the header only; a broken one is the file's damage, and names the file."""
+    path = resolve_model_path(path)
+    return _tokenizer(path, read_metadata(path))
+
+
+def read_run_config(path: Path):
+    """The checkpoint's training config (a RunConfig), from the header only. A setting it holds that tuilm does
+    not take is the file's damage (a flipped byte in a key), never the user's: the message names the file."""
+    path = resolve_model_path(path)
+    return saved_run_config(path, _checked_metadata(path, _open(path))["train_config"])
+
+
+def saved_run_config(path: Path, saved: dict):
+    """A checkpoint's train_config (as Checkpoint.run_config holds it) as a RunConfig, or one line naming the file."""
+    from tuilm.config import from_dict
+
+    try:
+        return from_dict(saved, str(saved.get("recipe", "custom")))
+    except TuilmError as e:
+        raise _damaged(path, f"train_config: {_clip(e)}; or a newer tuilm wrote it") from None
+
+
+def _tokenizer(path: Path, metadata: dict[str, str]):
+    from tuilm.data.tokenizer import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_json(metadata["tokenizer"])
+        tokenizer.token_bytes  # noqa: B018 - built now: a token outside the byte alphabet fails here, not mid-reply
+    except TuilmError as e:
+        raise _damaged(path, f"tokenizer: {_clip(e)}") from None
+    except BaseException as e:  # the tokenizers library panics (a BaseException) on some malformed JSON
+        if isinstance(e, KeyboardInterrupt | SystemExit):
+            raise
+        raise _damaged(path, f"tokenizer: {type(e).__name__}") from None
+    return tokenizer
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a tuilm checkpoint, after checking it is safe, really one of ours and that its
     config fits its tensors. Reads the header only; load_checkpoint and read_weights verify the checksum too."""
@@ -540,7 +578,6 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 def load_checkpoint(path: Path, device: str | torch.device = "cpu", *, allow_nonfinite: bool = False) -> Checkpoint:
     """The model, tokenizer and settings of a checkpoint. Weights holding NaN or Inf are refused unless
     `allow_nonfinite` (a post-mortem of a diverged run)."""
-    from tuilm.data.tokenizer import Tokenizer
     from tuilm.model import GPT
 
     path = resolve_model_path(path)
@@ -548,15 +585,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu", *, allow_non
     parsed = _checked_metadata(path, header)
     config = parsed["config"]
     metadata = header.metadata
-    try:
-        tokenizer = Tokenizer.from_json(metadata["tokenizer"])
-        tokenizer.token_bytes  # noqa: B018 - built now: a token outside the byte alphabet fails here, not mid-reply
-    except TuilmError as e:
-        raise _damaged(path, f"tokenizer: {_clip(e)}") from None
-    except BaseException as e:  # the tokenizers library panics (a BaseException) on some malformed JSON
-        if isinstance(e, KeyboardInterrupt | SystemExit):
-            raise
-        raise _damaged(path, f"tokenizer: {type(e).__name__}") from None
+    tokenizer = _tokenizer(path, metadata)
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(
             f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model expects {config.vocab_size}"

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from tuilm import __version__
-from tuilm.errors import ConfigError, TuilmError, print_error
+from tuilm.errors import ConfigError, TuilmError, os_error_line, print_error
 from tuilm.sampling_settings import DEFAULTS
 
 app = typer.Typer(
@@ -464,14 +464,45 @@ def vocab_train(
 
 def main() -> None:
     try:
+        check_utf8(sys.argv[1:])
         app()
     except TuilmError as e:
         print_error(str(e))
         sys.exit(e.exit_code)
+    except OSError as e:
+        # a path the user named that the OS refuses (too long, a directory, read-only, full): one line, exit 2
+        line = os_error_line(e)
+        if line is None:
+            raise
+        print_error(line)
+        sys.exit(2)
     except SystemExit as e:
         if e.code == 130:
             _quit_at_once()
         raise
+
+
+PROMPT_OPTIONS = ("-p", "--prompt")  # text for the model: carried as U+FFFD with a note (formatting.valid_text)
+
+
+def check_utf8(args: list[str]) -> None:
+    """The text boundary: every argument (settings, paths) must be UTF-8. Python hands undecodable bytes on as lone
+    surrogates, which pass for text until the first write fails far from here (a config.toml, a run name, a
+    checkpoint's metadata), so they are refused at the door, naming the bytes. A prompt alone is carried: it is
+    only ever text for the model, and `sample` says what it replaced."""
+    for before, arg in zip(["", *args], args, strict=False):
+        if before in PROMPT_OPTIONS or arg.startswith(tuple(f"{o}=" for o in PROMPT_OPTIONS)):
+            continue
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            import os
+
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+            raise ConfigError(
+                f"argument '{shown[:80]}' is not valid UTF-8; tuilm takes UTF-8 text and file names: re-type it, "
+                "or rename the file (e.g. convmv -t utf-8)"
+            ) from None
 
 
 def _quit_at_once() -> None:

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
+from tuilm.config import check_device_name
 from tuilm.errors import ConfigError
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """auto prefers CUDA, then Apple's MPS, then the CPU; an explicit device must be usable."""
-    name = (name or "auto").lower()
+    check_device_name("auto" if name is None else name)
+    name = name.lower() if name is not None else "auto"
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -53,7 +55,8 @@ class Precision:
 
 def pick_precision(device: torch.device, name: str = "auto") -> Precision:
     """Weights and optimizer stay fp32; autocast runs matmuls in bf16 (or fp16 with a GradScaler) on GPUs."""
-    name = (name or "auto").lower()
+    check_device_name("auto" if name is None else name)
+    name = name.lower() if name is not None else "auto"
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"

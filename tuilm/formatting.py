@@ -31,6 +31,19 @@ def valid_text(text: str) -> tuple[str, bool]:
     return _SURROGATES.sub("\ufffd", text), True
 
 
+def shown(value: Any) -> Any:
+    """Text from outside tuilm (a run's metrics.jsonl, a folder's name on disk) as it may reach a terminal: valid
+    UTF-8 and no control characters, so an untrusted run cannot retitle or clear the screen; strings inside
+    lists and dicts too. The one sanitiser: `sample` and `chat` show model text through `visible` as well."""
+    if isinstance(value, str):
+        return visible(valid_text(value)[0])
+    if isinstance(value, list):
+        return [shown(v) for v in value]
+    if isinstance(value, dict):
+        return {shown(k): shown(v) for k, v in value.items()}
+    return value
+
+
 def human(n: float) -> str:
     """1.33M, 12.5k, 3B: three significant digits and a unit."""
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):

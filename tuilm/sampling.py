@@ -28,7 +28,11 @@ def next_token(
         logits[:, seen] = torch.where(picked > 0, picked / s.repetition_penalty, picked * s.repetition_penalty)
     if s.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / s.temperature
+    # Shifted so the likeliest logit is 0, and the temperature no smaller than float32's tiniest normal number:
+    # the rest go to -inf rather than overflow to NaN, so a temperature of 1e-300 samples as greedy decoding does
+    # (among exact ties, uniformly: the limit as the temperature goes to 0).
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(s.temperature, torch.finfo(torch.float32).tiny)
     if s.min_p > 0:  # Nguyen et al. 2024: a floor relative to the likeliest token
         probs = logits.softmax(dim=-1)
         logits = logits.masked_fill(probs < s.min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
@@ -39,6 +43,7 @@ def next_token(
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cumulative - sorted_logits.softmax(dim=-1) >= s.top_p  # keep the token that crosses top_p
+        drop[:, 0] = False  # and always the likeliest: a top_p below float32's range (1e-46) would drop them all
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)

@@ -6,6 +6,7 @@ It sits below both commands and above the library: nothing in train/, tui/ or sw
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -83,6 +84,7 @@ def _build_trainer(config: RunConfig, run_dir: Path, resume: bool, bus):
             print(message + "…", file=sys.stderr)
 
     # Rank 0 alone writes the run directory, so it alone claims it (the lock is held until the run is over).
+    created = not Path(run_dir).exists()
     lock = claim_run_dir(run_dir) if dist.main else None
     try:
         config, tokenizer, init_folder = pretrained_start(config, run_dir, resume)
@@ -96,6 +98,8 @@ def _build_trainer(config: RunConfig, run_dir: Path, resume: bool, bus):
     except BaseException:
         if lock is not None:
             lock.release()
+            if created:  # a start refused (a bad --init, unusable data) leaves no empty run behind
+                _remove_if_empty(Path(run_dir))
         raise
     trainer.run_lock = lock
     if init_folder is not None:
@@ -110,6 +114,14 @@ def _build_trainer(config: RunConfig, run_dir: Path, resume: bool, bus):
     if dist.main:
         atomic_write_text(run_dir / "config.toml", config.to_toml())
     return trainer
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    from tuilm.runlock import LOCK_NAME
+
+    with contextlib.suppress(OSError):
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        run_dir.rmdir()  # fails, as it should, when anything else is in it
 
 
 def claim_run_dir(run_dir: Path):
@@ -218,10 +230,9 @@ def pretrained_start(config: RunConfig, run_dir: Path, resume: bool):
         # The checkpoint has the architecture, the weights and the tokenizer already. Its own tokenizer, not
         # one trained again: another tuilm version's rule (or a changed cache) could learn other merges and
         # scramble the token ids the weights were trained on.
-        from tuilm.checkpoint import read_metadata
-        from tuilm.data.tokenizer import Tokenizer
+        from tuilm.checkpoint import read_tokenizer
 
-        return config, Tokenizer.from_json(read_metadata(run_dir / "last.safetensors")["tokenizer"]), None
+        return config, read_tokenizer(run_dir / "last.safetensors"), None
     if not (config.train.init or config.data.tokenizer):
         return config, None, None
     from tuilm.model import pretrained
@@ -321,12 +332,18 @@ def report_outcome(trainer) -> int:
     """Exit status for a finished trainer: 0 done, 2 for a problem with the input, 1 for anything else."""
     if trainer.error is None:
         result = trainer.result
-        if result is not None and result.status == "diverged" and trainer.dist.main:
-            print_error(
-                f"training diverged at step {result.step} (health stop: {result.reason}); "
-                + what_is_kept(trainer.run_dir, "lower train.lr (tuilm health says more)")
-            )
-        return 1 if result is not None and result.status == "diverged" else 0
+        if result is not None and result.status == "diverged":
+            from tuilm.config import REMEDIES
+
+            if trainer.dist.main:
+                remedy = REMEDIES.get(result.reason, REMEDIES["nonfinite"])[0]
+                print_error(
+                    f"training diverged ({result.reason}) at step {result.step}: {remedy}; "
+                    f"`tuilm health {trainer.run_dir}` shows where it went wrong; "
+                    + what_is_kept(trainer.run_dir, "change that")
+                )
+            return 1
+        return 0
     error = trainer.error
     if isinstance(error, TuilmError):
         raise error

@@ -69,14 +69,14 @@ def _numbers(name: str, path: str, what: str, result, **more) -> dict:
 
 def own_val_split(ckpt):
     """The run's own val split, rebuilt from its saved data settings, after checking the text is unchanged."""
-    from tuilm.config import from_dict
+    from tuilm.checkpoint import saved_run_config
     from tuilm.data.dataset import prepare, split_corpus
     from tuilm.data.hf import is_hf
     from tuilm.data.large import is_streamed
     from tuilm.data.sources import load_corpus
     from tuilm.errors import DataError
 
-    config = from_dict(ckpt.run_config or {}, ckpt.run_config.get("recipe", "custom"))
+    config = saved_run_config(ckpt.path, ckpt.run_config or {})
     source = config.data.source
     if is_hf(source) or is_streamed(source):  # rebuilt exactly as training built it
         dataset = prepare(config.data, ckpt.model.cfg.seq_len, tokenizer=ckpt.tokenizer)
@@ -111,10 +111,10 @@ def other_text(ckpt, data: str):
 
 def _scored(ckpt, corpus, texts: list[str]):
     from tuilm.data.dataset import Dataset
-    from tuilm.data.pipeline import eval_rows, make_rows, tokenize
+    from tuilm.data.pipeline import encode_docs, eval_rows, make_rows
 
     tokenizer, seq_len = ckpt.tokenizer, ckpt.model.cfg.seq_len
-    docs = tokenize(tokenizer.encode_batch(texts), texts, tokenizer.eos_id)
+    docs = encode_docs(tokenizer, texts)
     return Dataset(corpus, tokenizer, docs, docs, make_rows(docs, "pad", seq_len), eval_rows(docs, seq_len))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuilm.errors import TuilmError
+from tuilm.formatting import shown
 
 
 def health_command(run: Path, as_json: bool = False) -> None:
@@ -68,7 +69,7 @@ def as_document(run: Path, summary: dict) -> dict:
     alerts = [plain(a) for a in summary["alerts"]]
     return {
         "run": str(run),
-        "name": started.name if started else Path(run).name,
+        "name": started.name if started else shown(Path(run).name),
         "status": run_state(summary),
         "step": steps[-1].step if steps else 0,
         "grad_norm": {

@@ -6,9 +6,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from tuilm.formatting import valid_text
+
+_C1 = re.compile("[\x7f-\x9f]")
 
 SCHEMA_VERSION = 1
 
@@ -34,5 +39,7 @@ def plain(value: Any) -> Any:
 def print_json(kind: str, document: dict) -> None:
     """Write `{"kind": kind, "schema": 1, ...document}` to stdout, one line, then a newline."""
     body = plain({"kind": kind, "schema": SCHEMA_VERSION, **document})
-    sys.stdout.write(json.dumps(body, ensure_ascii=False, allow_nan=False) + "\n")
+    text = json.dumps(body, ensure_ascii=False, allow_nan=False)  # control characters come out escaped ...
+    text = _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)  # ... and so do DEL and C1 (CSI is 0x9b)
+    sys.stdout.write(valid_text(text)[0] + "\n")  # a folder name that is not UTF-8 (U+FFFD): still UTF-8 JSON
     sys.stdout.flush()

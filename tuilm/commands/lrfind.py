@@ -28,8 +28,12 @@ def lrfind_command(
     from tuilm.session import build_trainer, resolve_config
     from tuilm.train.lrfind import DIVERGE, RULES, lr_range_test
 
-    if not 0 < start < end:
-        raise ConfigError(f"--start {start:g} and --end {end:g}: need 0 < start < end")
+    if not (math.isfinite(end) and 0 < start < end):
+        raise ConfigError(f"--start {start:g} and --end {end:g}: need 0 < start < end, both finite")
+    if png is not None and (png.suffix.lower() != ".png" or png.is_dir()):
+        raise ConfigError(
+            f"--png {png}: name a file, not a directory, ending in .png (the plot is written exactly there)"
+        )
     if not MIN_STEPS <= steps <= MAX_STEPS:
         raise ConfigError(
             f"--steps {steps}: the range test needs {MIN_STEPS} to {MAX_STEPS:,} steps (a few hundred resolve the "

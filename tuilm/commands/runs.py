@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tuilm.errors import TuilmError
-from tuilm.formatting import fmt, fmt_rate, show_value
+from tuilm.formatting import fmt, fmt_rate, show_value, shown
 from tuilm.sweep import plots
 from tuilm.sweep.results import STYLES, ppl
 from tuilm.sweep.runinfo import (
@@ -108,7 +108,7 @@ def runs_command(folder: Path, as_json: bool = False) -> None:
 
 
 def _name(folder: Path, run_dir: Path) -> str:
-    return run_dir.relative_to(folder).as_posix() if run_dir != folder else folder.resolve().name
+    return shown(run_dir.relative_to(folder).as_posix() if run_dir != folder else folder.resolve().name)
 
 
 def compare_command(run_dirs: list[Path], as_json: bool = False) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuilm.config import Override, RunConfig, apply_overrides, check_resume_changes, from_dict, load_toml
+from tuilm.config import Override, RunConfig, apply_overrides, check_resume_changes, load_toml
 from tuilm.errors import ConfigError
 from tuilm.resources import recipe_names, recipe_path
 from tuilm.session import (
@@ -93,7 +92,7 @@ def launch(options: TrainOptions) -> int:
 def cli_overrides(options: TrainOptions) -> list[Override]:
     """--set overrides as typed, then the options that are settings too, as typed pairs (never re-parsed)."""
     extra: list[Override] = []
-    if options.device:
+    if options.device is not None:
         extra.append(("train.device", options.device))
     if options.time:
         extra.append(("train.time", options.time))
@@ -120,7 +119,7 @@ def run_dir_for(config: RunConfig, options: TrainOptions) -> Path:
 
 def train_command(options: TrainOptions) -> int:
     check_sinks(options)  # a missing package or a bad --compare path: one line, before anything starts
-    from tuilm.checkpoint import read_metadata
+    from tuilm.checkpoint import read_run_config
     from tuilm.train import distributed
 
     if options.nproc != 1:
@@ -130,9 +129,7 @@ def train_command(options: TrainOptions) -> int:
         refuse_if_live(run_dir)
         if not (run_dir / "last.safetensors").is_file():
             raise ConfigError(f"{run_dir}: nothing to resume (no last.safetensors in it)")
-        meta = read_metadata(run_dir / "last.safetensors")
-        saved = json.loads(meta["train_config"])
-        saved_config = from_dict(saved, saved.get("recipe", "custom"))
+        saved_config = read_run_config(run_dir / "last.safetensors")
         config = apply_overrides(saved_config, cli_overrides(options))
         check_resume_changes(saved_config, config, run_dir)  # before anything in the run dir is touched
     else:
@@ -154,7 +151,28 @@ def train_command(options: TrainOptions) -> int:
         distributed.shutdown()
 
 
+def require_wandb() -> None:
+    """ConfigError before training when --wandb cannot log: wandb missing, or no API key outside offline mode
+    (wandb.init would fail at step 0, after the data and model were built). Reads the key locally, no network."""
+    import os
+
+    from tuilm.errors import ConfigError
+
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("wandb is not installed; pip install wandb, or train without --wandb") from None
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
+        return
+    if not wandb.login(prompt=False, verify=False):
+        raise ConfigError(
+            "--wandb: no W&B API key; run `wandb login` or set WANDB_API_KEY (WANDB_MODE=offline logs locally)"
+        )
+
+
 def check_sinks(options: TrainOptions) -> None:
+    if options.wandb:
+        require_wandb()
     if options.tensorboard:
         from tuilm.train.sinks import require_tensorboard
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tuilm.data.pipeline import Rows, TokenizedDocs, eval_rows, make_rows, split_indices, tokenize
+from tuilm.data.pipeline import Rows, TokenizedDocs, encode_docs, eval_rows, make_rows, split_indices
 from tuilm.data.sources import Corpus, load_corpus
 from tuilm.data.tokenizer import Tokenizer, TokenizerSettings, load_or_train
 
@@ -114,6 +114,6 @@ def _tokenized_split(data, progress, on_status, tokenizer):
         train_idx = np.sort(np.random.default_rng(data.split_seed + 1).choice(train_idx, keep, replace=False))
     train_texts = [docs[i] for i in train_idx]
     val_texts = [docs[i] for i in val_idx]
-    train = tokenize(tokenizer.encode_batch(train_texts), train_texts, tokenizer.eos_id)
-    val = tokenize(tokenizer.encode_batch(val_texts), val_texts, tokenizer.eos_id)
+    train = encode_docs(tokenizer, train_texts)
+    val = encode_docs(tokenizer, val_texts)
     return corpus, tokenizer, train, val

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuilm.config import POLICIES, SPLITS
+from tuilm.data.tokenizer import ENCODE_CHARS, pieces
 from tuilm.errors import ConfigError, DataError
 
 IGNORE = -100  # target value the loss skips (PyTorch's cross-entropy default)
@@ -59,6 +60,39 @@ def tokenize(token_lists: list[list[int]], texts: list[str], eos_id: int) -> Tok
     np.cumsum(lengths, out=bounds[1:])
     stream = np.full(int(bounds[-1]) + 1, eos_id, dtype=np.int32)
     for start, ids in zip(bounds[:-1], token_lists, strict=True):
+        stream[start + 1 : start + 1 + len(ids)] = ids
+    return TokenizedDocs(stream, bounds, sum(len(t) for t in texts) + len(texts), utf8_size(texts) + len(texts))
+
+
+def encode_docs(tokenizer, texts: Sequence[str]) -> TokenizedDocs:
+    """`tokenize` of every document, encoded ENCODE_CHARS at a time into int32 arrays (4 bytes a token), so memory
+    stays within a small multiple of the text instead of the ~100x that encoding it all at once costs; a longer
+    document is encoded in `pieces` whose ids are those of the whole."""
+    parts: list[list[np.ndarray]] = [[] for _ in texts]
+    batch: list[tuple[int, str]] = []
+    size = 0
+
+    def flush() -> None:
+        encodings = tokenizer.inner.encode_batch([t for _, t in batch], add_special_tokens=False)
+        for (doc, _), enc in zip(batch, encodings, strict=True):
+            parts[doc].append(np.asarray(enc.ids, dtype=np.int32))
+        batch.clear()
+
+    for doc, text in enumerate(texts):
+        for piece in pieces(text):
+            batch.append((doc, piece))
+            size += len(piece)
+            if size >= ENCODE_CHARS:
+                flush()
+                size = 0
+    if batch:
+        flush()
+    lengths = np.fromiter((sum(len(a) for a in p) + 1 for p in parts), dtype=np.int64, count=len(parts))
+    bounds = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    stream = np.full(int(bounds[-1]) + 1, tokenizer.eos_id, dtype=np.int32)
+    for start, arrays in zip(bounds[:-1], parts, strict=True):
+        ids = np.concatenate(arrays) if len(arrays) > 1 else arrays[0] if arrays else arrays
         stream[start + 1 : start + 1 + len(ids)] = ids
     return TokenizedDocs(stream, bounds, sum(len(t) for t in texts) + len(texts), utf8_size(texts) + len(texts))
 

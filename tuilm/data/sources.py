@@ -7,11 +7,11 @@ format) gives one document per record's `text` field; a directory gives the docu
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,8 +87,9 @@ def load_corpus(spec: str | Path, *, progress: bool = True) -> Corpus:
         return Corpus(spec, path, docs, digest)
     path = Path(spec).expanduser()
     from tuilm.data.corpora import SPLIT_CORPORA  # corpora (issue 15)
+    from tuilm.data.hf import is_hf
 
-    if spec in SPLIT_CORPORA and not path.exists():
+    if (spec in SPLIT_CORPORA or is_hf(spec)) and not path.exists():
         raise DataError(
             f"{spec} is read as a stream with its own train/val split: `tuilm train {spec}` and "
             f"`tuilm eval --data {spec}` use it, but this command reads a whole corpus into memory"
@@ -141,6 +142,48 @@ def decode_utf8(data: bytes, path: Path) -> str:
         ) from None
 
 
+def _jsonl_lines(path: Path) -> Iterator[bytes]:
+    """The file's lines, newline kept, decompressed when it is .zst; DataError for a line over MAX_LINE (a file
+    with no newlines would otherwise be held whole)."""
+    pending, lineno = b"", 0
+    for chunk in _chunks(path):
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in [*lines, pending]:
+            if len(line) > MAX_LINE:
+                raise DataError(
+                    f"{path}:{lineno + 1}: a line longer than {MAX_LINE:,} bytes; JSONL holds one record per line"
+                )
+            if line is not pending:
+                lineno += 1
+                yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as raw:
+        if not path.name.lower().endswith(".zst"):
+            yield from iter(lambda: raw.read(size), b"")
+            return
+        import zstandard
+
+        # The Pile's shards were written with long windows; the default limit refuses them.
+        decompressor = zstandard.ZstdDecompressor(max_window_size=2**31)
+        frame, fed = decompressor.decompressobj(), False
+        try:
+            for block in iter(lambda: raw.read(size), b""):
+                while block:
+                    fed = True
+                    yield frame.decompress(block)
+                    block = frame.unused_data if frame.eof else b""
+                    if frame.eof:  # the next frame of a multi-frame file
+                        frame, fed = decompressor.decompressobj(), bool(block)
+        except zstandard.ZstdError as e:
+            raise DataError(f"{path}: not a valid zstd-compressed file ({e})") from None
+        if fed and not frame.eof:
+            raise DataError(f"{path}: the compressed file is cut short (truncated download?); fetch it again")
+
+
 def check_regular(path: Path) -> None:
     atomic.check_regular(path, DataError, "a text or JSONL file")
 
@@ -160,45 +203,29 @@ def _read_text_file(path: Path, *, allow_empty: bool = False) -> tuple[list[str]
 def _read_jsonl(path: Path) -> tuple[list[str], str]:
     hasher = hashlib.sha256()
     docs = []
-    stream_errors: tuple[type[Exception], ...] = ()
     check_regular(path)
-    with open(path, "rb") as raw:
-        stream = raw
-        if path.name.lower().endswith(".zst"):
-            import zstandard
-
-            # The Pile's shards were written with long windows; the default limit refuses them.
-            stream = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(raw)
-            stream_errors = (zstandard.ZstdError,)
+    for lineno, line in enumerate(_jsonl_lines(path), start=1):
+        hasher.update(line)
+        if not line.strip():
+            continue
+        if b"\0" in line:
+            raise DataError(f"{path}:{lineno}: looks like binary data (NUL byte); expected JSON lines")
         try:
-            reader = io.BufferedReader(stream)
-            for lineno, line in enumerate(iter(lambda: reader.readline(MAX_LINE + 1), b""), start=1):
-                if len(line) > MAX_LINE:
-                    raise DataError(
-                        f"{path}:{lineno}: a line longer than {MAX_LINE:,} bytes; JSONL holds one record per line"
-                    )
-                hasher.update(line)
-                if not line.strip():
-                    continue
-                if b"\0" in line:
-                    raise DataError(f"{path}:{lineno}: looks like binary data (NUL byte); expected JSON lines")
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise DataError(f"{path}:{lineno}: not a JSON object ({e})") from None
-                except RecursionError:
-                    raise DataError(
-                        f"{path}:{lineno}: JSON nested too deeply (over {sys.getrecursionlimit():,} levels)"
-                    ) from None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise DataError(f"{path}:{lineno}: each line must be a JSON object with a string 'text' field")
-                text = record["text"]
-                if _SURROGATES.search(text):  # "\ud800" escapes decode to characters no encoder takes
-                    text = _SURROGATES.sub("\ufffd", text)
-                if text.strip():
-                    docs.append(text)
-        except stream_errors as e:
-            raise DataError(f"{path}: not a valid zstd-compressed file ({e})") from None
+            # Numbers are kept as their text: only "text" is read, and a 100,000-digit one is valid JSON.
+            record = json.loads(line, parse_int=str, parse_float=str)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}:{lineno}: not a JSON object ({e})") from None
+        except RecursionError:
+            raise DataError(
+                f"{path}:{lineno}: JSON nested too deeply (over {sys.getrecursionlimit():,} levels)"
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f"{path}:{lineno}: each line must be a JSON object with a string 'text' field")
+        text = record["text"]
+        if _SURROGATES.search(text):  # "\ud800" escapes decode to characters no encoder takes
+            text = _SURROGATES.sub("\ufffd", text)
+        if text.strip():
+            docs.append(text)
     if not docs:
         raise DataError(f"{path}: the file is empty (no records with text)")
     return docs, hasher.hexdigest()

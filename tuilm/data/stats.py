@@ -8,7 +8,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from tuilm.data.pipeline import POLICIES, make_rows, tokenize
+from tuilm.data.pipeline import POLICIES, encode_docs, make_rows
 from tuilm.data.sources import load_corpus
 from tuilm.data.tokenizer import TokenizerSettings, load_or_train
 
@@ -16,7 +16,7 @@ from tuilm.data.tokenizer import TokenizerSettings, load_or_train
 def corpus_stats(source: str, vocab_size: int, seq_len: int, batch_size: int, on_status=None) -> dict:
     corpus = load_corpus(source)
     tokenizer = load_or_train(corpus, TokenizerSettings(vocab_size), on_train=on_status)
-    docs = tokenize(tokenizer.encode_batch(corpus.documents), corpus.documents, tokenizer.eos_id)
+    docs = encode_docs(tokenizer, corpus.documents)
     lengths = docs.lengths
     reports = [make_rows(docs, p, seq_len, batch_size=batch_size).report for p in POLICIES]
     return {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -143,6 +144,25 @@ class StreamDecoder:
         return self._utf8.decode(b"", final=True)
 
 
+ENCODE_CHARS = 1 << 18  # characters per encode_batch call: its Encoding objects cost ~100x the text they hold
+_CUTS = re.compile(r"(?<=\S) (?=\S)")  # one space between two non-spaces: a GPT-2 pre-token starts at the space
+
+
+def pieces(text: str) -> list[str]:
+    """`text` in pieces of at most ENCODE_CHARS, cut before a single space between two non-spaces, where GPT-2's
+    pre-tokenizer (tuilm's BPE, GPT-2's own) starts a new pre-token anyway: encoding or counting the pieces gives
+    what the whole would, at a fraction of the memory (a one-line corpus is one document)."""
+    if len(text) <= ENCODE_CHARS:
+        return [text]
+    out, start = [], 0
+    while len(text) - start > ENCODE_CHARS:
+        cut = _CUTS.search(text, start + ENCODE_CHARS // 2, start + ENCODE_CHARS)
+        end = cut.start() if cut else start + ENCODE_CHARS  # no space in half a megabyte: cut anywhere (rare)
+        out.append(text[start:end])
+        start = end
+    return [*out, text[start:]]
+
+
 def train_tokenizer(documents: Sequence[str], settings: TokenizerSettings) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -158,13 +178,33 @@ def train_tokenizer(documents: Sequence[str], settings: TokenizerSettings) -> To
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    inner.train_from_iterator(documents, trainer, length=len(documents))
+    inner.train_from_iterator((p for d in documents for p in pieces(d)), trainer, length=len(documents))
     return Tokenizer(inner)
 
 
 def vocab_filename(corpus_name: str, settings: TokenizerSettings, key: str) -> str:
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(corpus_name).name)[:40]
     return f"{stem}-bpe{settings.vocab_size}-{key}.json"
+
+
+# Peak memory of training BPE on a corpus held in memory, then encoding it, per character of the corpus: about 9
+# measured for the training alone (benchmarks/corpus_memory.py), with room for the text itself and its ids.
+MEMORY_PER_CHAR = 16
+
+
+def check_memory(name: str, n_chars: int, available: int | None = None) -> None:
+    """DataError with the numbers, before training starts, when this machine cannot hold what it would take."""
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    need = n_chars * MEMORY_PER_CHAR
+    if need > available:
+        raise DataError(
+            f"{name}: {n_chars / 1e6:,.0f}M characters need about {need / 2**30:,.1f} GiB of memory to train a "
+            f"tokenizer and tokenize, and {available / 2**30:,.1f} GiB is available; use a smaller corpus or "
+            "data.train_fraction, or a .txt file over 256 MB, which is streamed"
+        )
 
 
 def load_or_train(corpus, settings: TokenizerSettings, *, on_train=None, part: str = "", documents=None) -> Tokenizer:
@@ -180,6 +220,8 @@ def load_or_train(corpus, settings: TokenizerSettings, *, on_train=None, part: s
     for folder in [*shipped_dirs("vocab"), cache]:
         for path in folder.glob(f"*-{key}.json"):
             return Tokenizer.from_file(path)
+    if hasattr(corpus, "n_chars"):  # held in memory (a streamed corpus trains on a bounded sample)
+        check_memory(corpus.name, corpus.n_chars)
     if on_train:
         on_train(f"training a {settings.vocab_size:,}-token BPE tokenizer on {corpus.name} (cached afterwards)")
     tokenizer = train_tokenizer(documents() if documents else corpus.documents, settings)

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
+from tuilm.model.config import _short
 
 HUB_MODELS = {
     "gpt2": "openai-community/gpt2",
@@ -63,38 +64,70 @@ def resolve(spec: str) -> Path:
     return paths[0].parent
 
 
+# GPT-2's config.json keys -> tuilm's model settings: each value is typed and ranged as tuilm's own (config.RANGES)
+HF_KEYS = {"vocab_size": "vocab_size", "n_embd": "d_model", "n_layer": "n_layers", "n_head": "n_heads"}
+
+
+def read_hf_config(folder: Path) -> dict:
+    """config.json as a dict, or one CheckpointError naming the file: unreadable, not JSON, nested too deep to
+    parse, or not an object."""
+    path = folder / "config.json"
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be a model config") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path}: must be a JSON object of settings, got a {type(hf).__name__}")
+    return hf
+
+
+def hf_setting(folder: Path, hf: dict, key: str, setting: str, default=None):
+    """hf[key] checked as tuilm's model.<setting> (type and range), before anything is allocated."""
+    from tuilm.config import checked
+
+    if key not in hf and default is None:
+        raise CheckpointError(f"{folder}/config.json: no {key!r}; is this a GPT-2 model directory?")
+    try:
+        return checked(f"model.{setting}", hf.get(key, default))
+    except ConfigError as e:
+        raise CheckpointError(f"{folder}/config.json: {key}: {e}") from None
+
+
 def model_config(folder: Path, seq_len: int | None = None, dropout: float = 0.0):
     """The tuilm ModelConfig of a GPT-2 config.json (seq_len None: the model's full n_positions)."""
     from tuilm.model.config import ModelConfig
 
-    try:
-        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{folder}/config.json: cannot read ({e})") from None
+    hf = read_hf_config(folder)
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise CheckpointError(f"{folder}: model_type {hf.get('model_type')!r} is not gpt2")
+        raise CheckpointError(f"{folder}: model_type {_short(hf.get('model_type'))} is not gpt2")
     act = ACTS.get(hf.get("activation_function", "gelu_new"))
     if act is None:
-        raise CheckpointError(f"{folder}: activation {hf.get('activation_function')!r} is not supported")
-    if abs(float(hf.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
-        raise CheckpointError(f"{folder}: layer_norm_epsilon {hf['layer_norm_epsilon']} (tuilm uses 1e-5)")
-    n_pos = int(hf.get("n_positions", 1024))
+        raise CheckpointError(f"{folder}: activation {_short(hf.get('activation_function'))} is not supported")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not abs(eps - 1e-5) <= 1e-12:  # NaN too
+        raise CheckpointError(f"{folder}: layer_norm_epsilon {_short(eps)} (tuilm uses 1e-5)")
+    n_pos = hf_setting(folder, hf, "n_positions", "seq_len", 1024)
+    shape = {ours: hf_setting(folder, hf, theirs, ours) for theirs, ours in HF_KEYS.items()}
+    d_ff = hf_setting(folder, hf, "n_inner", "d_ff", 0) if hf.get("n_inner") is not None else None
+    try:
+        cfg = ModelConfig(
+            **shape,
+            seq_len=n_pos,
+            d_ff=d_ff,
+            dropout=dropout,
+            pos="learned",
+            act=act,
+            norm="layernorm",
+            tie_embeddings=True,
+            bias=True,
+        )
+    except ConfigError as e:  # the rules between settings: d_model divisible by n_heads
+        raise CheckpointError(f"{folder}/config.json: {e}") from None
     if seq_len is not None and seq_len > n_pos:
         raise ConfigError(f"seq_len {seq_len} is longer than the {n_pos} positions this model learned")
-    return ModelConfig(
-        vocab_size=int(hf["vocab_size"]),
-        seq_len=seq_len or n_pos,
-        d_model=int(hf["n_embd"]),
-        n_layers=int(hf["n_layer"]),
-        n_heads=int(hf["n_head"]),
-        d_ff=hf.get("n_inner") or None,
-        dropout=dropout,
-        pos="learned",
-        act=act,
-        norm="layernorm",
-        tie_embeddings=True,
-        bias=True,
-    )
+    return replace(cfg, seq_len=seq_len or n_pos)
 
 
 def load_tokenizer(folder: Path):

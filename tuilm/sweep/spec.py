@@ -197,7 +197,7 @@ def base_config(spec: SweepSpec) -> RunConfig:
     config = resolve_config(spec.recipe)
     if spec.parsed_budget is not None:
         config = apply_overrides(config, spec.parsed_budget.overrides())
-    extra = [*spec.overrides, *([("train.device", spec.device)] if spec.device else [])]
+    extra = [*spec.overrides, *([("train.device", spec.device)] if spec.device is not None else [])]
     config = apply_overrides(config, extra)
     if not has_stop(config) and not any(k in STOP_KEYS for k in spec.keys):
         raise ConfigError(

@@ -10,11 +10,11 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TextIO
 
-from tuilm.formatting import fmt_duration, fmt_mfu, human, percent
+from tuilm.formatting import fmt_duration, fmt_mfu, human, percent, shown
 from tuilm.train import events as ev
 from tuilm.train.lines import eval_summary, finished_line
 
@@ -127,7 +127,11 @@ def parse_event(line: str | bytes) -> ev.Event | None:
         event = ev.from_dict(data)
     except (ValueError, UnicodeDecodeError, TypeError, RecursionError):
         return None
-    return event if event is not None and _well_typed(event) else None
+    if event is None or not _well_typed(event):
+        return None
+    # A run's file is untrusted: its text is made safe to show here, once, for every reader (runs, health, watch).
+    text = {f.name: shown(v) for f in fields(event) if isinstance(v := getattr(event, f.name), str | dict | list)}
+    return replace(event, **text) if any(text[k] != getattr(event, k) for k in text) else event
 
 
 def _well_typed(event: ev.Event) -> bool:
@@ -377,7 +381,7 @@ class HeadlessProgress:
 
     def _print(self, text: str, markup: bool = False) -> None:
         target = self._progress.console if self._progress is not None else self.console
-        target.print(text, markup=markup, highlight=False)
+        target.print(shown(text), markup=markup, highlight=False)  # run names, samples, messages: no escapes
 
 
 def bar_columns(label: str, *eta) -> tuple:
