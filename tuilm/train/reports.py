@@ -47,6 +47,7 @@ def started_event(trainer) -> ev.RunStarted:
         time=time.time(),
         flops_per_token=trainer.flops.per_token,
         peak_flops=trainer.flops.peak,
+        ranks=trainer.dist.world,
     )
 
 
