@@ -92,6 +92,13 @@ def test_two_ranks_match_one_process_and_only_rank_0_writes(corpus, one_process)
     # Evaluation is sharded over the ranks and all-reduced: the one-process numbers.
     assert evals_of(out) == pytest.approx(evals_of(one_process), abs=1e-5)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in one_process.iterdir())
+    started = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert (started["event"], started["ranks"], started["device"], started["dtype"]) == (
+        "run_started",
+        2,
+        "cpu",
+        "fp32",
+    )
     # Rank 1 prints nothing but errors: one progress bar's worth of output, and no error line.
     assert "error" not in result.stderr.lower()
 

@@ -118,10 +118,13 @@ def test_mixed_precision_trains_finite_and_resumes_exactly(small_corpus, tmp_pat
 # -- out of memory inside a compiled forward pass ----------------------------------------------------------------
 
 
-def oom_inside_the_block_above(trainer, limit: list[int]) -> list[int]:
+def oom_inside_the_block_above(trainer, limit: list[int], monkeypatch) -> list[int]:
     """A forward hook on the first block raises torch.OutOfMemoryError, as CUDA's allocator would mid-forward, for
     training passes of more than limit[0] rows; returns the sizes of the training passes. The hook runs outside
     the compiled graph (dynamo.disable), at run time, as an allocation inside a compiled kernel fails."""
+    # dynamo reuses a graph compiled for another model of this shape without checking its hooks, by default;
+    # the injecting hook must be compiled in
+    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", False)
     sizes: list[int] = []
 
     @torch._dynamo.disable
@@ -142,12 +145,9 @@ def test_the_micro_batch_search_and_the_healing_work_through_a_compiled_forward(
     eager, eager_rec = tiny_trainer(small_corpus, tmp_path / "eager", *common, "compile=false")
     eager.run()  # on the CPU "auto" is no search: one pass of 8 rows
     monkeypatch.setattr(accel, "SEARCH_DEVICES", ("cpu",))  # searched as on CUDA
-    # dynamo reuses a graph compiled for another model of this shape without checking its hooks, by default;
-    # the injecting hook must be compiled in
-    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", False)
     trainer, rec = tiny_trainer(small_corpus, tmp_path / "compiled", *common, "compile=true")
     limit = [4]
-    sizes = oom_inside_the_block_above(trainer, limit)
+    sizes = oom_inside_the_block_above(trainer, limit, monkeypatch)
     trainer.bus.subscribe(lambda e: limit.__setitem__(0, 3) if isinstance(e, ev.Step) and e.step == 2 else None)
     trainer.run()
     assert trainer.result.status == "completed", trainer.error
@@ -158,3 +158,35 @@ def test_the_micro_batch_search_and_the_healing_work_through_a_compiled_forward(
     assert "out of memory at micro-batch 4 rows: now 2, step 3 redone" in messages
     assert sizes[7:] == [4] + [2] * 8 and trainer.batches.micro == 2  # the failed pass, then steps 3 and 4
     assert losses(rec) == pytest.approx(losses(eager_rec), abs=1e-4, rel=0)
+
+
+# -- benchmarks/gpu_check.sh and what a run records -------------------------------------------------------------
+
+
+def test_gpu_check_parses_and_without_cuda_says_so_and_measures_nothing(tmp_path):
+    import subprocess
+
+    from tests.conftest import REPO
+
+    script = REPO / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    head = script.read_text(encoding="utf-8").split("\nset -u", 1)[0]
+    for part in ("tests", "gpu.py", "tiny_shakespeare_gpu", "vs_nanogpt.py", "8 minutes", "JSON"):
+        assert part in head, part  # it says at the top what it will measure
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: the script would measure it")
+    out = tmp_path / "figures.json"
+    result = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.strip() == "gpu_check.sh needs a CUDA GPU, and torch sees none here (nothing measured)"
+
+
+def test_runs_show_the_ranks_device_and_dtype():
+    from tuilm.sweep.runinfo import hardware
+
+    def started(**kw):
+        base = dict(run_dir="r", name="r", recipe="x", config={}, params=1, params_no_embeddings=1, data={})
+        return ev.RunStarted(**base, max_steps=1, **kw)
+
+    assert hardware(started(device="cpu", dtype="fp32")) == "cpu fp32"
+    assert hardware(started(device="cuda:0", dtype="bf16", ranks=2)) == "2 x cuda:0 bf16"
