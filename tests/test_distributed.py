@@ -197,3 +197,15 @@ def test_an_out_of_memory_on_one_rank_halves_the_micro_batch_on_every_rank(corpu
     assert sorted(two) == list(range(1, 13))
     for step in range(1, 13):
         assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-6), step
+
+
+def test_the_reducer_buckets_every_parameter_once_in_reverse_order():
+    import torch
+
+    from tuilm.train.overlap import OverlappedReducer
+
+    params = [torch.zeros(n, requires_grad=True) for n in (10, 300, 5, 2000, 7)]
+    shapes = [[p.numel() for p in b] for b in OverlappedReducer(params, 0, 2, bucket_bytes=4096).buckets]
+    assert shapes == [[7], [2000], [5, 300, 10]]  # a parameter larger than a bucket gets one of its own
+    shapes = [[p.numel() for p in b] for b in OverlappedReducer(params, 0, 2, bucket_bytes=1 << 20).buckets]
+    assert shapes == [[7, 2000, 5, 300, 10]]
