@@ -25,16 +25,17 @@ class OverlappedReducer:
         self.rank, self.world = rank, world
         bucket_bytes = bucket_bytes or BUCKET_BYTES
         self.buckets: list[list[torch.Tensor]] = []
-        size = bucket_bytes  # start a new bucket at the first parameter
+        size = 0
         for p in reversed(params):
-            if size + p.numel() * p.element_size() > bucket_bytes and (not self.buckets or self.buckets[-1]):
+            nbytes = p.numel() * p.element_size()
+            if not self.buckets or size + nbytes > bucket_bytes:
                 self.buckets.append([])
                 size = 0
             self.buckets[-1].append(p)
-            size += p.numel() * p.element_size()
+            size += nbytes
         self.bucket_of = {id(p): i for i, bucket in enumerate(self.buckets) for p in bucket}
         self.handles: list[tuple[object, torch.Tensor]] = []
-        self.missing: list[int] = []
+        self.missing: list[set[int]] = []  # per bucket, the parameters whose gradients are not complete yet
         self.armed = False
         for p in params:
             p.register_post_accumulate_grad_hook(self._accumulated)
@@ -42,14 +43,14 @@ class OverlappedReducer:
     def arm(self) -> None:
         """The next backward pass is the step's last: send each bucket once its gradients are complete."""
         self.handles, self.armed = [], True
-        self.missing = [len(bucket) for bucket in self.buckets]
+        self.missing = [{id(p) for p in bucket} for bucket in self.buckets]
 
     def _accumulated(self, p: torch.Tensor) -> None:
         if not self.armed:  # an earlier micro-batch, a probe of the micro-batch search: nothing to send
             return
-        self.missing[self.bucket_of[id(p)]] -= 1
+        self.missing[self.bucket_of[id(p)]].discard(id(p))
         # in bucket order, never the last: it goes at the end of the step, with the flags
-        while len(self.handles) < len(self.buckets) - 1 and self.missing[len(self.handles)] == 0:
+        while len(self.handles) < len(self.buckets) - 1 and not self.missing[len(self.handles)]:
             self._send(len(self.handles), failed=False)
 
     def _send(self, index: int, failed: bool) -> None:
