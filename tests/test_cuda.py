@@ -53,11 +53,11 @@ def test_compiled_matches_eager_on_cuda(small_corpus, tmp_path, dtype):
     assert losses(rec) == pytest.approx(losses(eager_rec), abs=1e-3 if dtype == "fp32" else 1e-2, rel=0)
 
 
-def test_search_and_healing_on_cuda(small_corpus, tmp_path, monkeypatch):
+def test_search_and_healing_on_cuda(small_corpus, tmp_path):
     common = (*SHAPE[:4], *QUIET, *CUDA, "batch_size=8", "max_steps=4", "micro_batch_size=auto")
     trainer, rec = tiny_trainer(small_corpus, tmp_path / "run", *common)
     limit = [4]
-    sizes = oom_inside_the_block_above(trainer, limit, monkeypatch)
+    sizes = oom_inside_the_block_above(trainer, limit)
     trainer.bus.subscribe(lambda e: limit.__setitem__(0, 3) if isinstance(e, ev.Step) and e.step == 2 else None)
     trainer.run()
     assert trainer.result.status == "completed", trainer.error

@@ -118,13 +118,13 @@ def test_mixed_precision_trains_finite_and_resumes_exactly(small_corpus, tmp_pat
 # -- out of memory inside a compiled forward pass ----------------------------------------------------------------
 
 
-def oom_inside_the_block_above(trainer, limit: list[int], monkeypatch) -> list[int]:
+def oom_inside_the_block_above(trainer, limit: list[int]) -> list[int]:
     """A forward hook on the first block raises torch.OutOfMemoryError, as CUDA's allocator would mid-forward, for
     training passes of more than limit[0] rows; returns the sizes of the training passes. The hook runs outside
     the compiled graph (dynamo.disable), at run time, as an allocation inside a compiled kernel fails."""
-    # dynamo reuses a graph compiled for another model of this shape without checking its hooks, by default;
-    # the injecting hook must be compiled in
-    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", False)
+    # dynamo reuses a graph compiled for another model of this shape without checking its hooks (even with
+    # skip_nnmodule_hook_guards off): forget the compiled graphs, so that the injecting hook is compiled in
+    torch._dynamo.reset()
     sizes: list[int] = []
 
     @torch._dynamo.disable
@@ -147,7 +147,7 @@ def test_the_micro_batch_search_and_the_healing_work_through_a_compiled_forward(
     monkeypatch.setattr(accel, "SEARCH_DEVICES", ("cpu",))  # searched as on CUDA
     trainer, rec = tiny_trainer(small_corpus, tmp_path / "compiled", *common, "compile=true")
     limit = [4]
-    sizes = oom_inside_the_block_above(trainer, limit, monkeypatch)
+    sizes = oom_inside_the_block_above(trainer, limit)
     trainer.bus.subscribe(lambda e: limit.__setitem__(0, 3) if isinstance(e, ev.Step) and e.step == 2 else None)
     trainer.run()
     assert trainer.result.status == "completed", trainer.error
