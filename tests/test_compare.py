@@ -49,7 +49,7 @@ def write_other(folder: Path, shift: float = 0.5, batch_size: int | None = None,
     return folder / "metrics.jsonl"
 
 
-async def until(pilot, condition, timeout: float = 30.0, what: str = "condition") -> None:
+async def until(pilot, condition, timeout: float = 120.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -13,7 +13,10 @@ import pytest
 from tests.conftest import write_corpus
 from tests.helpers import TINY
 
-TIMEOUT = 240  # seconds: a hung job fails the test instead of blocking the suite
+# A hung job fails the test instead of blocking the suite; both limits are far above a run's time on a loaded
+# 2-core machine (a rank waits in a collective while the other starts Python and torch or builds its data).
+TIMEOUT = 480  # seconds, a whole job
+DIST_TIMEOUT = 240  # seconds, one collective
 # A constant rate after warmup: a run stopped at 15 steps and resumed to 30 follows the 30-step run.
 STEPS = [
     "--set",
@@ -35,7 +38,7 @@ def tiny_args(corpus: Path) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TUILM_DIST_TIMEOUT": "60"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TUILM_DIST_TIMEOUT": str(DIST_TIMEOUT)}
 
 
 def run(args: list[str], nproc: int = 1, module: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -89,6 +92,13 @@ def test_two_ranks_match_one_process_and_only_rank_0_writes(corpus, one_process)
     # Evaluation is sharded over the ranks and all-reduced: the one-process numbers.
     assert evals_of(out) == pytest.approx(evals_of(one_process), abs=1e-5)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in one_process.iterdir())
+    started = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert (started["event"], started["ranks"], started["device"], started["dtype"]) == (
+        "run_started",
+        2,
+        "cpu",
+        "fp32",
+    )
     # Rank 1 prints nothing but errors: one progress bar's worth of output, and no error line.
     assert "error" not in result.stderr.lower()
 
@@ -147,17 +157,23 @@ OOM_ON_RANK_1 = """
 import sys
 import torch
 from tuilm.model import GPT
-from tuilm.train import distributed
+from tuilm.train import distributed, overlap
 
-forward = GPT.forward
+overlap.BUCKET_BYTES = 4096  # a bucket a parameter or so: some are sent before rank 1 runs out of memory
+init = GPT.__init__
 
-def limited(self, x, *args, **kwargs):
-    # rank 1 alone runs out of memory, as CUDA would, on training passes of more than 2 rows
-    if distributed.current().rank == 1 and torch.is_grad_enabled() and x.shape[0] > 2:
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-    return forward(self, x, *args, **kwargs)
+def init_with_limit(self, *args, **kwargs):
+    init(self, *args, **kwargs)
 
-GPT.forward = limited
+    def limited(module, grad_input, grad_output):
+        # rank 1 alone runs out of memory, as CUDA would, in the backward pass of more than 2 rows, once the
+        # later blocks' gradients are on their way to the other rank
+        if distributed.current().rank == 1 and grad_output[0].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    self.blocks[0].register_full_backward_hook(limited)
+
+GPT.__init__ = init_with_limit
 sys.argv = ["tuilm", *sys.argv[1:]]
 from tuilm.cli import main
 main()
@@ -217,3 +233,15 @@ def test_a_signal_to_the_launcher_stops_and_saves_every_rank_then_exits(corpus, 
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "finished" and events[-1]["reason"] == "interrupted"
+
+
+def test_the_reducer_buckets_every_parameter_once_in_reverse_order():
+    import torch
+
+    from tuilm.train.overlap import OverlappedReducer
+
+    params = [torch.zeros(n, requires_grad=True) for n in (10, 300, 5, 2000, 7)]
+    shapes = [[p.numel() for p in b] for b in OverlappedReducer(params, 0, 2, bucket_bytes=4096).buckets]
+    assert shapes == [[7], [2000], [5, 300, 10]]  # a parameter larger than a bucket gets one of its own
+    shapes = [[p.numel() for p in b] for b in OverlappedReducer(params, 0, 2, bucket_bytes=1 << 20).buckets]
+    assert shapes == [[7, 2000, 5, 300, 10]]

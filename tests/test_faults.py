@@ -41,7 +41,7 @@ def start_training(corpus: Path, run_dir: Path, *extra: str) -> subprocess.Popen
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(predicate, child: subprocess.Popen, timeout: float = 60, poll: float = 0.02) -> None:
+def wait_for(predicate, child: subprocess.Popen, timeout: float = 180, poll: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if child.poll() is not None:
@@ -177,7 +177,7 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(small_corpus, tmp_path, signame):
             errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
             assert len(errors) == 1 and f"process {child.pid}" in errors[0], second.stderr
         child.send_signal(getattr(signal, signame))
-        _, stderr = child.communicate(timeout=60)
+        _, stderr = child.communicate(timeout=180)
     finally:
         if child.poll() is None:
             child.kill()

@@ -59,6 +59,7 @@ def test_runs_and_health_json(logged_run):
     assert doc["kind"] == "runs"
     [run] = [r for r in doc["runs"] if r["run"] == "run"]
     assert run["status"] == "completed" and run["steps"] == 10 and run["best_val_loss"] > 0
+    assert run["hardware"] == "cpu fp32"  # one rank, on what device and at what precision
     health = run_json("health", str(trained_run))
     assert health["kind"] == "health" and health["status"] == "completed" and health["step"] == 10
     assert health["grad_norm"]["steps"] == 10 and health["grad_norm"]["last"] > 0
@@ -99,6 +100,7 @@ def test_human_tables_stay_the_default(logged_run):
     trained_run = logged_run
     result = CliRunner().invoke(app, ["runs", str(trained_run.parent)])
     assert result.exit_code == 0 and "best val loss" in result.stdout
+    assert "trained on" in result.stdout and "cpu fp32" in result.stdout
     try:
         json.loads(result.stdout)
         raise AssertionError("a table, not JSON")

@@ -35,7 +35,7 @@ RECORDED = Path(__file__).parent / "data" / "recorded_run.jsonl"
 SIZE = (160, 48)  # every pane on screen (a hidden RichLog holds its lines back until shown)
 
 
-async def until(pilot, condition, timeout: float = 30.0, what: str = "condition") -> None:
+async def until(pilot, condition, timeout: float = 120.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

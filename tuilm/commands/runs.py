@@ -41,6 +41,7 @@ def run_record(summary: RunSummary, label: str) -> dict:
         "tokens_per_s": summary.tokens_per_s,
         "peak_memory_mb": summary.peak_memory_mb,
         "params": summary.params,
+        "hardware": summary.hardware or None,
         "error": summary.error or None,
         "best_weights": summary.best_weights,
         "target": target_record(summary),
@@ -89,6 +90,7 @@ def runs_command(folder: Path, as_json: bool = False) -> None:
     table.add_column("steps", justify="right")
     table.add_column("best val loss", justify="right")
     table.add_column("bits/char", justify="right")
+    table.add_column("trained on")
     table.add_column("status")
     summaries = [_summary(d) for d in run_dirs]
     targets = any(s.target for s in summaries)
@@ -101,6 +103,7 @@ def runs_command(folder: Path, as_json: bool = False) -> None:
             f"{summary.steps:,}",
             fmt(summary.best_val_loss),
             fmt(summary.best_val_bpc),
+            summary.hardware,
             _status(summary.status),
         ]
         table.add_row(*cells, *([target_cell(summary)] if targets else []))

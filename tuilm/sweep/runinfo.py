@@ -37,6 +37,7 @@ class RunSummary:
     epochs: float | None = None  # passes over the training rows
     kept_fraction: float | None = None  # of the training tokens, what the sequence policy kept
     padding_fraction: float | None = None  # of the training rows' cells, padding
+    hardware: str = ""  # what the last session trained on: "cpu fp32", "2 x cuda:0 bf16"
     error: str = ""
     nonfinite: bool = False  # a non-finite loss or gradient was reported in the last session
     best_weights: str | None = None  # what best.safetensors holds: model, or ema (train.ema)
@@ -44,6 +45,12 @@ class RunSummary:
     target_reached: dict | None = None
     evals: list[ev.Eval] = field(default_factory=list)
     train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of every finite step
+
+
+def hardware(started: ev.RunStarted) -> str:
+    """The ranks, device and precision of a session, as `tuilm runs` shows them."""
+    ranks = f"{started.ranks} x " if started.ranks > 1 else ""
+    return f"{ranks}{started.device} {started.dtype}"
 
 
 def summarize_run(run_dir: Path, events: list[ev.Event] | None = None) -> RunSummary:
@@ -68,6 +75,7 @@ def summarize_run(run_dir: Path, events: list[ev.Event] | None = None) -> RunSum
     if started:
         data = started[-1].data
         summary.params = started[-1].params
+        summary.hardware = hardware(started[-1])
         kept, dropped = data.get("tokens_kept"), data.get("tokens_dropped")
         if kept is not None and dropped is not None and kept + dropped:
             summary.kept_fraction = kept / (kept + dropped)

@@ -27,10 +27,10 @@ def healing_backward(trainer, micro: list[Batch], n_targets: int, health_step: b
     """forward_backward; on an out-of-memory error, free, halve the micro-batch and redo the step (its rows,
     hence its exact gradient, stay the same).
 
-    Under DDP the ranks first agree: each runs its backward passes without DDP's gradient all-reduce, then one
-    small all-reduce says which ranks ran out of memory; if any did, every rank halves and redoes the step
-    (otherwise the others would wait in a collective the failed rank never joins), else the gradients are
-    averaged over the ranks (Dist.mean_grads) and the step goes on."""
+    Under DDP the ranks agree through the gradient all-reduce itself (train/overlap.py): it runs during the last
+    micro-batch's backward pass, and its last bucket carries a flag per rank; a rank that ran out of memory still
+    sends every bucket, so no rank waits in a collective that another never joins. If any rank ran out of
+    memory, every rank halves and redoes the step, else the gradients are already averaged and the step goes on."""
     dist = trainer.dist
     while True:
         failed = False
@@ -42,9 +42,8 @@ def healing_backward(trainer, micro: list[Batch], n_targets: int, health_step: b
             failed = True
             trainer.optimizer.zero_grad(set_to_none=True)
             free_memory(trainer.device)
-        ranks = dist.ranks_flagged(failed, trainer.device)
+        ranks = trainer.reducer.finish(failed) if trainer.reducer else ([0] if failed else [])
         if not ranks:
-            dist.mean_grads(trainer.params)
             return finish_grads(trainer, loss_sum, health_step, lean)
         old = trainer.batches.micro
         where = f" on rank {', '.join(map(str, ranks))}" if dist.active else ""
@@ -59,19 +58,22 @@ def healing_backward(trainer, micro: list[Batch], n_targets: int, health_step: b
 
 def accumulate(trainer, micro: list[Batch], n_targets: int, health_step: bool) -> torch.Tensor:
     """Forward and backward over the step's micro-batches; returns this rank's summed loss (on the device):
-    the step's gradients, before healing_backward averages them over ranks and finish_grads clips them.
+    the step's gradients, before trainer.reducer averages them over the ranks and finish_grads clips them.
 
     The loss is the sum over every target token of the step divided by their count (all ranks' together),
     whatever the padding or accumulation: each micro-batch adds its summed loss / the step's total, so the
     gradient is exactly the full batch's (times the world size, which the mean over ranks divides out).
-    Under DDP no backward pass all-reduces (healing_backward does it once every rank is through).
+    Under DDP DDP's own reducer is off (no_sync): the last micro-batch's backward pass sends the gradients through
+    trainer.reducer instead, bucket by bucket as they are ready (healing_backward waits for them).
     """
     loss_sum = None
     model = trainer.ddp if health_step else trainer.forward  # hooks need the eager module
     weight = trainer.dist.world / n_targets
     with trainer.health.activation_hooks(health_step):
-        for batch in micro:
+        for i, batch in enumerate(micro):
             x, y, pos, doc = trainer._last_batch = to_device(batch, trainer.device)
+            if trainer.reducer and i == len(micro) - 1:
+                trainer.reducer.arm()
             with distributed.no_sync(trainer.ddp):
                 with trainer.precision.autocast(trainer.device):
                     logits = model(x, pos_ids=pos, doc_ids=doc)

@@ -75,41 +75,6 @@ class Dist:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         return int(t.item())
 
-    def ranks_flagged(self, flag: bool, device: torch.device) -> list[int]:
-        """The ranks whose `flag` is set (every rank calls this at the same point of a step)."""
-        if not self.active:
-            return [0] if flag else []
-        flags = torch.zeros(self.world, dtype=torch.int64, device=device)
-        flags[self.rank] = int(flag)
-        torch.distributed.all_reduce(flags)
-        return [r for r, f in enumerate(flags.tolist()) if f]
-
-    def mean_grads(self, params: list[torch.Tensor], bucket_elements: int = 1 << 24) -> None:
-        """Average the gradients over the ranks in place (what DDP's reducer does during the backward pass), in
-        flattened buckets: a step's all-reduce comes after every rank has finished its backward pass, so that an
-        out-of-memory error on one rank can be agreed on first (train/backward.py)."""
-        if not self.active:
-            return
-        grads = []
-        for p in params:
-            if p.grad is None:  # unused this step: every rank must still send the same buffer
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
-        bucket: list[torch.Tensor] = []
-        size = 0
-        for i, g in enumerate(grads):
-            bucket.append(g)
-            size += g.numel()
-            if size >= bucket_elements or i == len(grads) - 1:
-                flat = torch.cat([b.reshape(-1) for b in bucket])
-                torch.distributed.all_reduce(flat)
-                flat /= self.world
-                offset = 0
-                for b in bucket:
-                    b.copy_(flat[offset : offset + b.numel()].view_as(b))
-                    offset += b.numel()
-                bucket, size = [], 0
-
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """All-reduce (sum) in place; returns the tensor."""
         if self.active:
@@ -205,9 +170,19 @@ def wrap(model: torch.nn.Module, device: torch.device, dist: Dist) -> torch.nn.M
     return DistributedDataParallel(model, device_ids=ids)
 
 
+def reducer(params: list[torch.Tensor], dist: Dist):
+    """The gradient all-reduce that overlaps the backward pass and carries the out-of-memory agreement
+    (train/overlap.py); None in one process."""
+    if not dist.active:
+        return None
+    from tuilm.train.overlap import OverlappedReducer
+
+    return OverlappedReducer(params, dist.rank, dist.world)
+
+
 def no_sync(ddp: torch.nn.Module):
-    """DDP's own gradient all-reduce off: the ranks agree on out-of-memory errors first, then average the
-    gradients in one bucketed all-reduce (Dist.mean_grads, called by train/backward.py)."""
+    """DDP's own gradient all-reduce off: a rank that ran out of memory would never join it, and the others would
+    wait in it until the timeout; train/overlap.py does the same all-reduce in a way every rank can finish."""
     if not isinstance(ddp, DistributedDataParallel):  # not hasattr: a module's failed lookup raises, slowly
         return contextlib.nullcontext()
     return ddp.no_sync()

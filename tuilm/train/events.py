@@ -55,7 +55,7 @@ class RunStarted(Event):
     time: float = 0.0  # wall clock (unix seconds)
     flops_per_token: int = 0  # training FLOPs per token from the model's shape (tuilm/flops.py)
     peak_flops: float | None = None  # FLOP/s of the devices, all ranks together; None: unknown, so no MFU
-    ranks: int = 1  # processes training the run together (torchrun's world size)
+    ranks: int = 1  # processes that trained it together (DDP); `device` and `dtype` are each rank's
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ class Trainer(Controls):
         init_vocab = None if t.init else self.config.model.vocab_size  # pre-trained weights start below ln(vocab)
         self.health = HealthMonitor(self.model, self.optimizer, config.health, self._emit, t.warmup_steps, init_vocab)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.reducer = distributed.reducer(self.params, self.dist)  # None in one process; see train/overlap.py
         self.lean = lean_possible(self.optimizer, self.scaler, self.dist, t.log_interval)  # see train/lean.py
         self.pending = Pending()
         self.guard = SpikeGuard(config.health, self.dist)  # health.on_spike: skip, stop or rewind (train/rewind.py)
