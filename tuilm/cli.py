@@ -372,6 +372,27 @@ def compare(
     compare_command(run_dirs, as_json)
 
 
+@app.command()
+def export(
+    model: Annotated[
+        Path, typer.Argument(help="A run directory (its best checkpoint), a .safetensors checkpoint or RUN@STEP.")
+    ],
+    to: Annotated[str, typer.Option("--to", help="hf: a transformers directory; gguf: a llama.cpp file.")],
+    out: Annotated[Path, typer.Argument(help="The directory (hf) or file (gguf) to create; must not exist.")],
+    dtype: Annotated[str, typer.Option("--dtype", help="gguf weights: f32, f16, bf16 or q8_0.")] = "f32",
+    device: Device = "cpu",
+    as_json: Json = False,
+) -> None:
+    """Export a model for transformers (--to hf DIR) or llama.cpp (--to gguf FILE); docs/export.md.
+
+    The hf directory is written only after transformers, loading it, scores the run's val text at the same
+    bits/char as tuilm (to 1e-4; exit 1 and nothing written otherwise).
+    """
+    from tuilm.commands.export import export_command
+
+    export_command(model, to, out, dtype=dtype, device=device, as_json=as_json)
+
+
 @data_app.command("stats")
 def data_stats(
     data: Annotated[str, typer.Argument(help="A dataset name or a data path.")],

@@ -28,7 +28,6 @@ HUB_MODELS = {
     "gpt2-xl": "openai-community/gpt2-xl",
 }
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
-ACTS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
 
 class HubError(TuilmError):
@@ -63,65 +62,24 @@ def resolve(spec: str) -> Path:
     return paths[0].parent
 
 
-def model_config(folder: Path, seq_len: int | None = None, dropout: float = 0.0):
-    """The tuilm ModelConfig of a GPT-2 config.json (seq_len None: the model's full n_positions)."""
-    from tuilm.model.config import ModelConfig
-
+def read_config(folder: Path) -> dict:
     try:
-        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}/config.json: cannot read ({e})") from None
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise CheckpointError(f"{folder}: model_type {hf.get('model_type')!r} is not gpt2")
-    act = ACTS.get(hf.get("activation_function", "gelu_new"))
-    if act is None:
-        raise CheckpointError(f"{folder}: activation {hf.get('activation_function')!r} is not supported")
-    if abs(float(hf.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
-        raise CheckpointError(f"{folder}: layer_norm_epsilon {hf['layer_norm_epsilon']} (tuilm uses 1e-5)")
-    n_pos = int(hf.get("n_positions", 1024))
-    if seq_len is not None and seq_len > n_pos:
-        raise ConfigError(f"seq_len {seq_len} is longer than the {n_pos} positions this model learned")
-    return ModelConfig(
-        vocab_size=int(hf["vocab_size"]),
-        seq_len=seq_len or n_pos,
-        d_model=int(hf["n_embd"]),
-        n_layers=int(hf["n_layer"]),
-        n_heads=int(hf["n_head"]),
-        d_ff=hf.get("n_inner") or None,
-        dropout=dropout,
-        pos="learned",
-        act=act,
-        norm="layernorm",
-        tie_embeddings=True,
-        bias=True,
-    )
+
+
+def model_config(folder: Path, seq_len: int | None = None, dropout: float = 0.0):
+    """The tuilm ModelConfig of a GPT-2, Llama or Qwen3 config.json (seq_len None: the model's full context)."""
+    from tuilm.export.arch import tuilm_config
+
+    return tuilm_config(read_config(folder), folder, seq_len, dropout)
 
 
 def load_tokenizer(folder: Path):
     from tuilm.data.tokenizer import Tokenizer
 
     return Tokenizer.from_file(folder / "tokenizer.json")
-
-
-def tuilm_tensors(hf: dict, cfg) -> dict:
-    """GPT-2 safetensors names and layouts -> tuilm's state dict."""
-    hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
-    out = {"tok_emb.weight": hf["wte.weight"], "pos_emb.weight": hf["wpe.weight"][: cfg.seq_len]}
-    names = {
-        "ln_1": "norm1",
-        "attn.c_attn": "attn.qkv",
-        "attn.c_proj": "attn.proj",
-        "ln_2": "norm2",
-        "mlp.c_fc": "mlp.fc",
-        "mlp.c_proj": "mlp.proj",
-    }
-    for i in range(cfg.n_layers):
-        for theirs, ours in names.items():
-            w = hf[f"h.{i}.{theirs}.weight"]
-            out[f"blocks.{i}.{ours}.weight"] = w if theirs.startswith("ln") else w.t().contiguous()  # Conv1D
-            out[f"blocks.{i}.{ours}.bias"] = hf[f"h.{i}.{theirs}.bias"]
-    out["norm_f.weight"], out["norm_f.bias"] = hf["ln_f.weight"], hf["ln_f.bias"]
-    return out
 
 
 def load_weights(model, folder: Path) -> None:
@@ -131,16 +89,18 @@ def load_weights(model, folder: Path) -> None:
     from safetensors.torch import load_file
 
     from tuilm.checkpoint import load_weights as check_and_load
+    from tuilm.export.arch import tuilm_tensors
 
     path = folder / "model.safetensors"
     try:
         hf = load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: the weights cannot be read ({e})") from None
+    arch = read_config(folder).get("model_type", "gpt2")
     try:
-        tensors = tuilm_tensors(hf, model.cfg)
+        tensors = tuilm_tensors(hf, model.cfg, arch)
     except KeyError as e:
-        raise CheckpointError(f"{path}: not GPT-2 weights (no tensor {e})") from None
+        raise CheckpointError(f"{path}: not {arch} weights (no tensor {e})") from None
     dtype = next(model.parameters()).dtype
     with torch.no_grad():
         check_and_load(model, {k: v.to(dtype) for k, v in tensors.items()}, path)
