@@ -28,7 +28,9 @@ app.add_typer(vocab_app, name="vocab")
 ModelPath = Annotated[
     Path,
     typer.Option(
-        "--model-path", "-m", help="A .safetensors checkpoint, a run directory (its best checkpoint) or RUN@STEP."
+        "--model-path",
+        "-m",
+        help="A .safetensors checkpoint, a run directory (its best checkpoint), RUN@STEP or a transformers model dir.",
     ),
 ]
 Temperature = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.")]
@@ -108,7 +110,8 @@ def train(
     init: Annotated[
         str | None,
         typer.Option(
-            "--init", help="Start from pre-trained GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF dir."
+            "--init",
+            help="Start from pre-trained GPT-2 (gpt2, gpt2-medium, -large, -xl) or a GPT-2/Llama/Qwen3 HF dir.",
         ),
     ] = None,
     nproc: Annotated[
@@ -244,7 +247,9 @@ def eval_(
     model_path: Annotated[
         Path | None,
         typer.Option(
-            "--model-path", "-m", help="A .safetensors checkpoint, a run directory (its best checkpoint) or RUN@STEP."
+            "--model-path",
+            "-m",
+            help="A .safetensors checkpoint, a run directory (its best checkpoint), RUN@STEP or a transformers model dir.",
         ),
     ] = None,
     data: Annotated[

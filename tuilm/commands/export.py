@@ -14,6 +14,9 @@ from pathlib import Path
 from tuilm.errors import ConfigError, TuilmError
 
 TOLERANCE = 1e-4  # bits/char
+# Per-token log-probabilities too: a barely trained model can score its val text the same with a wrong mapping
+# (swapped RoPE pairs moved bits/char by 1e-6 after 4 steps), never with the same log-probability of each token.
+LOGPROB_TOLERANCE = 1e-3  # nats
 TARGETS = ("hf", "gguf")
 
 
@@ -70,24 +73,45 @@ def export_hf(ckpt, arch: str, out: Path) -> dict:
     try:
         tmp.mkdir()
         hf.write_dir(tmp, ckpt, arch)
-        theirs = evaluate(hf.as_tuilm(hf.load_model(tmp, device), ckpt.model.cfg), dataset, device)
+        loaded = hf.as_tuilm(hf.load_model(tmp, device), ckpt.model.cfg)
+        theirs = evaluate(loaded, dataset, device)
         proof = {
             "data": what,
             "tuilm_bits_per_char": ours.bpc,
             "transformers_bits_per_char": theirs.bpc,
             "difference": abs(ours.bpc - theirs.bpc),
             "tolerance": TOLERANCE,
+            "max_logprob_difference": logprob_gap(ckpt.model, loaded, dataset, device),
         }
         if not proof["difference"] <= TOLERANCE:  # NaN fails too
             raise ProofFailed(
                 f"transformers scores the val text at {theirs.bpc:.6f} bits/char but tuilm at {ours.bpc:.6f} "
                 f"(difference {proof['difference']:.2e} > {TOLERANCE:.0e}); nothing was written"
             )
+        if not proof["max_logprob_difference"] <= LOGPROB_TOLERANCE:
+            raise ProofFailed(
+                f"transformers and tuilm give a val token log-probabilities {proof['max_logprob_difference']:.2e} "
+                f"nats apart (> {LOGPROB_TOLERANCE:.0e}); nothing was written"
+            )
         (tmp / "README.md").write_text(hf.model_card(ckpt, arch, proof), encoding="utf-8")
         os.rename(tmp, out)  # atomic: the directory appears whole or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"proof": proof}
+
+
+def logprob_gap(ours, theirs, dataset, device) -> float:
+    """The largest difference of a log-probability (nats) the two models give over the first val batch."""
+    import torch
+
+    from tuilm.data.pipeline import collate, eval_batches
+    from tuilm.train.evaluate import EVAL_TOKENS
+
+    index = next(iter(eval_batches(dataset.val_rows, EVAL_TOKENS)))
+    x = torch.from_numpy(collate(dataset.val_rows, index, trim=True, eos_id=dataset.tokenizer.eos_id).inputs)
+    with torch.no_grad():
+        a, b = (m(x.to(device)).log_softmax(-1) for m in (ours, theirs))
+    return float((a - b).abs().max())
 
 
 def export_gguf(ckpt, arch: str, out: Path, dtype: str) -> dict:

@@ -132,3 +132,31 @@ def init_config(config, spec: str):
     seq_len = config.model.seq_len
     cfg = model_config(folder, seq_len, config.model.dropout)
     return replace(config, model=cfg), folder
+
+
+def is_model_dir(path: Path) -> bool:
+    """A transformers directory (exported by `tuilm export --to hf`, or any GPT-2/Llama/Qwen3 one)."""
+    path = Path(path).expanduser()
+    return path.is_dir() and all((path / f).is_file() for f in FILES)
+
+
+def open_model(path: Path, device="cpu", *, allow_nonfinite: bool = False):
+    """A Checkpoint of a tuilm checkpoint, run directory or RUN@STEP, or of a transformers directory: what
+    `--model-path` accepts. An exported directory brings its run's settings back (tuilm_run.json), so `eval`
+    finds the run's val split; another has none."""
+    from tuilm.checkpoint import Checkpoint, load_checkpoint
+    from tuilm.export.hf import RUN_FILE
+
+    if not is_model_dir(path):
+        return load_checkpoint(path, device, allow_nonfinite=allow_nonfinite)
+    folder = Path(path).expanduser()
+    model, tokenizer = load_pretrained(str(folder), device=device)
+    run = {}
+    if (folder / RUN_FILE).is_file():
+        try:
+            run = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{folder / RUN_FILE}: cannot read ({e})") from None
+    return Checkpoint(
+        folder / "model.safetensors", model, tokenizer, run.get("run_config") or {}, run.get("meta") or {}
+    )
