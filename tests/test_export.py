@@ -217,3 +217,72 @@ def test_a_foreign_llama_directory_loads_and_gqa_is_refused(runs, tmp_path):
     (tmp_path / "llama" / "config.json").write_text(json.dumps({**cfg, "num_key_value_heads": 2}))
     r = helpers.run_tuilm("sample", "-m", str(tmp_path / "llama"), "--prompt", "a")
     assert r.returncode == 2 and "num_key_value_heads 2" in r.stderr and r.stderr.count("\n") == 1
+
+
+# -- GGUF -------------------------------------------------------------------------------------------------------
+
+gguf = pytest.importorskip("gguf")
+PROMPTS = ["SPEAKER 3:", "word1 word7", "SPEAKER", "héllo, wörld!", "\n"]
+
+
+def _dequantized(reader, name: str):
+    import numpy as np
+
+    t = next(t for t in reader.tensors if t.name == name)
+    return torch.tensor(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [("f32", 0.0), ("f16", 1e-3), ("bf16", 1e-2), ("q8_0", 1e-2)])
+def test_gguf_holds_the_weights_and_the_tokenizer(runs, tmp_path, dtype, tol):
+    from tuilm.export.gguf import interleave_rope
+
+    ckpt = load_checkpoint(runs["llama-tied"])
+    export_command(runs["llama-tied"], "gguf", tmp_path / "m.gguf", dtype=dtype)
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    field = reader.get_field
+    assert field("general.architecture").contents() == "llama"
+    assert field("tokenizer.ggml.pre").contents() == "gpt-2" and field("tokenizer.ggml.model").contents() == "gpt2"
+    assert field("tokenizer.ggml.tokens").contents() == [
+        ckpt.tokenizer.inner.id_to_token(i) for i in range(ckpt.tokenizer.vocab_size)
+    ]
+    assert field("tokenizer.ggml.bos_token_id").contents() == ckpt.tokenizer.eos_id
+    assert field("tokenizer.ggml.token_type").contents()[:3] == [3, 3, 1]  # <|pad|>, <|eos|> are control tokens
+    d, heads = ckpt.model.cfg.d_model, ckpt.model.cfg.n_heads
+    q = ckpt.model.blocks[1].attn.qkv.weight[:d].detach()
+    stored = _dequantized(reader, "blk.1.attn_q.weight")
+    torch.testing.assert_close(stored, interleave_rope(q, heads), atol=tol * float(q.abs().max()), rtol=0)
+    assert not torch.equal(interleave_rope(q, heads), q)  # the permutation is not the identity
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_gguf_refusals_are_one_line(runs, tmp_path, monkeypatch):
+    with pytest.raises(arch.ConfigError, match="export this model with --to hf"):
+        export_command(runs["gpt2-gelu"], "gguf", tmp_path / "a.gguf")
+    with pytest.raises(arch.ConfigError, match="choose one of f32, f16, bf16, q8_0"):
+        export_command(runs["llama-tied"], "gguf", tmp_path / "a.gguf", dtype="q4_k")
+    monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # as if not installed
+    with pytest.raises(arch.ConfigError, match=r"pip install 'tuilm\[export\]'"):
+        export_command(runs["llama-tied"], "gguf", tmp_path / "a.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
+llama_cpp_only = pytest.mark.skipif(
+    not __import__("tuilm.export.llamacpp", fromlist=["available"]).available(), reason="llama_cpp not installed"
+)
+
+
+@llama_cpp_only
+@pytest.mark.parametrize(("name", "dtype"), [("llama-tied", "f32"), ("qwen3", "f32"), ("llama-tied", "q8_0")])
+def test_llama_cpp_runs_the_file_as_tuilm_runs_the_checkpoint(runs, tmp_path, name, dtype):
+    from tuilm.export.llamacpp import compare
+
+    ckpt = load_checkpoint(runs[name])
+    export_command(runs[name], "gguf", tmp_path / "m.gguf", dtype=dtype)
+    val = ckpt.tokenizer.encode(write_corpus(tmp_path).read_text()[-400:])
+    result = compare(tmp_path / "m.gguf", ckpt, PROMPTS, [ckpt.tokenizer.eos_id, *val], n_new=8)
+    assert result["same_tokenization"] == len(PROMPTS)
+    if dtype == "f32":
+        assert result["same_greedy_continuation"] == len(PROMPTS)
+        assert result["max_logprob_difference"] <= 1e-3
+    else:
+        assert result["mean_logprob_difference"] <= 0.01
