@@ -55,6 +55,14 @@ def tuilm_logprobs(model, ids: list[int]):
     return logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy()
 
 
+def top2_margin(model, ids: list[int]) -> float:
+    import torch
+
+    with torch.no_grad():
+        top = model(torch.tensor([ids]), last_only=True)[0, -1].double().log_softmax(-1).topk(2).values
+    return float(top[0] - top[1])
+
+
 def compare(path: Path, ckpt, prompts: list[str], val_ids: list[int], n_new: int) -> dict:
     """Greedy continuations of `prompts` (tuilm's context: <|eos|> first) and the log-probs of `val_ids`, in
     llama.cpp and in tuilm."""
@@ -65,18 +73,28 @@ def compare(path: Path, ckpt, prompts: list[str], val_ids: list[int], n_new: int
 
     cfg, tok = ckpt.model.cfg, ckpt.tokenizer
     llm = open_gguf(path, cfg.seq_len)
-    settings = SamplingSettings(temperature=0.0, max_new_tokens=n_new)
-    same, tokenized = [], []
+    same, tokenized, margins = [], [], []
     for prompt in prompts:
         context = [tok.eos_id, *tok.encode(prompt)]
         tokenized.append(llm.tokenize(prompt.encode(), add_bos=True, special=False) == context)
-        same.append(greedy(llm, context, n_new) == list(generate(ckpt.model, context, settings)))
+        n = min(n_new, cfg.seq_len - len(context))  # within the window: past it tuilm re-encodes, llama.cpp stops
+        if n < 1:
+            raise ValueError(f"the prompt {prompt!r} leaves no room in the {cfg.seq_len}-token window")
+        settings = SamplingSettings(temperature=0.0, max_new_tokens=n)
+        theirs, ours = greedy(llm, context, n), list(generate(ckpt.model, context, settings))
+        same.append(theirs == ours)
+        if theirs != ours:
+            at = next(i for i, (a, b) in enumerate(zip(theirs, ours, strict=True)) if a != b)
+            margins.append(top2_margin(ckpt.model, context + ours[:at]))
     ids = val_ids[: cfg.seq_len]
     gap = np.abs(token_logprobs(llm, ids) - tuilm_logprobs(ckpt.model, ids))
     return {
         "prompts": len(prompts),
         "same_tokenization": sum(tokenized),
         "same_greedy_continuation": sum(same),
+        # where they part, how far tuilm's first choice led its second (nats): a near-tie within the numeric
+        # agreement of the two programs, or a real disagreement
+        "divergence_margins": margins,
         "logprob_tokens": len(ids) - 1,
         "max_logprob_difference": float(gap.max()),
         "mean_logprob_difference": float(gap.mean()),
