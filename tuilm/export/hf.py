@@ -110,7 +110,7 @@ tags: [tuilm, {arch}]
 
 # {ckpt.path.parent.name}
 
-A small byte-level BPE language model trained with [tuilm](https://github.com/) and exported as
+A small byte-level BPE language model trained with tuilm and exported as
 `{CLASSES[arch]}` (no remote code).
 
 | | |
