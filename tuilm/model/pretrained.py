@@ -2,7 +2,9 @@
 
 A directory in Hugging Face's layout holds `config.json`, `model.safetensors` and `tokenizer.json`; the named
 sizes are fetched into huggingface_hub's cache (the optional extra: `pip install 'tuilm[hf]'`). The weights are
-read with safetensors only, never unpickled.
+read with safetensors only, never unpickled. A local directory may also hold a Llama or Qwen3 model (what
+`tuilm export --to hf` writes, among others): tuilm.export.arch maps each architecture's names and checks that its
+math is tuilm's. `open_model` makes such a directory what `--model-path` accepts.
 
 GPT-2 is tuilm's pre-norm transformer with: biases everywhere (bias=true), the tanh approximation of GELU
 (act=gelu_tanh), LayerNorm eps 1e-5 (torch's default, which tuilm uses), learned positions (up to
