@@ -41,7 +41,7 @@ MAX_TENSORS = 100_000
 # Position tables and the KV cache are not in the file, so their size (seq_len x d_model x layers) is bounded apart.
 MAX_CONTEXT_ELEMENTS = 2**27  # 512 MiB in fp32
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-ITEMSIZE |= {"U64": 8, "U32": 4, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+ITEMSIZE |= {"U64": 8, "U32": 4, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "C64": 8}
 
 
 @dataclass

@@ -28,7 +28,9 @@ app.add_typer(vocab_app, name="vocab")
 ModelPath = Annotated[
     Path,
     typer.Option(
-        "--model-path", "-m", help="A .safetensors checkpoint, a run directory (its best checkpoint) or RUN@STEP."
+        "--model-path",
+        "-m",
+        help="A .safetensors checkpoint, a run directory (its best checkpoint), RUN@STEP or a transformers model dir.",
     ),
 ]
 Temperature = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.")]
@@ -125,7 +127,8 @@ def train(
     init: Annotated[
         str | None,
         typer.Option(
-            "--init", help="Start from pre-trained GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a HF dir."
+            "--init",
+            help="Start from pre-trained GPT-2 (gpt2, gpt2-medium, -large, -xl) or a GPT-2/Llama/Qwen3 HF dir.",
         ),
     ] = None,
     nproc: Annotated[
@@ -264,7 +267,9 @@ def eval_(
     model_path: Annotated[
         Path | None,
         typer.Option(
-            "--model-path", "-m", help="A .safetensors checkpoint, a run directory (its best checkpoint) or RUN@STEP."
+            "--model-path",
+            "-m",
+            help="A .safetensors checkpoint, a run directory (its best checkpoint), RUN@STEP or a transformers model dir.",
         ),
     ] = None,
     data: Annotated[
@@ -426,6 +431,27 @@ def compare(
     from tuilm.commands.runs import compare_command
 
     compare_command(run_dirs, as_json)
+
+
+@app.command()
+def export(
+    model: Annotated[
+        Path, typer.Argument(help="A run directory (its best checkpoint), a .safetensors checkpoint or RUN@STEP.")
+    ],
+    to: Annotated[str, typer.Option("--to", help="hf: a transformers directory; gguf: a llama.cpp file.")],
+    out: Annotated[Path, typer.Argument(help="The directory (hf) or file (gguf) to create; must not exist.")],
+    dtype: Annotated[str, typer.Option("--dtype", help="gguf weights: f32, f16, bf16 or q8_0.")] = "f32",
+    device: Device = "cpu",
+    as_json: Json = False,
+) -> None:
+    """Export a model for transformers (--to hf DIR) or llama.cpp (--to gguf FILE); docs/export.md.
+
+    The hf directory is written only after transformers, loading it, scores the run's val text at the same
+    bits/char as tuilm (to 1e-4; exit 1 and nothing written otherwise).
+    """
+    from tuilm.commands.export import export_command
+
+    export_command(model, to, out, dtype=dtype, device=device, as_json=as_json)
 
 
 @data_app.command("stats")

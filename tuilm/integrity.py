@@ -37,6 +37,8 @@ IN_FILE_ORDER = "xxh3-128.2"
 KINDS = (IN_FILE_ORDER, BY_NAME)
 CHUNK = 1 << 20  # hashed while still in the cache the write just read it through
 HASHER = xxhash.xxh3_128  # a module attribute so that benchmarks/checkpoint_hash.py can time a save without it
+# Every dtype the official safetensors library maps to torch (safetensors.torch), so that it reads each file
+# tuilm writes; any other dtype (float8_e8m0fnu, complex128, the sub-byte ints, quantized) is refused at save time.
 DTYPE_NAMES = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -48,9 +50,31 @@ DTYPE_NAMES = {
     torch.int8: "I8",
     torch.uint8: "U8",
     torch.bool: "BOOL",
+    torch.uint64: "U64",
+    torch.uint32: "U32",
+    torch.uint16: "U16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.float8_e4m3fnuz: "F8_E4M3FNUZ",
+    torch.float8_e5m2fnuz: "F8_E5M2FNUZ",
+    torch.complex64: "C64",
 }
 # safetensors' own order of the data (widest alignment first, then by name): every tensor stays aligned.
-LAYOUT_RANK = {name: i for i, name in enumerate(("I64", "F64", "F32", "I32", "BF16", "F16", "I16", "I8", "U8", "BOOL"))}
+ORDER = ("C64", "U64", "I64", "F64", "F32", "U32", "I32", "BF16", "F16", "U16", "I16")
+LAYOUT_RANK = {
+    n: i for i, n in enumerate((*ORDER, "F8_E4M3", "F8_E5M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I8", "U8", "BOOL"))
+}
+
+
+def check_dtypes(tensors: dict[str, torch.Tensor]) -> None:
+    """CheckpointError naming the first tensor whose dtype safetensors cannot store (before anything is written)."""
+    from tuilm.errors import CheckpointError
+
+    for name, t in tensors.items():
+        if t.dtype not in DTYPE_NAMES:
+            kinds = ", ".join(str(d).removeprefix("torch.") for d in DTYPE_NAMES)
+            raise CheckpointError(f"cannot save {name}: safetensors has no {t.dtype}; convert it to one of {kinds}")
+
 
 Item = tuple[str, str, tuple[int, ...], Any]  # name, dtype, shape, bytes-like data
 
@@ -106,6 +130,7 @@ def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     """Write a safetensors file atomically, with the checksum of the metadata and tensors in its metadata.
 
     `metadata[CHECKSUM]` is set to the checksum, which is returned."""
+    check_dtypes(tensors)
     ordered = layout(tensors)
     placeholder = f"{IN_FILE_ORDER}:{'0' * 32}"
     metadata[CHECKSUM] = placeholder

@@ -10,11 +10,14 @@ def eval_command(
     model_path: Path, data: str | None, device: str, *, allow_nonfinite: bool = False, as_json: bool = False
 ) -> None:
 
-    from tuilm.checkpoint import load_checkpoint
     from tuilm.device import pick_device
+    from tuilm.errors import ConfigError
+    from tuilm.model.pretrained import open_model
     from tuilm.train.evaluate import evaluate
 
-    ckpt = load_checkpoint(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
+    ckpt = open_model(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
+    if data is None and not ckpt.run_config:
+        raise ConfigError(f"{model_path} was not trained by tuilm, so it has no val split; evaluate it with --data")
     dataset, what = own_val_split(ckpt) if data is None else other_text(ckpt, data)
     result = evaluate(ckpt.model, dataset, next(ckpt.model.parameters()).device)
     if as_json:
@@ -145,9 +148,9 @@ def sliding_eval_command(
         model, tokenizer = load_pretrained(init, device=dev)
         name = init
     elif model_path is not None:
-        from tuilm.checkpoint import load_checkpoint
+        from tuilm.model.pretrained import open_model
 
-        ckpt = load_checkpoint(model_path, dev, allow_nonfinite=allow_nonfinite)
+        ckpt = open_model(model_path, dev, allow_nonfinite=allow_nonfinite)
         model, tokenizer, name = ckpt.model, ckpt.tokenizer, ckpt.name
     else:
         raise ConfigError("say what to evaluate: --model-path CHECKPOINT or --init gpt2 (or a model directory)")

@@ -2,7 +2,9 @@
 
 A directory in Hugging Face's layout holds `config.json`, `model.safetensors` and `tokenizer.json`; the named
 sizes are fetched into huggingface_hub's cache (the optional extra: `pip install 'tuilm[hf]'`). The weights are
-read with safetensors only, never unpickled.
+read with safetensors only, never unpickled. A local directory may also hold a Llama or Qwen3 model (what
+`tuilm export --to hf` writes, among others): tuilm.export.arch maps each architecture's names and checks that its
+math is tuilm's. `open_model` makes such a directory what `--model-path` accepts.
 
 GPT-2 is tuilm's pre-norm transformer with: biases everywhere (bias=true), the tanh approximation of GELU
 (act=gelu_tanh), LayerNorm eps 1e-5 (torch's default, which tuilm uses), learned positions (up to
@@ -20,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
-from tuilm.model.config import _short
 
 HUB_MODELS = {
     "gpt2": "openai-community/gpt2",
@@ -29,7 +30,6 @@ HUB_MODELS = {
     "gpt2-xl": "openai-community/gpt2-xl",
 }
 FILES = ("config.json", "model.safetensors", "tokenizer.json")
-ACTS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
 
 class HubError(TuilmError):
@@ -64,11 +64,28 @@ def resolve(spec: str) -> Path:
     return paths[0].parent
 
 
-# GPT-2's config.json keys -> tuilm's model settings: each value is typed and ranged as tuilm's own (config.RANGES)
-HF_KEYS = {"vocab_size": "vocab_size", "n_embd": "d_model", "n_layer": "n_layers", "n_head": "n_heads"}
+# config.json keys -> tuilm's model settings (with a default where transformers has one): each value is typed and
+# ranged as tuilm's own (config.RANGES) before anything reads it or is allocated
+HF_KEYS = {
+    "gpt2": {
+        "vocab_size": ("vocab_size", None),
+        "n_embd": ("d_model", None),
+        "n_layer": ("n_layers", None),
+        "n_head": ("n_heads", None),
+        "n_positions": ("seq_len", 1024),
+    },
+    "llama": {
+        "vocab_size": ("vocab_size", None),
+        "hidden_size": ("d_model", None),
+        "num_hidden_layers": ("n_layers", None),
+        "num_attention_heads": ("n_heads", None),
+        "intermediate_size": ("d_ff", None),
+        "max_position_embeddings": ("seq_len", 2048),
+    },
+}
 
 
-def read_hf_config(folder: Path) -> dict:
+def read_config(folder: Path) -> dict:
     """config.json as a dict, or one CheckpointError naming the file: unreadable, not JSON, nested too deep to
     parse, or not an object."""
     path = folder / "config.json"
@@ -88,7 +105,7 @@ def hf_setting(folder: Path, hf: dict, key: str, setting: str, default=None):
     from tuilm.config import checked
 
     if key not in hf and default is None:
-        raise CheckpointError(f"{folder}/config.json: no {key!r}; is this a GPT-2 model directory?")
+        raise CheckpointError(f"{folder}/config.json: no {key!r}; is this a GPT-2, Llama or Qwen3 model directory?")
     try:
         return checked(f"model.{setting}", hf.get(key, default))
     except ConfigError as e:
@@ -96,65 +113,25 @@ def hf_setting(folder: Path, hf: dict, key: str, setting: str, default=None):
 
 
 def model_config(folder: Path, seq_len: int | None = None, dropout: float = 0.0):
-    """The tuilm ModelConfig of a GPT-2 config.json (seq_len None: the model's full n_positions)."""
-    from tuilm.model.config import ModelConfig
+    """The tuilm ModelConfig of a GPT-2, Llama or Qwen3 config.json (seq_len None: the model's full context)."""
+    from tuilm.export.arch import tuilm_config
 
-    hf = read_hf_config(folder)
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise CheckpointError(f"{folder}: model_type {_short(hf.get('model_type'))} is not gpt2")
-    act = ACTS.get(hf.get("activation_function", "gelu_new"))
-    if act is None:
-        raise CheckpointError(f"{folder}: activation {_short(hf.get('activation_function'))} is not supported")
-    eps = hf.get("layer_norm_epsilon", 1e-5)
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not abs(eps - 1e-5) <= 1e-12:  # NaN too
-        raise CheckpointError(f"{folder}: layer_norm_epsilon {_short(eps)} (tuilm uses 1e-5)")
-    n_pos = hf_setting(folder, hf, "n_positions", "seq_len", 1024)
-    shape = {ours: hf_setting(folder, hf, theirs, ours) for theirs, ours in HF_KEYS.items()}
-    d_ff = hf_setting(folder, hf, "n_inner", "d_ff", 0) if hf.get("n_inner") is not None else None
+    hf = read_config(folder)
+    keys = HF_KEYS["gpt2" if hf.get("model_type", "gpt2") == "gpt2" else "llama"]
+    for key, (setting, default) in keys.items():
+        hf_setting(folder, hf, key, setting, default)
+    if hf.get("n_inner") is not None:
+        hf_setting(folder, hf, "n_inner", "d_ff")
     try:
-        cfg = ModelConfig(
-            **shape,
-            seq_len=n_pos,
-            d_ff=d_ff,
-            dropout=dropout,
-            pos="learned",
-            act=act,
-            norm="layernorm",
-            tie_embeddings=True,
-            bias=True,
-        )
-    except ConfigError as e:  # the rules between settings: d_model divisible by n_heads
-        raise CheckpointError(f"{folder}/config.json: {e}") from None
-    if seq_len is not None and seq_len > n_pos:
-        raise ConfigError(f"seq_len {seq_len} is longer than the {n_pos} positions this model learned")
-    return replace(cfg, seq_len=seq_len or n_pos)
+        return tuilm_config(hf, folder, seq_len, dropout)
+    except (KeyError, TypeError, ValueError) as e:  # a value of the wrong kind that no range names
+        raise CheckpointError(f"{folder}/config.json: {type(e).__name__}: {e}") from None
 
 
 def load_tokenizer(folder: Path):
     from tuilm.data.tokenizer import Tokenizer
 
     return Tokenizer.from_file(folder / "tokenizer.json")
-
-
-def tuilm_tensors(hf: dict, cfg) -> dict:
-    """GPT-2 safetensors names and layouts -> tuilm's state dict."""
-    hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
-    out = {"tok_emb.weight": hf["wte.weight"], "pos_emb.weight": hf["wpe.weight"][: cfg.seq_len]}
-    names = {
-        "ln_1": "norm1",
-        "attn.c_attn": "attn.qkv",
-        "attn.c_proj": "attn.proj",
-        "ln_2": "norm2",
-        "mlp.c_fc": "mlp.fc",
-        "mlp.c_proj": "mlp.proj",
-    }
-    for i in range(cfg.n_layers):
-        for theirs, ours in names.items():
-            w = hf[f"h.{i}.{theirs}.weight"]
-            out[f"blocks.{i}.{ours}.weight"] = w if theirs.startswith("ln") else w.t().contiguous()  # Conv1D
-            out[f"blocks.{i}.{ours}.bias"] = hf[f"h.{i}.{theirs}.bias"]
-    out["norm_f.weight"], out["norm_f.bias"] = hf["ln_f.weight"], hf["ln_f.bias"]
-    return out
 
 
 def load_weights(model, folder: Path) -> None:
@@ -164,16 +141,18 @@ def load_weights(model, folder: Path) -> None:
     from safetensors.torch import load_file
 
     from tuilm.checkpoint import load_weights as check_and_load
+    from tuilm.export.arch import tuilm_tensors
 
     path = folder / "model.safetensors"
     try:
         hf = load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: the weights cannot be read ({e})") from None
+    arch = read_config(folder).get("model_type", "gpt2")
     try:
-        tensors = tuilm_tensors(hf, model.cfg)
+        tensors = tuilm_tensors(hf, model.cfg, arch)
     except KeyError as e:
-        raise CheckpointError(f"{path}: not GPT-2 weights (no tensor {e})") from None
+        raise CheckpointError(f"{path}: not {arch} weights (no tensor {e})") from None
     dtype = next(model.parameters()).dtype
     with torch.no_grad():
         check_and_load(model, {k: v.to(dtype) for k, v in tensors.items()}, path)
@@ -205,3 +184,31 @@ def init_config(config, spec: str):
     seq_len = config.model.seq_len
     cfg = model_config(folder, seq_len, config.model.dropout)
     return replace(config, model=cfg), folder
+
+
+def is_model_dir(path: Path) -> bool:
+    """A transformers directory (exported by `tuilm export --to hf`, or any GPT-2/Llama/Qwen3 one)."""
+    path = Path(path).expanduser()
+    return path.is_dir() and all((path / f).is_file() for f in FILES)
+
+
+def open_model(path: Path, device="cpu", *, allow_nonfinite: bool = False):
+    """A Checkpoint of a tuilm checkpoint, run directory or RUN@STEP, or of a transformers directory: what
+    `--model-path` accepts. An exported directory brings its run's settings back (tuilm_run.json), so `eval`
+    finds the run's val split; another has none."""
+    from tuilm.checkpoint import Checkpoint, load_checkpoint
+    from tuilm.export.hf import RUN_FILE
+
+    if not is_model_dir(path):
+        return load_checkpoint(path, device, allow_nonfinite=allow_nonfinite)
+    folder = Path(path).expanduser()
+    model, tokenizer = load_pretrained(str(folder), device=device)
+    run = {}
+    if (folder / RUN_FILE).is_file():
+        try:
+            run = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{folder / RUN_FILE}: cannot read ({e})") from None
+    return Checkpoint(
+        folder / "model.safetensors", model, tokenizer, run.get("run_config") or {}, run.get("meta") or {}
+    )
