@@ -307,7 +307,7 @@ def test_budget_clears_the_recipes_stopping_criteria(small_corpus, tmp_path):
     ("grid", "budget", "seeds", "message"),
     [
         (["seq_length=16,32"], None, 1, "did you mean 'model.seq_len'"),
-        (["lr=1e-3,fast"], None, 1, "train.lr must be float (a finite number > 0.0), got 'fast'"),
+        (["lr=1e-3,fast"], None, 1, "train.lr must be float (a finite number in (0.0, 3.4e+38]), got 'fast'"),
         (["lr=1e-3,0.001"], None, 1, "lists 1e-3 and 0.001, the same value"),
         (["seq_len=16,16"], None, 1, "lists 16 twice"),
         (["lr=1e-3", "train.lr=2e-3"], None, 1, "names train.lr twice"),

@@ -55,7 +55,6 @@ class Precision:
 
 def pick_precision(device: torch.device, name: str = "auto") -> Precision:
     """Weights and optimizer stay fp32; autocast runs matmuls in bf16 (or fp16 with a GradScaler) on GPUs."""
-    check_device_name("auto" if name is None else name)
     name = name.lower() if name is not None else "auto"
     if name == "auto":
         if device.type == "cuda":
