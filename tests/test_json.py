@@ -190,14 +190,14 @@ def test_steps_repeated_after_a_resume_count_once_the_newest(tmp_path):
     assert store.eval_series()["step"].tolist() == [10]
 
 
-def test_the_readme_lists_every_metrics_event_and_field():
+def test_the_reference_lists_every_metrics_event_and_field():
     from dataclasses import fields
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "scripting.md").read_text(encoding="utf-8")
     section = readme.split("### metrics.jsonl", 1)[1].split("\n## ", 1)[0]
     rows = {line.split("|")[1].strip().strip("`"): line for line in section.splitlines() if line.startswith("| `")}
     assert set(rows) == set(ev.EVENT_TYPES)
     for kind, cls in ev.EVENT_TYPES.items():
         for f in fields(cls):
-            assert f"`{f.name}`" in rows[kind], f"README's metrics.jsonl table lacks {kind}.{f.name}"
+            assert f"`{f.name}`" in rows[kind], f"docs/scripting.md's metrics.jsonl table lacks {kind}.{f.name}"

@@ -327,13 +327,13 @@ async def test_watch_follows_a_run_written_by_the_monitor(tmp_path):
     assert app.return_code == 0
 
 
-# -- the README's examples run as written ---------------------------------------------------------------------------
+# -- the reference's examples (docs/health.md) run as written ---------------------------------------------------------------------------
 
 
 def readme_example(name: str) -> str:
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parent.parent / "docs" / "health.md").read_text(encoding="utf-8")
     block = text.split(f"<!-- example: {name} -->\n```python\n", 1)[1]
     return block.split("```", 1)[0]
 

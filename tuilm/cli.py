@@ -55,7 +55,9 @@ Notify = Annotated[
     ),
 ]
 Target = Annotated[str | None, typer.Option("--target", help="With --notify: val_bpc=1.6, step=5000 or tokens=1e8.")]
-Json = Annotated[bool, typer.Option("--json", help="One JSON document on stdout instead of tables (README).")]
+Json = Annotated[
+    bool, typer.Option("--json", help="One JSON document on stdout instead of tables (docs/scripting.md).")
+]
 AllowNonfinite = Annotated[
     bool, typer.Option("--allow-nonfinite", help="Load weights holding NaN/Inf anyway (a diverged run's post-mortem).")
 ]

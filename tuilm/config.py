@@ -429,7 +429,7 @@ def _suggest(key: str) -> str:
     if close:
         best = close[0] if "." in key else resolve_key(close[0]) if pool.count(close[0]) == 1 else close[0]
         return f"; did you mean '{best}'?"
-    return "; run `tuilm train --help` or see README.md for the settings"
+    return "; run `tuilm train --help` or see docs/training.md for the settings"
 
 
 def parse_value(dotted: str, raw: str) -> Any:

@@ -31,7 +31,7 @@ def health_command(run: Path, as_json: bool = False) -> None:
 
 
 def as_document(run: Path, summary: dict) -> dict:
-    """The health report as data (README: Output for scripts)."""
+    """The health report as data (docs/scripting.md)."""
     import statistics
 
     from tuilm.train.health_report import run_state

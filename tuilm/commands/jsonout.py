@@ -1,5 +1,5 @@
 """`--json`: one JSON document on stdout for scripts, in place of the human tables. The schemas are in the
-README (Output for scripts); NaN and infinities, which JSON lacks, are written as null."""
+docs/scripting.md; NaN and infinities, which JSON lacks, are written as null."""
 
 from __future__ import annotations
 

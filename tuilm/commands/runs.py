@@ -26,7 +26,7 @@ STATUS_STYLES = {**STYLES, "running": "cyan", "stopped": "yellow", "dead": "bold
 
 
 def run_record(summary: RunSummary, label: str) -> dict:
-    """One run in `--json` output (README: Output for scripts)."""
+    """One run in `--json` output (docs/scripting.md)."""
     return {
         "run": label,
         "path": str(summary.path),
