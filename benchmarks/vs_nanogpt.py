@@ -40,6 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import shakespeare  # TUILM_DATA_DIR's tiny_shakespeare.txt, or one line and exit
+
 WARMUP = 0.2  # share of the steps left out at the start (allocator, caches, thread start-up)
 
 SHAPES = {
@@ -47,14 +50,6 @@ SHAPES = {
     "b": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "steps": 300},
     "c": {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 16, "steps": 300, "recipe": 1},
 }
-
-
-def shakespeare() -> Path:
-    folder = os.environ.get("TUILM_DATA_DIR")
-    path = Path(folder) / "tiny_shakespeare.txt" if folder else None
-    if path is None or not path.is_file():
-        sys.exit("vs_nanogpt.py needs tiny_shakespeare.txt: set TUILM_DATA_DIR to the folder holding it")
-    return path
 
 
 def nanogpt_checkout(source: str, cache: Path, text: Path) -> Path:
