@@ -84,8 +84,8 @@ def test_tokenizer_and_generate_without_tuilm(runs, exported):
         assert ids[0].tolist() == context
         assert tok.decode(ids[0], skip_special_tokens=True) == prompt
         ours = list(generate(ckpt.model, context, GREEDY))
-        out = hf.generate(ids, max_new_tokens=10, do_sample=False, min_new_tokens=10)  # tuilm does not stop at eos
-        assert out[0, len(context) :].tolist() == ours
+        out = hf.generate(ids, max_new_tokens=10, do_sample=False)[0, len(context) :].tolist()  # ends at eos
+        assert out == ours[: len(out)] and (len(out) == len(ours) or out[-1] == ckpt.tokenizer.eos_id)
 
 
 def test_a_wrong_export_fails_its_proof_and_leaves_nothing(runs, tmp_path, monkeypatch):
@@ -113,6 +113,12 @@ def test_a_wrong_export_fails_its_proof_and_leaves_nothing(runs, tmp_path, monke
         export_command(sharp, "hf", tmp_path / "wrong")
     assert e.value.exit_code == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["right", "sharp.safetensors"]
+    with pytest.raises(ProofFailed):  # the folders made for a failed export go with it
+        export_command(sharp, "hf", tmp_path / "new" / "deeper" / "wrong")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["right", "sharp.safetensors"]
+    monkeypatch.setattr(hf, "hf_tensors", real)
+    export_command(sharp, "hf", tmp_path / "exported" / "right")  # as docs/export.md writes it: the folder is made
+    assert (tmp_path / "exported" / "right" / "config.json").is_file()
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ tuilm's to 1e-4 (ProofFailed, exit 1, otherwise, and the folder is removed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -34,8 +35,9 @@ def export_command(
     out = Path(out).expanduser()
     if out.exists() or out.is_symlink():
         raise ConfigError(f"{out} already exists; export to a new path (or remove it first)")
-    if not out.parent.is_dir():
-        raise ConfigError(f"{out.parent}: no such directory to export into")
+    missing = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # made below, nearest last
+    if not (missing[-1].parent if missing else out.parent).is_dir():
+        raise ConfigError(f"{out.parent}: a part of the path is a file, not a directory; fix the path")
 
     from tuilm.checkpoint import load_checkpoint
     from tuilm.device import pick_device
@@ -50,7 +52,14 @@ def export_command(
         raise ConfigError("--dtype is for --to gguf; the hf directory holds fp32 weights")
     ckpt = load_checkpoint(model_path, pick_device(device))
     arch = architecture(ckpt.model.cfg)  # refused here, before any file exists
-    result = export_hf(ckpt, arch, out) if to == "hf" else export_gguf(ckpt, arch, out, dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)  # `--to hf exported/llama` makes `exported` as well
+    try:
+        result = export_hf(ckpt, arch, out) if to == "hf" else export_gguf(ckpt, arch, out, dtype)
+    except BaseException:
+        for folder in missing:  # an export that fails leaves nothing behind, the folders made for it included
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     result = {"model": ckpt.name, "path": str(model_path), "to": to, "out": str(out), "architecture": arch, **result}
     if as_json:
         from tuilm.commands.jsonout import print_json
