@@ -38,9 +38,10 @@ def transformers_greedy(folder: Path, ckpt, n: int) -> dict:
     same, texts = 0, []
     for prompt in PROMPTS:
         ids = tok(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():  # tuilm's sample does not stop at <|eos|>, so neither does this
-            out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, ids.shape[1] :].tolist()
-        ours = list(generate(ckpt.model, ids[0].tolist(), settings))
+        with torch.no_grad():  # generate stops at <|eos|> (and emits it); forcing it on (min_new_tokens) would
+            # suppress <|eos|> and change the greedy choice, so tuilm's continuation is compared up to there
+            out = model.generate(ids, max_new_tokens=n, do_sample=False)[0, ids.shape[1] :].tolist()
+        ours = list(generate(ckpt.model, ids[0].tolist(), settings))[: len(out)]
         same += out == ours
         texts.append({"prompt": prompt, "tuilm": ckpt.tokenizer.decode(ours), "transformers": tok.decode(out)})
     return {"prompts": len(PROMPTS), "same_greedy_continuation": same, "texts": texts}
