@@ -190,3 +190,12 @@ def test_bad_targets_are_refused_in_one_line(tmp_path):
     run_dir = write_run(tmp_path / "runs", "r", 5)
     result = run_tuilm("watch", str(run_dir), "--notify", "cat", "--target", "tokens")
     assert result.returncode == 2 and "--target" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_target_reads_as_train_writes_it():
+    # one reading of a score target: `tuilm train --target 2.2` and `tuilm board --target 2.2` mean the same
+    assert parse_target("2.2") == parse_target("bpc=2.2") == parse_target("val_bpc=2.2")
+    assert (parse_target("2.2").metric, parse_target("2.2").value) == ("val_bpc", 2.2)
+    assert (parse_target("step=500").metric, parse_target("tokens=1e6").value) == ("step", 1e6)
+    with pytest.raises(ConfigError, match="val bits/char"):
+        parse_target("loss=1.5")  # a row holds the best val bits/char only

@@ -54,7 +54,12 @@ Notify = Annotated[
         "the event as JSON on its stdin (docs/board.md).",
     ),
 ]
-Target = Annotated[str | None, typer.Option("--target", help="With --notify: val_bpc=1.6, step=5000 or tokens=1e8.")]
+Target = Annotated[
+    str | None,
+    typer.Option(
+        "--target", help="With --notify: a val bits/char as for train (1.6 or bpc=1.6), step=5000 or tokens=1e8."
+    ),
+]
 Json = Annotated[
     bool, typer.Option("--json", help="One JSON document on stdout instead of tables (docs/scripting.md).")
 ]

@@ -24,8 +24,6 @@ from tuilm.train import events as ev
 if TYPE_CHECKING:
     from tuilm.tui.board_data import BoardRun
 
-# Reached at or below (losses) or at or above (counts).
-TARGETS = {"val_bpc": "below", "step": "above", "tokens": "above"}
 HOOK_TIMEOUT = 30.0  # seconds a notify command may take before it is killed
 
 
@@ -44,19 +42,28 @@ class Target:
 
 
 def parse_target(text: str) -> Target:
+    """step=N, tokens=N, or a val bits/char as `tuilm train --target` writes it (2.2, bpc=2.2; val_bpc=2.2 too):
+    one reading of a score target, config.parse_target's."""
+    from tuilm.config import parse_target as parse_score
+
     metric, eq, value = text.partition("=")
     metric = metric.strip()
-    if not eq or metric not in TARGETS:
-        raise ConfigError(
-            f"--target {text!r}: give METRIC=VALUE with METRIC one of {', '.join(TARGETS)}, e.g. val_bpc=1.6"
-        )
+    hint = "give a val bits/char (e.g. 1.6 or bpc=1.6), step=N or tokens=N"
+    if eq and metric in ("step", "tokens"):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"--target {text!r}: {value!r} is not a number; {hint}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"--target {text!r}: the value must be a finite number; {hint}")
+        return Target(metric, number)
     try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"--target {text!r}: {value!r} is not a number, e.g. val_bpc=1.6") from None
-    if not math.isfinite(number):
-        raise ConfigError(f"--target {text!r}: the value must be a finite number")
-    return Target(metric, number)
+        unit, number = parse_score(f"bpc={value}" if metric == "val_bpc" else text)
+    except ConfigError:
+        raise ConfigError(f"--target {text!r}: {hint}") from None
+    if unit != "bpc":  # a run's row holds its best val bits/char, not its loss
+        raise ConfigError(f"--target {text!r}: the board follows val bits/char; {hint}")
+    return Target("val_bpc", number)
 
 
 class Notifier:
