@@ -49,9 +49,7 @@ def resolve_config(source: str) -> RunConfig:
     )
 
 
-def build_trainer(
-    config: RunConfig, run_dir: Path, *, resume: bool = False, quiet: bool = False, bus=None, own_thread: bool = False
-):
+def build_trainer(config: RunConfig, run_dir: Path, *, resume: bool = False, bus=None, own_thread: bool = False):
     """Prepare the data (downloading and training the tokenizer if needed) and construct the trainer.
 
     `own_thread`: build it on a new thread that then trains it too (`trainer.start()`), so that every torch op of

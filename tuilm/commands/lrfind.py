@@ -44,7 +44,7 @@ def lrfind_command(
     config = apply_overrides(resolve_config(source), overrides)
     console = Console(highlight=False, soft_wrap=True)
     with tempfile.TemporaryDirectory(prefix="tuilm-lrfind-") as scratch:  # the trainer wants a run directory
-        trainer = build_trainer(config, Path(scratch) / "run", quiet=True)
+        trainer = build_trainer(config, Path(scratch) / "run")
         console.print(
             f"lr range test: {config.recipe}, {config.train.optimizer}, lr {start:.0e} → {end:.0e} over {steps} steps"
         )

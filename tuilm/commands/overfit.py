@@ -41,7 +41,7 @@ def overfit_command(
             keep = False
         else:
             keep = True
-        trainer = build_trainer(config, out, quiet=True)
+        trainer = build_trainer(config, out)
         stack.callback(trainer.run_lock.release)
         goal = default_target(trainer.config.model.vocab_size) if target is None else target
         print(
