@@ -114,6 +114,7 @@ def tuilm_command(shape: dict, steps: int, device: str, out: Path, headless: boo
             "model.seq_len": shape["block_size"],
             "train.batch_size": shape["batch_size"],
             "train.optimizer": "adamw",
+            "model.dropout": 0.0,  # the tiny_shakespeare recipe's 0.1 would also cost SDPA its fused kernel
         }
         args = ["tiny_shakespeare", *(x for k, v in sets.items() for x in ("--set", f"{k}={v}"))]
     quiet = {"train.eval_interval": steps + 1, "train.checkpoint_interval": steps + 1}

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from tests.helpers import tiny_trainer
 from tuilm.cli import app as cli
 from tuilm.data.pipeline import tokenize, utf8_size
-from tuilm.flops import Flops, cpu_peak, flops_per_token, gpu_peak, model_flops_per_token
+from tuilm.flops import Flops, _cpu_peak, cpu_peak, flops_per_token, gpu_peak, model_flops_per_token
 from tuilm.model import GPT
 from tuilm.model.config import ModelConfig
 from tuilm.sysinfo import GPU_EXTRA, SystemProbe
@@ -71,8 +71,8 @@ def test_gpu_peaks_match_device_names_and_unknown_ones_stay_unknown():
 def test_the_cpu_peak_is_measured_once_per_process():
     first = cpu_peak()
     assert math.isfinite(first) and first > 1e6  # any CPU of this century does a million FLOP/s
-    hits = cpu_peak.cache_info().hits
-    assert cpu_peak() == first and cpu_peak.cache_info().hits == hits + 1  # the cached value, not a new one
+    hits = _cpu_peak.cache_info().hits
+    assert cpu_peak() == first and _cpu_peak.cache_info().hits == hits + 1  # the cached value, not a new one
 
 
 def test_steps_and_the_end_carry_mfu(small_corpus, tmp_path):

@@ -76,7 +76,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool | str = "auto"  # auto (on for CUDA, off elsewhere) | true | false
-    threads: int = 0  # CPU threads for torch; 0 leaves torch's default
+    threads: int = 0  # CPU threads; 0: auto (tuilm/train/workers.py)
+    parallel: str = "auto"  # CPU: auto | ops (torch's intra-op threads) | batch (the step's rows split over threads)
     init: str = ""  # corpora (issue 15): start from pre-trained weights: gpt2, gpt2-medium/-large/-xl or a HF dir
 
     @property
@@ -193,6 +194,7 @@ CHOICES = {
     "train.schedule": ("cosine", "linear", "constant", "wsd"),
     "train.decay_shape": ("linear", "sqrt"),
     "train.dtype": ("auto", "fp32", "bf16", "fp16"),
+    "train.parallel": ("auto", "ops", "batch"),
     "health.nonfinite": ("skip", "stop"),
     "health.on_spike": ("none", "skip", "stop", "rewind"),
 }
@@ -581,7 +583,7 @@ def validate(config: RunConfig) -> None:
 RESUME_MAY_CHANGE = {
     *(f"train.{k}" for k in ("max_steps", "max_tokens", "epochs", "time", "patience", "eval_interval")),
     *(f"train.{k}" for k in ("checkpoint_interval", "sample_prompt", "sample_tokens", "device", "dtype")),
-    *(f"train.{k}" for k in ("compile", "threads", "micro_batch_size", "lr", "min_lr", "schedule")),
+    *(f"train.{k}" for k in ("compile", "threads", "parallel", "micro_batch_size", "lr", "min_lr", "schedule")),
     *(f"train.{k}" for k in ("warmup_steps", "grad_clip", "keep_checkpoints", "decay_fraction", "decay_shape")),
     *(f"train.{k}" for k in ("target", "stop_at_target")),
     "model.checkpoint_activations",  # recomputes the same activations: the math is unchanged

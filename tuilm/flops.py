@@ -61,11 +61,27 @@ def gpu_peak(name: str) -> float | None:
     return next((v for k, v in PEAKS.items() if k.lower() in name.lower()), None)
 
 
-@functools.cache
-def cpu_peak() -> float:
-    """FLOP/s of the best of a few fp32 matmuls on this CPU, at torch's current thread count; measured once."""
+def cpu_peak(threads: int = 0) -> float:
+    """FLOP/s of the best of a few fp32 matmuls on this CPU on `threads` cores (0: torch's current thread count),
+    measured once per count in a process."""
     import torch
 
+    return _cpu_peak(threads or torch.get_num_threads())
+
+
+@functools.cache
+def _cpu_peak(threads: int) -> float:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _best_matmul(torch)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _best_matmul(torch) -> float:
     a = torch.randn(CPU_BENCH_SIZE, CPU_BENCH_SIZE)
     b = torch.randn(CPU_BENCH_SIZE, CPU_BENCH_SIZE)
     a @ b  # warm-up: the first call pays for allocation and thread start-up
@@ -78,14 +94,15 @@ def cpu_peak() -> float:
     return 2 * CPU_BENCH_SIZE**3 / max(best, 1e-9)
 
 
-def device_peak(device) -> float | None:
-    """The peak FLOP/s of one torch device; None where it is not known (then MFU is left out)."""
+def device_peak(device, threads: int = 0) -> float | None:
+    """The peak FLOP/s of one torch device (on the CPU: of `threads` cores, 0 for torch's current count); None
+    where it is not known (then MFU is left out)."""
     if device.type == "cuda":
         import torch
 
         return gpu_peak(torch.cuda.get_device_name(device))
     if device.type == "cpu":
-        return cpu_peak()
+        return cpu_peak(threads)
     return None
 
 
@@ -103,6 +120,7 @@ class Flops:
         return tokens_per_s * self.per_token / self.peak
 
 
-def run_flops(model, device, world: int = 1) -> Flops:
-    peak = device_peak(device)
+def run_flops(model, device, world: int = 1, threads: int = 0) -> Flops:
+    """`threads`: the CPU cores one process trains on (0: torch's current thread count)."""
+    peak = device_peak(device, threads)
     return Flops(model_flops_per_token(model), peak * world if peak else None)

@@ -20,9 +20,7 @@ from tuilm.train import events as ev
 
 
 def setup_device(t, dist) -> tuple[torch.device, object]:
-    """(device, precision) of this rank for the TrainConfig `t`, with torch's threads set as it asks."""
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    """(device, precision) of this rank for the TrainConfig `t` (its threads: train/workers.py)."""
     device = distributed.rank_device(pick_device(t.device), dist)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls for whatever autocast leaves in fp32
@@ -32,11 +30,12 @@ def setup_device(t, dist) -> tuple[torch.device, object]:
 SEARCH_DEVICES = ("cuda", "mps")  # on the CPU "auto" means no accumulation: memory is rarely what runs out
 
 
-def initial_micro(micro_batch_size: int | str, rows_per_step: int, world: int) -> int:
-    """Rows per forward pass before any search: all of a rank's rows for 0 and "auto"."""
+def initial_micro(micro_batch_size: int | str, rows_per_step: int, world: int, workers: int = 1) -> int:
+    """Rows per forward pass before any search: all of a rank's rows for 0 and "auto" (a share of them for each
+    worker thread when the rows are split over threads: train/workers.py)."""
     per_rank = -(-rows_per_step // world)
     if micro_batch_size == "auto" or not micro_batch_size:
-        return per_rank
+        return -(-per_rank // workers)
     return min(int(micro_batch_size), per_rank)
 
 
@@ -128,6 +127,8 @@ def start(trainer) -> None:
 def notices(trainer) -> list[str]:
     t, device = trainer.tcfg, trainer.device
     out = [trainer.precision.note] if trainer.precision.note else []
+    if trainer.cores.why:
+        out.append(trainer.cores.why)
     if trainer.forward is not trainer.ddp:
         out.append("torch.compile: the first step compiles the model, which takes a while (off: --no-compile)")
     if device.type == "mps":

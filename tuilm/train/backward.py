@@ -66,23 +66,57 @@ def accumulate(trainer, micro: list[Batch], n_targets: int, health_step: bool) -
     Under DDP DDP's own reducer is off (no_sync): the last micro-batch's backward pass sends the gradients through
     trainer.reducer instead, bucket by bucket as they are ready (healing_backward waits for them).
     """
+    if trainer.workers and len(micro) > 1 and not health_step:
+        return concurrent_accumulate(trainer, micro, n_targets)
     loss_sum = None
     model = trainer.ddp if health_step else trainer.forward  # hooks need the eager module
     weight = trainer.dist.world / n_targets
     with trainer.health.activation_hooks(health_step):
         for i, batch in enumerate(micro):
-            x, y, pos, doc = trainer._last_batch = to_device(batch, trainer.device)
+            trainer._last_batch = batch = to_device(batch, trainer.device)
             if trainer.reducer and i == len(micro) - 1:
                 trainer.reducer.arm()
             with distributed.no_sync(trainer.ddp):
-                with trainer.precision.autocast(trainer.device):
-                    logits = model(x, pos_ids=pos, doc_ids=doc)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
-                scaled = loss * weight
-                if trainer.tcfg.z_loss:  # reported losses stay the cross-entropy alone
-                    scaled = scaled + z_loss_sum(logits, y, trainer.tcfg.z_loss) * weight
+                loss, scaled = micro_loss(trainer, model, batch, weight)
                 (trainer.scaler.scale(scaled) if trainer.scaler else scaled).backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    return loss_sum
+
+
+def micro_loss(trainer, model, batch, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, the loss to differentiate: that times `weight`, plus z-loss) of one micro-batch."""
+    x, y, pos, doc = batch
+    with trainer.precision.autocast(trainer.device):
+        logits = model(x, pos_ids=pos, doc_ids=doc)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+    scaled = loss * weight
+    if trainer.tcfg.z_loss:  # reported losses stay the cross-entropy alone
+        scaled = scaled + z_loss_sum(logits, y, trainer.tcfg.z_loss) * weight
+    return loss, scaled
+
+
+def concurrent_accumulate(trainer, micro: list[Batch], n_targets: int) -> torch.Tensor:
+    """accumulate() with the micro-batches on trainer.workers at once (train/workers.py). Each returns its own
+    gradients, added here in micro-batch order: the sum the sequential backward passes accumulate, exactly."""
+    weight = trainer.dist.world / n_targets
+    batches = [to_device(b, trainer.device) for b in micro]
+    trainer._last_batch = batches[0]
+    params = trainer.params
+
+    def one(batch):
+        loss, scaled = micro_loss(trainer, trainer.forward, batch, weight)
+        return loss.detach(), torch.autograd.grad(scaled, params, allow_unused=True)
+
+    results = trainer.workers.map(one, batches)
+    loss_sum = results[0][0]
+    for loss, _ in results[1:]:
+        loss_sum = loss_sum + loss
+    for i, p in enumerate(params):
+        grad = None
+        for _, grads in results:
+            if grads[i] is not None:
+                grad = grads[i] if grad is None else grad + grads[i]
+        p.grad = grad
     return loss_sum
 
 

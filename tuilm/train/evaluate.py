@@ -32,35 +32,39 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device, precision=None, docs=None, dist=None) -> EvalResult:
+def evaluate(model, dataset, device, precision=None, docs=None, dist=None, workers=None) -> EvalResult:
     """Score `docs` (default: the dataset's val split) with `model`; restores the model's train/eval mode.
 
     Under DDP (`dist` active) each rank scores every world-th batch and the sums are all-reduced, so every rank
-    returns the one-process numbers.
+    returns the one-process numbers. `workers` (train/workers.py): the batches are scored on those threads at
+    once and their sums added in batch order, the same numbers as one after another.
     """
     docs = docs if docs is not None else dataset.val
     rows = dataset.val_rows if docs is dataset.val else eval_rows(docs, model.cfg.seq_len)
     was_training = model.training
     model.eval()
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    tokens = 0
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    mine = [index for i, index in enumerate(eval_batches(rows, EVAL_TOKENS)) if i % world == rank]
+
+    def score(index) -> tuple[torch.Tensor, int]:
+        # Rows are right-padded: causal attention already keeps real tokens from seeing the padding after
+        # them, so the key-padding mask would change nothing that is scored.
+        batch = collate(rows, index, trim=True, eos_id=dataset.tokenizer.eos_id)
+        x = torch.from_numpy(batch.inputs).to(device)
+        y = torch.from_numpy(batch.targets).to(device)
+        with torch.no_grad(), precision.autocast(device) if precision else contextlib.nullcontext():
+            logits = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        return loss.double(), batch.n_targets
+
     try:
-        for i, index in enumerate(eval_batches(rows, EVAL_TOKENS)):
-            if i % world != rank:
-                continue
-            # Rows are right-padded: causal attention already keeps real tokens from seeing the padding after
-            # them, so the key-padding mask would change nothing that is scored.
-            batch = collate(rows, index, trim=True, eos_id=dataset.tokenizer.eos_id)
-            x = torch.from_numpy(batch.inputs).to(device)
-            y = torch.from_numpy(batch.targets).to(device)
-            with precision.autocast(device) if precision else contextlib.nullcontext():
-                logits = model(x)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
-            nats += loss.double()
-            tokens += batch.n_targets
+        scored = workers.map(score, mine) if workers and len(mine) > 1 else [score(index) for index in mine]
     finally:
         model.train(was_training)
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    for loss, _ in scored:
+        nats += loss
+    tokens = sum(n for _, n in scored)
     if world > 1:
         summed = dist.sum_(torch.stack([nats, torch.tensor(float(tokens), dtype=torch.float64, device=device)]))
         nats, tokens = summed[0], int(summed[1].item())

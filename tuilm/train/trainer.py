@@ -22,7 +22,7 @@ from tuilm.data.dataset import Dataset
 from tuilm.flops import run_flops
 from tuilm.model import GPT
 from tuilm.sampling import SamplingSettings, sample_text
-from tuilm.train import accel, distributed, ema, target
+from tuilm.train import accel, distributed, ema, target, workers
 from tuilm.train import events as ev
 from tuilm.train.backward import ENDING_STREAK, apply_update, clear_grads, healing_backward, non_finite
 from tuilm.train.controls import Controls
@@ -60,7 +60,12 @@ class Trainer(Controls):
         self.files = RunFiles(self.run_dir, dataset.tokenizer, self.config.to_dict())
         self.rows_per_step = config.rows_per_step
         self.dist.check_batch(self.rows_per_step)
-        micro = accel.initial_micro(t.micro_batch_size, self.rows_per_step, self.dist.world)
+        # train.parallel / train.threads: the step's rows split over threads, or torch's own threads (workers.py)
+        self.cores = workers.plan(
+            self.config, self.device, self.precision, self.dist.world, accel.wants_compile(t.compile, self.device)
+        )
+        self.workers = workers.start(self.cores)
+        micro = accel.initial_micro(t.micro_batch_size, self.rows_per_step, self.dist.world, self.cores.workers)
         self.batches = BatchSource(dataset, self.rows_per_step, micro, t.seed, config.data.doc_mask, self.dist.shard)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.rules = StopRules.of(t, self.steps_per_epoch)
@@ -69,7 +74,8 @@ class Trainer(Controls):
         self.model = GPT(self.config.model).to(self.device)
         self.ddp = distributed.wrap(self.model, self.device, self.dist)  # the model itself in one process
         self.forward = accel.compiled(self.ddp, t.compile, self.device)  # compile = auto: on CUDA
-        self.flops = run_flops(self.model, self.device, self.dist.world)  # for MFU beside tokens/s
+        cores = max(self.cores.workers, torch.get_num_threads())  # what the steps run on
+        self.flops = run_flops(self.model, self.device, self.dist.world, cores)  # for MFU beside tokens/s
         self.optimizer = build_optimizer(self.model, t, self.device)
         self.ema = ema.build(self.model, t.ema)  # train.ema: the weights' moving average (train/ema.py)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
@@ -125,6 +131,10 @@ class Trainer(Controls):
             self._emit(ev.Failed(self.step, f"{type(e).__name__}: {e}", traceback.format_exc()))
             if not isinstance(e, Exception):
                 raise
+        finally:
+            if self.workers:  # the run is over: its threads go (a later evaluation runs on this thread alone)
+                self.workers, workers_left = None, self.workers
+                workers_left.close()
         return self.result
 
     def _loop(self) -> str:
@@ -223,8 +233,11 @@ class Trainer(Controls):
         self._emit(ev.Status(self.step, "evaluating"))
         t0 = time.perf_counter()
         self.clock = None
-        result = evaluate(self.model, self.dataset, self.device, self.precision, dist=self.dist)
-        averaged = self.ema and evaluate(self.ema.module, self.dataset, self.device, self.precision, dist=self.dist)
+        evaluating = partial(
+            evaluate, dataset=self.dataset, device=self.device, precision=self.precision, dist=self.dist
+        )
+        result = evaluating(self.model, workers=self.workers)
+        averaged = self.ema and evaluating(self.ema.module, workers=self.workers)
         weights = "ema" if averaged and averaged.loss < result.loss else "model"
         best = averaged if weights == "ema" else result
         is_best = self.state.record_eval(best.loss, best.bpc, weights)

@@ -1,0 +1,107 @@
+"""How a run uses the CPU's cores (train.parallel, train.threads): torch's intra-op threads, or the step's rows
+split over threads.
+
+Torch parallelises each operation over its intra-op threads. A small model's operations are small: a matmul of a
+few hundred rows scales poorly over threads (on the 2-core VM of benchmarks/README.md, 2 threads run the
+nanoGPT CPU example's matmuls 1.4x faster than one, its attention and GELU not at all), and every operation's
+threads must meet at a barrier, so a core that the machine takes away for a moment stalls both. Splitting the
+step's rows into one micro-batch per thread instead (`parallel = "batch"`) keeps each thread on whole
+operations, one intra-op thread each; the threads meet once a step, when their gradients are added. Operations
+release the GIL, so the threads' Python work is all they share.
+
+The gradients are the micro-batches' own, added in micro-batch order, so a step is exactly the step that runs
+the same micro-batches one after another (`parallel = "ops"`, `threads = 1`, `micro_batch_size = rows / workers`),
+whichever thread finishes first; tests/test_workers.py checks it. Dropout would draw from one random generator in
+an order the threads decide, so "batch" needs model.dropout = 0.
+
+A step of very few tokens is mostly Python and dispatch: one thread does it fastest (no barrier at all).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from tuilm.errors import ConfigError
+
+# Below this many tokens a step (per process), one intra-op thread beats more and beats split rows
+# (benchmarks/README.md, "How tuilm uses the cores").
+SMALL_STEP_TOKENS = 512
+# torch's intra-op default (physical cores, or OMP_NUM_THREADS), read before any run of this process changes it.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+@dataclass(frozen=True)
+class Plan:
+    threads: int  # intra-op threads of the training thread (0: torch's default)
+    # > 1: the step's micro-batches run on this many threads at once, one intra-op thread each, while the training
+    # thread waits; what it runs itself (the optimizer step, clipping) keeps its threads: the cores are free then.
+    workers: int
+    why: str  # one line for the start of the run ("" when nothing is decided beyond the settings)
+
+
+def plan(config, device: torch.device, precision, world: int, compile_on: bool) -> Plan:
+    """The threads of one process for this run: train.parallel and train.threads resolved (module docstring)."""
+    t, m = config.train, config.model
+    rows = -(-config.rows_per_step // world)
+    tokens = rows * m.seq_len
+    if device.type != "cpu":
+        return Plan(t.threads, 1, "")
+    blocker = batch_blocker(config, precision, world, compile_on, rows)
+    if t.parallel == "batch":
+        if blocker:
+            raise ConfigError(f"train.parallel = batch {blocker}; or use train.parallel = ops")
+        n = min(t.threads or DEFAULT_THREADS, rows)
+        return Plan(0, n, f"cpu: the step's {rows} rows split over {n} threads (train.parallel = batch)")
+    if t.parallel == "ops" or t.threads:  # threads set alone: torch's own parallelism, as asked
+        return Plan(t.threads, 1, "")
+    if tokens < SMALL_STEP_TOKENS:
+        return Plan(1, 1, f"cpu: one thread for a step of {tokens} tokens (train.parallel, train.threads)")
+    n = min(DEFAULT_THREADS, rows)
+    if blocker or n < 2:
+        return Plan(0, 1, "")
+    return Plan(0, n, f"cpu: the step's {rows} rows split over {n} threads (train.parallel = auto)")
+
+
+def batch_blocker(config, precision, world: int, compile_on: bool, rows: int) -> str:
+    """Why the rows cannot be split over threads ("" when they can), as the end of a sentence."""
+    if config.model.dropout > 0:
+        return f"needs model.dropout = 0 (it is {config.model.dropout}): dropout's random draws would depend on timing"
+    if world > 1:
+        return "is for one process: under --nproc each process already trains a share of the rows"
+    if compile_on:
+        return "runs the eager model: turn torch.compile off (--no-compile)"
+    if precision.scaler:
+        return "does not run fp16 with a GradScaler: use bf16 or fp32"
+    if config.train.micro_batch_size not in ("auto", 0):
+        return "sets the micro-batch itself: leave train.micro_batch_size = auto"
+    if rows < 2:
+        return "needs at least 2 rows a step"
+    return ""
+
+
+class Workers:
+    """The threads that run a step's micro-batches at once (Plan.workers of them, one intra-op thread each)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.pool = ThreadPoolExecutor(
+            n, thread_name_prefix="tuilm-worker", initializer=torch.set_num_threads, initargs=(1,)
+        )
+
+    def map(self, fn, items: list) -> list:
+        """fn over items on the workers; the results in the items' order (exceptions re-raised here, first first)."""
+        futures = [self.pool.submit(fn, item) for item in items]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start(p: Plan) -> Workers | None:
+    """Apply the plan on the training thread (torch's default again where it decides nothing: an earlier run in
+    this process may have changed it) and start its workers."""
+    torch.set_num_threads(p.threads or DEFAULT_THREADS)
+    return Workers(p.workers) if p.workers > 1 else None
