@@ -26,7 +26,7 @@ def planned(source, *overrides, device=CPU, world=1, compile_on=False, precision
 def test_a_small_step_runs_on_one_thread_and_a_larger_one_splits_its_rows(small_corpus, monkeypatch):
     monkeypatch.setattr("tuilm.train.workers.DEFAULT_THREADS", 2)
     small = planned(small_corpus, "batch_size=8", "seq_len=16")  # 128 tokens
-    assert 8 * 16 < SMALL_STEP_TOKENS and (small.threads, small.workers) == (1, 1)
+    assert SMALL_STEP_TOKENS > 8 * 16 and (small.threads, small.workers) == (1, 1)
     assert "one thread" in small.why
     large = planned(small_corpus, "batch_size=8", "seq_len=64", "dropout=0")  # 512 tokens
     assert (large.threads, large.workers) == (0, 2) and "split over 2 threads" in large.why
