@@ -235,6 +235,42 @@ def test_a_signal_to_the_launcher_stops_and_saves_every_rank_then_exits(corpus, 
     assert events[-1]["event"] == "finished" and events[-1]["reason"] == "interrupted"
 
 
+def test_a_rank_killed_with_sigkill_is_named_in_one_line(corpus, tmp_path):
+    """Issue 27, item 7: kill -9 of rank 1 ends the job with one line naming it (not also rank 0's lost
+    connection, nor torch's ChildFailedError), exit 1, no rank left."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = [*tiny_args(corpus), "--set", "checkpoint_interval=2", "--steps", "100000", "--out", str(out)]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tuilm", "train", *args, "--nproc", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "last.safetensors").exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ranks = subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout.split()
+        rank1 = [pid for pid in ranks if b"\0RANK=1\0" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()]
+        assert len(ranks) == 2 and len(rank1) == 1, ranks
+        os.kill(int(rank1[0]), signal.SIGKILL)
+        _, stderr = child.communicate(timeout=TIMEOUT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert child.returncode == 1, stderr
+    assert errors == ["error: rank 1 was killed (SIGKILL); the other ranks were stopped: resume with --resume"]
+    assert "Traceback" not in stderr and "ChildFailedError" not in stderr and "Connection" not in stderr
+    for pid in ranks:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
 def test_the_reducer_buckets_every_parameter_once_in_reverse_order():
     import torch
 

@@ -351,6 +351,10 @@ def report_outcome(trainer) -> int:
             f"{what_is_kept(trainer.run_dir, 'free some space')}"
         )
     dist = trainer.dist
+    from tuilm.train.distributed import peer_lost
+
+    if dist.active and peer_lost(error):  # another rank died: its line (or the launcher's) says why
+        return 1
     where = write_error_log(trainer.run_dir, error) if dist.main else ""  # rank 0 alone writes the run directory
     rank = f"rank {dist.rank}: " if dist.active else ""
     print_error(f"{rank}training failed at step {trainer.step}: {type(error).__name__}: {error}{where}")

@@ -197,6 +197,15 @@ def refused(trainer, what: str) -> bool:
     return True
 
 
+# What a gloo collective raises on a rank whose peer process is gone (killed, or failed and exited).
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Socket closed")
+
+
+def peer_lost(error: BaseException) -> bool:
+    """A collective failed because another rank died: that rank (or the launcher, for a kill) says why."""
+    return any(text in str(error) for text in PEER_LOST)
+
+
 def launch(nproc: int, args: list[str]) -> int:
     """torch's elastic launcher with `nproc` ranks of `tuilm train ARGS` on this machine; the job's exit status.
 
@@ -217,15 +226,21 @@ def launch(nproc: int, args: list[str]) -> int:
     for name in list(logging.root.manager.loggerDict):  # each sets its own level: its reports repeat the ranks' lines
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+    # torchrun gives each rank one thread, with a warning, unless told: the cores shared out is what it means.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     argv = ["--standalone", f"--nproc-per-node={nproc}", "-m", "tuilm", "train", *args]
     try:
         run(get_args_parser().parse_args(argv))
     except SignalException as e:
         return 128 + int(e.sigval)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        if failure.exitcode > 0:
-            return failure.exitcode
+        # A rank killed by a signal said nothing; the ranks that lost it in a collective keep quiet too
+        # (peer_lost), so the killed one is named here, whichever failure torch recorded first.
+        # The agent ends the other ranks with SIGTERM once one has died: the one that died first is the news.
+        killed = [(f.exitcode == -signal.SIGTERM, f.timestamp, r, f) for r, f in e.failures.items() if f.exitcode <= 0]
+        if not killed:
+            return e.get_first_failure()[1].exitcode
+        *_, rank, failure = min(killed, key=lambda k: k[:3])
         name = signal.Signals(-failure.exitcode).name if failure.exitcode < 0 else "no exit status"
         print_error(f"rank {rank} was killed ({name}); the other ranks were stopped: resume with --resume")
         return 1
