@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 import xxhash
 
-from tuilm import integrity
-from tuilm.checkpoint import model_tensors, save_checkpoint, tensors_digest
+from tuilm.checkpoint import integrity, save_checkpoint
+from tuilm.checkpoint.integrity import tensors_digest
 from tuilm.model import GPT, ModelConfig
+from tuilm.model.weights import model_tensors
 
 SHAPES = {
     "default (d128 x 2, vocab 10k)": dict(vocab_size=10_000, d_model=128, n_layers=2, n_heads=4),

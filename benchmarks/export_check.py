@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tuilm.checkpoint.model import open_model
 from tuilm.commands.eval import own_val_split
 from tuilm.commands.export import export_command
 from tuilm.export import llamacpp
-from tuilm.model.pretrained import open_model
 from tuilm.sampling import generate
 from tuilm.sampling_settings import SamplingSettings
 

@@ -19,15 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from tests.helpers import run_tuilm, tiny_trainer
-from tuilm.checkpoint import (
-    CHECKSUM,
-    load_checkpoint,
-    load_train_state,
-    read_header,
-    read_metadata,
-    save_checkpoint,
-    tensors_digest,
-)
+from tuilm.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from tuilm.checkpoint.header import read_header
+from tuilm.checkpoint.integrity import CHECKSUM, tensors_digest
+from tuilm.checkpoint.train_state import load_train_state
 from tuilm.errors import CheckpointError, TuilmError
 from tuilm.model import GPT
 from tuilm.train.optim import build_optimizer
@@ -449,15 +444,6 @@ def test_a_bit_flipped_in_the_checksum_key_is_refused(original, state_original, 
     path.write_bytes(bytes(data))
     result = outcome(path, original) if which == "model" else state_outcome(path, original)
     assert result == "refused"
-
-
-def test_a_file_without_a_checksum_still_loads_with_a_note(original, scratch, capsys):
-    """What an older tuilm wrote: no checksum entry at all, nothing damaged."""
-    _, metadata, tensors, _ = original
-    path = scratch / "old.safetensors"
-    rewrite(path, tensors, metadata, "drop")
-    assert outcome(path, original) == "loaded"
-    assert "has no checksum" in capsys.readouterr().err
 
 
 state_keys = st.sampled_from(["format", "format_version", "param_groups", "optim_scalars", "state", CHECKSUM])

@@ -11,8 +11,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import write_corpus
 from tests.helpers import tiny_trainer
-from tuilm import integrity
-from tuilm.checkpoint import read_weights
+from tuilm.checkpoint import integrity, read_weights
 from tuilm.errors import CheckpointError
 
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tuilm.atomic import FILE_MODE
 from tuilm.cli import app
 from tuilm.config import from_dict
 from tuilm.data import corpora, large
 from tuilm.data.corpora import CORPORA, NamedCorpus, RemoteFile, Split
-from tuilm.data.fetch import fetch, safe_extract
+from tuilm.data.download import download, safe_extract
 from tuilm.errors import DataError
 
 TEXT = "\n\n".join(f"Story {i}: " + " ".join(f"w{(i * 3 + j) % 31}" for j in range(8 + i % 13)) for i in range(300))
@@ -81,30 +82,36 @@ def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def test_fetch_verifies_and_leaves_only_the_file(server, tmp_path):
+def test_download_verifies_and_leaves_only_the_file(server, tmp_path):
     server.files["a.txt"] = PAYLOAD
-    dest = fetch(f"{server.url}/a.txt", tmp_path / "c" / "a.txt", sha(PAYLOAD), len(PAYLOAD), progress=True)
+    dest = download(f"{server.url}/a.txt", tmp_path / "c" / "a.txt", sha(PAYLOAD), len(PAYLOAD), progress=True)
     assert dest.read_bytes() == PAYLOAD
-    assert [p.name for p in dest.parent.iterdir()] == ["a.txt"]
+    assert [p.name for p in dest.parent.iterdir()] == ["a.txt"]  # no part file left behind
+    assert dest.stat().st_mode & 0o777 == FILE_MODE  # what open() would have made, not mkstemp's 0600
 
 
-def test_fetch_checksum_mismatch_saves_nothing(server, tmp_path):
+def test_download_unreachable(server, tmp_path):
+    with pytest.raises(DataError, match="could not download"):
+        download(f"{server.url}/missing.txt", tmp_path / "x.txt", "0" * 64, progress=False)
+
+
+def test_download_checksum_mismatch_saves_nothing(server, tmp_path):
     server.files["a.txt"] = PAYLOAD
     with pytest.raises(DataError, match="expected 0000"):
-        fetch(f"{server.url}/a.txt", tmp_path / "c" / "a.txt", "0" * 64, len(PAYLOAD), progress=False)
+        download(f"{server.url}/a.txt", tmp_path / "c" / "a.txt", "0" * 64, len(PAYLOAD), progress=False)
     assert list((tmp_path / "c").iterdir()) == []
 
 
-def test_fetch_size_mismatch_without_hash(server, tmp_path):
+def test_download_size_mismatch_without_hash(server, tmp_path):
     server.files["a.txt"] = PAYLOAD
     with pytest.raises(DataError, match=f"expected {len(PAYLOAD) + 1:,}"):
-        fetch(f"{server.url}/a.txt", tmp_path / "a.txt", None, len(PAYLOAD) + 1, progress=False)
+        download(f"{server.url}/a.txt", tmp_path / "a.txt", None, len(PAYLOAD) + 1, progress=False)
 
 
 def test_broken_connection_resumes_with_a_range_request(server, tmp_path):
     server.files["a.txt"] = PAYLOAD
     server.break_after = 5000
-    dest = fetch(f"{server.url}/a.txt", tmp_path / "a.txt", sha(PAYLOAD), len(PAYLOAD), progress=False)
+    dest = download(f"{server.url}/a.txt", tmp_path / "a.txt", sha(PAYLOAD), len(PAYLOAD), progress=False)
     assert dest.read_bytes() == PAYLOAD
     assert [r["range"] for r in server.requests] == [None, "bytes=5000-"]
 
@@ -114,9 +121,9 @@ def test_broken_connection_then_a_later_run_resumes(server, tmp_path):
     server.break_after = 7000
     dest = tmp_path / "a.txt"
     with pytest.raises(DataError, match=r"broke off after 7,000 bytes.*run again to resume"):
-        fetch(f"{server.url}/a.txt", dest, sha(PAYLOAD), len(PAYLOAD), progress=False, attempts=1)
+        download(f"{server.url}/a.txt", dest, sha(PAYLOAD), len(PAYLOAD), progress=False, attempts=1)
     assert not dest.exists() and (tmp_path / "a.txt.part").stat().st_size == 7000
-    fetch(f"{server.url}/a.txt", dest, sha(PAYLOAD), len(PAYLOAD), progress=False)
+    download(f"{server.url}/a.txt", dest, sha(PAYLOAD), len(PAYLOAD), progress=False)
     assert dest.read_bytes() == PAYLOAD
     assert server.requests[-1]["range"] == "bytes=7000-"
 

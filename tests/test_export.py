@@ -14,11 +14,11 @@ transformers = pytest.importorskip("transformers")
 from tests import helpers  # noqa: E402
 from tests.conftest import write_corpus  # noqa: E402
 from tuilm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from tuilm.checkpoint.model import open_model  # noqa: E402
 from tuilm.commands.export import ProofFailed, export_command  # noqa: E402
 from tuilm.export import arch  # noqa: E402
 from tuilm.model import GPT  # noqa: E402
 from tuilm.model.config import ModelConfig  # noqa: E402
-from tuilm.model.pretrained import open_model  # noqa: E402
 from tuilm.sampling import generate  # noqa: E402
 from tuilm.sampling_settings import SamplingSettings  # noqa: E402
 

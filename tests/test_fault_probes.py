@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from tests.helpers import TINY, run_tuilm, tiny_trainer
 from tuilm.atomic import NotAFileError, atomic_write_bytes
 from tuilm.checkpoint import read_metadata, read_weights
+from tuilm.checkpoint.paths import NEXT_STATE
 from tuilm.errors import ConfigError
 from tuilm.session import report_outcome
 from tuilm.train import events as ev
 from tuilm.train.reports import checkpoint_meta
 from tuilm.train.sinks import MetricsFile, read_events
-from tuilm.train.state import NEXT_STATE
 
 
 def one_error_line(out) -> str:
@@ -211,7 +211,7 @@ def test_a_recipe_too_large_for_a_checkpoint_header_is_refused_at_load(tmp_path,
 def test_a_header_over_safetensors_limit_is_never_written_and_never_called_truncated(
     trained_run, tmp_path, monkeypatch
 ):
-    from tuilm import checkpoint, integrity
+    from tuilm.checkpoint import header, integrity
     from tuilm.errors import CheckpointError
 
     path = tmp_path / "last.safetensors"
@@ -223,7 +223,7 @@ def test_a_header_over_safetensors_limit_is_never_written_and_never_called_trunc
         trainer.files.save_model(path, trainer.model, checkpoint_meta(trainer))
     trainer.run_lock.release()
     assert path.read_bytes() == kept  # the file it would have replaced is untouched
-    monkeypatch.setattr(checkpoint, "MAX_HEADER", 1000)  # a reader meets a header over the limit
+    monkeypatch.setattr(header, "MAX_HEADER", 1000)  # a reader meets a header over the limit
     with pytest.raises(CheckpointError) as caught:
         read_metadata(path)
     assert "over safetensors' limit" in str(caught.value) and "truncated" not in str(caught.value)

@@ -25,10 +25,11 @@ import pytest
 
 from tests.helpers import TINY, run_tuilm, tiny_trainer
 from tuilm.checkpoint import load_checkpoint, read_metadata
+from tuilm.checkpoint.paths import NEXT_STATE
+from tuilm.checkpoint.run_files import state_step
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
 from tuilm.train.sinks import MetricsTail, parse_event, read_events
-from tuilm.train.state import NEXT_STATE, state_step
 
 TRIALS = int(os.environ.get("TUILM_FAULT_TRIALS", "6"))
 SAVE_EVERY_STEP = [*TINY, "checkpoint_interval=1", "eval_interval=1000", "health.interval=0"]
@@ -132,7 +133,7 @@ def resume_training(run_dir: Path) -> subprocess.Popen:
 def test_a_save_cut_off_at_either_point_leaves_a_matching_pair(small_corpus, tmp_path, monkeypatch, where):
     """The two moments inside a save, hit deterministically: killed after the next state is written (before the
     commit) or after last.safetensors (before the state is renamed). Either way resume takes a matching pair."""
-    from tuilm.train import state as state_module
+    from tuilm.checkpoint.run_files import RunFiles
 
     run_dir = tmp_path / "run"
     trainer, _ = tiny_trainer(small_corpus, run_dir, "max_steps=3", "checkpoint_interval=1000", "sample_tokens=0")
@@ -143,7 +144,7 @@ def test_a_save_cut_off_at_either_point_leaves_a_matching_pair(small_corpus, tmp
     class Killed(BaseException):
         pass
 
-    real_save_model = state_module.RunFiles.save_model
+    real_save_model = RunFiles.save_model
 
     def save_model_then_die(self, path, model, meta):
         if path == self.last and where == "after_next_state":
@@ -153,7 +154,7 @@ def test_a_save_cut_off_at_either_point_leaves_a_matching_pair(small_corpus, tmp
             raise Killed
 
     trainer, _ = tiny_trainer(small_corpus, run_dir, "max_steps=5", "checkpoint_interval=1000", resume=True)
-    monkeypatch.setattr(state_module.RunFiles, "save_model", save_model_then_die)
+    monkeypatch.setattr(RunFiles, "save_model", save_model_then_die)
     with pytest.raises(Killed):
         trainer.run()
     trainer.run_lock.release()

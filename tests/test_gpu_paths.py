@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.helpers import tiny_trainer
-from tuilm.checkpoint import load_train_state
+from tuilm.checkpoint.train_state import load_train_state
 from tuilm.train import accel
 from tuilm.train import events as ev
 

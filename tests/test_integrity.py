@@ -1,4 +1,4 @@
-"""The one-pass checksummed writer (tuilm/integrity.py): the files safetensors would write, checksums computed
+"""The one-pass checksummed writer (tuilm/checkpoint/integrity.py): the files safetensors would write, checksums computed
 here independently from the file's bytes, and checkpoints with the older (by-name) checksum still verified."""
 
 import json
@@ -9,8 +9,8 @@ import xxhash
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from tuilm import integrity
-from tuilm.checkpoint import CHECKSUM, load_checkpoint
+from tuilm.checkpoint import integrity, load_checkpoint
+from tuilm.checkpoint.integrity import CHECKSUM
 from tuilm.errors import CheckpointError
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16]

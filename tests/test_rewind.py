@@ -12,7 +12,8 @@ import pytest
 
 import tuilm.train.trainer as trainer_module
 from tests.helpers import run_tuilm, tiny_trainer
-from tuilm.checkpoint import read_metadata, resolve_model_path
+from tuilm.checkpoint import read_metadata
+from tuilm.checkpoint.paths import resolve_model_path
 from tuilm.errors import CheckpointError, ConfigError
 from tuilm.train import events as ev
 from tuilm.train.rewind import MAX_REWINDS

@@ -1,4 +1,4 @@
-"""Data sources: local formats, bad input, and the named-dataset lookup and downloader."""
+"""Data sources: local formats, bad input, and the named-dataset lookup (the downloader: test_corpora.py)."""
 
 import functools
 import hashlib
@@ -9,9 +9,7 @@ import threading
 import pytest
 import zstandard
 
-from tuilm.atomic import FILE_MODE
 from tuilm.data import sources
-from tuilm.data.download import download
 from tuilm.data.sources import NamedSource, load_corpus, split_documents
 from tuilm.errors import DataError
 
@@ -91,31 +89,6 @@ def http_server(tmp_path):
 
 
 PAYLOAD = b"To be, or not to be\n\nthat is the question\n" * 100
-
-
-def test_download_verifies_and_renames(http_server, tmp_path):
-    root, url = http_server
-    (root / "input.txt").write_bytes(PAYLOAD)
-    dest = tmp_path / "cache" / "data.txt"
-    download(f"{url}/input.txt", dest, hashlib.sha256(PAYLOAD).hexdigest(), progress=True)
-    assert dest.read_bytes() == PAYLOAD
-    assert [p.name for p in dest.parent.iterdir()] == ["data.txt"]  # no temp file left behind
-    assert dest.stat().st_mode & 0o777 == FILE_MODE  # what open() would have made, not mkstemp's 0600
-
-
-def test_download_checksum_mismatch_saves_nothing(http_server, tmp_path):
-    root, url = http_server
-    (root / "input.txt").write_bytes(PAYLOAD)
-    dest = tmp_path / "cache" / "data.txt"
-    with pytest.raises(DataError, match="expected 0000"):
-        download(f"{url}/input.txt", dest, "0" * 64, progress=False)
-    assert list(dest.parent.iterdir()) == []
-
-
-def test_download_unreachable(tmp_path, http_server):
-    _, url = http_server
-    with pytest.raises(DataError, match="could not download"):
-        download(f"{url}/missing.txt", tmp_path / "x.txt", "0" * 64, progress=False)
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from tuilm.commands.sweep import sweep_command
 from tuilm.errors import ConfigError
 from tuilm.sweep import runner
 from tuilm.sweep.runinfo import make_console
-from tuilm.sweep.runner import rebuild_results
-from tuilm.sweep.spec import Budget, parse_budget, parse_grid
+from tuilm.sweep.runner import write_results
+from tuilm.sweep.spec import Budget, load_spec_file, parse_budget, parse_grid
 from tuilm.train import events as ev
 from tuilm.train.sinks import MetricsFile, read_events
 
@@ -147,7 +147,7 @@ def test_results_without_matplotlib(grid_sweep, tmp_path, monkeypatch, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.png", "results.*"))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    rebuild_results(copy, make_console())
+    write_results(copy, load_spec_file(copy), console=make_console(), with_plots=True)
     text = capsys.readouterr().out
     assert [line for line in text.splitlines() if "matplotlib" in line] == [
         "matplotlib is not installed, so no PNG plots (pip install 'tuilm[plot]')"

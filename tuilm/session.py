@@ -228,7 +228,7 @@ def pretrained_start(config: RunConfig, run_dir: Path, resume: bool):
         # The checkpoint has the architecture, the weights and the tokenizer already. Its own tokenizer, not
         # one trained again: another tuilm version's rule (or a changed cache) could learn other merges and
         # scramble the token ids the weights were trained on.
-        from tuilm.checkpoint import read_tokenizer
+        from tuilm.checkpoint.metadata import read_tokenizer
 
         return config, read_tokenizer(run_dir / "last.safetensors"), None
     if not (config.train.init or config.data.tokenizer):
@@ -317,7 +317,7 @@ def write_error_log(run_dir: Path, error: BaseException) -> str:
 def what_is_kept(run_dir: Path, fix: str) -> str:
     """What a failed run left to continue from, with what to do (`fix`), as the end of its one-line error."""
     from tuilm.checkpoint import read_metadata
-    from tuilm.train.state import LAST
+    from tuilm.checkpoint.paths import LAST
 
     try:
         step = int(read_metadata(run_dir / LAST).get("step", "-1"))

@@ -10,9 +10,9 @@ def eval_command(
     model_path: Path, data: str | None, device: str, *, allow_nonfinite: bool = False, as_json: bool = False
 ) -> None:
 
+    from tuilm.checkpoint.model import open_model
     from tuilm.device import pick_device
     from tuilm.errors import ConfigError
-    from tuilm.model.pretrained import open_model
     from tuilm.train.evaluate import evaluate
 
     ckpt = open_model(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)
@@ -72,7 +72,7 @@ def _numbers(name: str, path: str, what: str, result, **more) -> dict:
 
 def own_val_split(ckpt):
     """The run's own val split, rebuilt from its saved data settings, after checking the text is unchanged."""
-    from tuilm.checkpoint import saved_run_config
+    from tuilm.checkpoint.metadata import saved_run_config
     from tuilm.data.dataset import prepare, split_corpus
     from tuilm.data.hf import is_hf
     from tuilm.data.large import is_streamed
@@ -148,7 +148,7 @@ def sliding_eval_command(
         model, tokenizer = load_pretrained(init, device=dev)
         name = init
     elif model_path is not None:
-        from tuilm.model.pretrained import open_model
+        from tuilm.checkpoint.model import open_model
 
         ckpt = open_model(model_path, dev, allow_nonfinite=allow_nonfinite)
         model, tokenizer, name = ckpt.model, ckpt.tokenizer, ckpt.name

@@ -24,8 +24,8 @@ def sampling_settings(
 
 def load_for_sampling(model_path: Path, settings, device: str, allow_nonfinite: bool = False):
     """The checkpoint to sample from, after the settings are checked: a bad value fails before any loading."""
+    from tuilm.checkpoint.model import open_model
     from tuilm.device import pick_device
-    from tuilm.model.pretrained import open_model
 
     settings.validate()
     return open_model(model_path, pick_device(device), allow_nonfinite=allow_nonfinite)

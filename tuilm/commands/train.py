@@ -119,7 +119,7 @@ def run_dir_for(config: RunConfig, options: TrainOptions) -> Path:
 
 def train_command(options: TrainOptions) -> int:
     check_sinks(options)  # a missing package or a bad --compare path: one line, before anything starts
-    from tuilm.checkpoint import read_run_config
+    from tuilm.checkpoint.metadata import read_run_config
     from tuilm.train import distributed
 
     if options.nproc != 1:

@@ -30,10 +30,6 @@ class RemoteFile:
     sha256: str | None  # None: no published hash found, checked by size only
     checksum_source: str  # where size and sha256 come from ("unverified: ..." when there is no hash)
 
-    @property
-    def verified(self) -> bool:
-        return self.sha256 is not None
-
 
 @dataclass(frozen=True)
 class Split:
@@ -232,9 +228,9 @@ def _verified(path: Path, remote: RemoteFile) -> bool:
             return True
     except (OSError, ValueError):
         pass
-    from tuilm.data.fetch import sha256_of
+    from tuilm.data.download import sha256_file
 
-    got = sha256_of(path)
+    got = sha256_file(path)
     if got != remote.sha256:
         raise DataError(
             f"{path} is not the expected {remote.filename} (sha256 {got[:12]}… mismatch); delete or replace it"
@@ -246,13 +242,13 @@ def _verified(path: Path, remote: RemoteFile) -> bool:
 
 def local_file(remote: RemoteFile, *, progress: bool = True) -> Path:
     """$TUILM_DATA_DIR/<file>, then the cache, else a resumable verified download into the cache."""
-    from tuilm.data.fetch import fetch
+    from tuilm.data.download import download
 
     found = find_local(remote.filename, lambda path: _verified(path, remote))
     if found is not None:
         return found
     try:
-        path = fetch(remote.url, candidates(remote.filename)[-1], remote.sha256, remote.size, progress=progress)
+        path = download(remote.url, candidates(remote.filename)[-1], remote.sha256, remote.size, progress=progress)
     except DataError as e:
         raise DataError(
             f"{e}; to work offline, put {remote.filename} (from {remote.url}) in the folder named by ${DATA_DIR_ENV}"
@@ -264,7 +260,7 @@ def local_file(remote: RemoteFile, *, progress: bool = True) -> Path:
 
 def open_corpus(name: str, *, progress: bool = True) -> SplitCorpus:
     """The named corpus's split files on disk (downloading and unpacking them if needed)."""
-    from tuilm.data.fetch import safe_extract
+    from tuilm.data.download import safe_extract
 
     corpus = CORPORA[name]
     if not corpus.splits:

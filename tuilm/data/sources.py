@@ -69,7 +69,7 @@ def dataset_path(source: NamedSource, *, progress: bool = True) -> Path:
         return found
     places = candidates(source.filename)
     try:
-        return download(source.url, places[-1], source.sha256, progress=progress)
+        return download(source.url, places[-1], source.sha256, source.size, progress=progress)
     except DataError as e:
         where = " or ".join(str(p) for p in places)
         if not os.environ.get(DATA_DIR_ENV):

@@ -91,12 +91,6 @@ class KVCache:
     def max_len(self) -> int:
         return self.pos.shape[1]
 
-    def crop(self, n: int) -> None:
-        """Keep only the first n cached tokens (e.g. to rewind); later tokens are overwritten by the next forward."""
-        if n < 0:
-            raise ValueError(f"cannot crop a cache to {n} tokens")
-        self.length = min(self.length, n)
-
     def reset(self) -> None:
         self.length = 0
         self.padded = False

@@ -4,7 +4,7 @@ A directory in Hugging Face's layout holds `config.json`, `model.safetensors` an
 sizes are fetched into huggingface_hub's cache (the optional extra: `pip install 'tuilm[hf]'`). The weights are
 read with safetensors only, never unpickled. A local directory may also hold a Llama or Qwen3 model (what
 `tuilm export --to hf` writes, among others): tuilm.export.arch maps each architecture's names and checks that its
-math is tuilm's. `open_model` makes such a directory what `--model-path` accepts.
+math is tuilm's. tuilm.checkpoint.model.open_model makes such a directory what `--model-path` accepts.
 
 GPT-2 is tuilm's pre-norm transformer with: biases everywhere (bias=true), the tanh approximation of GELU
 (act=gelu_tanh), LayerNorm eps 1e-5 (torch's default, which tuilm uses), learned positions (up to
@@ -140,8 +140,8 @@ def load_weights(model, folder: Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from tuilm.checkpoint import load_weights as check_and_load
     from tuilm.export.arch import tuilm_tensors
+    from tuilm.model.weights import load_weights as check_and_load
 
     path = folder / "model.safetensors"
     try:
@@ -190,25 +190,3 @@ def is_model_dir(path: Path) -> bool:
     """A transformers directory (exported by `tuilm export --to hf`, or any GPT-2/Llama/Qwen3 one)."""
     path = Path(path).expanduser()
     return path.is_dir() and all((path / f).is_file() for f in FILES)
-
-
-def open_model(path: Path, device="cpu", *, allow_nonfinite: bool = False):
-    """A Checkpoint of a tuilm checkpoint, run directory or RUN@STEP, or of a transformers directory: what
-    `--model-path` accepts. An exported directory brings its run's settings back (tuilm_run.json), so `eval`
-    finds the run's val split; another has none."""
-    from tuilm.checkpoint import Checkpoint, load_checkpoint
-    from tuilm.export.hf import RUN_FILE
-
-    if not is_model_dir(path):
-        return load_checkpoint(path, device, allow_nonfinite=allow_nonfinite)
-    folder = Path(path).expanduser()
-    model, tokenizer = load_pretrained(str(folder), device=device)
-    run = {}
-    if (folder / RUN_FILE).is_file():
-        try:
-            run = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{folder / RUN_FILE}: cannot read ({e})") from None
-    return Checkpoint(
-        folder / "model.safetensors", model, tokenizer, run.get("run_config") or {}, run.get("meta") or {}
-    )

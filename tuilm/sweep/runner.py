@@ -336,14 +336,6 @@ def write_results(
     return rows
 
 
-def rebuild_results(sweep_dir: Path, console: Console | None = None) -> list[Row]:
-    """Rewrite a sweep's results.* from its sweep.json and run folders, training nothing."""
-    record = load_spec_file(sweep_dir)
-    if not record or "plan" not in record:
-        raise TuilmError(f"{sweep_dir}: not a sweep folder (no readable sweep.json)")
-    return write_results(Path(sweep_dir), record, console=console, with_plots=True)
-
-
 # -- Ctrl-C and progress ---------------------------------------------------------------------------------------------
 
 

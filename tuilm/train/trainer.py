@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from tuilm.checkpoint import weights_finite
+from tuilm.checkpoint.run_files import RunFiles
 from tuilm.config import RunConfig
 from tuilm.data.dataset import Dataset
 from tuilm.flops import run_flops
 from tuilm.model import GPT
+from tuilm.model.weights import weights_finite
 from tuilm.sampling import SamplingSettings, sample_text
 from tuilm.train import accel, distributed, ema, target, workers
 from tuilm.train import events as ev
@@ -33,7 +34,7 @@ from tuilm.train.optim import build_optimizer, lr_at, set_lr, stamp_peaks
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
 from tuilm.train.rewind import SpikeGuard
 from tuilm.train.schedule import BatchSource, StopRules, to_device, wsd_start
-from tuilm.train.state import RunFiles, TrainState
+from tuilm.train.state import TrainState
 
 
 class Trainer(Controls):

@@ -1,4 +1,4 @@
-"""Checksummed safetensors files, written in one pass over the tensors.
+"""Checksummed safetensors files: written in one pass over the tensors, verified before their data is used.
 
 The checksum (xxh3-128 over the metadata, then every tensor's name, dtype, shape and bytes) is stored in the
 file's own metadata under `checksum`, so it must be in the header, which comes before the data. Hashing the
@@ -12,12 +12,15 @@ thread (a write releases the GIL) while the caller's thread hashes the same mega
 Kinds of checksum (the prefix of the stored value):
 - `xxh3-128.2`: the tensors in the order they lie in the file (what this writer can hash in one pass);
 - `xxh3-128`: the tensors sorted by name (tuilm 0.x files written before the one-pass writer); still verified.
+
+A file without a checksum (an older tuilm's) loads with a note; one whose checksum entry is damaged does not.
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,9 +30,8 @@ import torch
 import xxhash
 
 from tuilm.atomic import atomic_write_with
+from tuilm.checkpoint.header import MAX_HEADER, Header, short
 from tuilm.errors import CheckpointError
-
-MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header: a longer one no reader opens
 
 CHECKSUM = "checksum"  # metadata key: "<kind>:<hex>" over the other metadata and every tensor
 BY_NAME = "xxh3-128"
@@ -68,8 +70,6 @@ LAYOUT_RANK = {
 
 def check_dtypes(tensors: dict[str, torch.Tensor]) -> None:
     """CheckpointError naming the first tensor whose dtype safetensors cannot store (before anything is written)."""
-    from tuilm.errors import CheckpointError
-
     for name, t in tensors.items():
         if t.dtype not in DTYPE_NAMES:
             kinds = ", ".join(str(d).removeprefix("torch.") for d in DTYPE_NAMES)
@@ -184,3 +184,46 @@ def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
     atomic_write_with(path, fill)
     return metadata[CHECKSUM]
+
+
+def _damaged_key(metadata: dict[str, str]) -> bool:
+    """Whether a file without a checksum entry once had one: a bit flipped in the key itself would otherwise pass
+    for a file of an older tuilm, whose contents cannot be verified, and load. Its value is still a checksum, or
+    its key is still within a few characters of the name."""
+    for key, value in metadata.items():
+        if isinstance(value, str) and value.partition(":")[0] in KINDS:
+            return True
+        if len(key) == len(CHECKSUM) and sum(a != b for a, b in zip(key, CHECKSUM, strict=True)) <= 4:
+            return True
+    return False
+
+
+def verify(path: Path, header: Header, data: bytes, what: str) -> None:
+    """Check `data` (the whole file, as read) against the checksum its header stores; `what` names its contents."""
+    stored = header.metadata.get(CHECKSUM)
+    if stored is None and _damaged_key(header.metadata):
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint (its checksum entry is damaged): use another checkpoint of the run "
+            "(best/last) or train again"
+        )
+    if stored is None:
+        print(
+            f"note: {path} has no checksum (written by an older tuilm): its {what} cannot be verified", file=sys.stderr
+        )
+        return
+    kind = stored.partition(":")[0]
+    if kind not in KINDS:
+        raise CheckpointError(f"{path}: the checksum is of an unknown kind ({short(stored)}); upgrade tuilm")
+    view = memoryview(data)
+    start = header.data_start
+    in_file = sorted(header.tensors.items(), key=lambda item: item[1].start)
+    actual = digest(
+        header.metadata,
+        ((n, t.dtype, t.shape, view[start + t.start : start + t.end]) for n, t in in_file),
+        kind,
+    )
+    if actual != stored:
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint (checksum mismatch): the file changed after tuilm wrote it; "
+            "use another checkpoint of the run (best/last) or train again"
+        )
