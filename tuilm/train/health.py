@@ -9,6 +9,8 @@ layer group (embedding; each block's attention, MLP and norms; final norm; head)
 - activation statistics of each block's output and MLP hidden layer (forward hooks), with the fraction of dead
   ReLU units,
 - attention entropy per layer on a small sub-batch (the fused attention kernel returns no weights).
+Layer groups come from tuilm.train.layer_groups; a layer's gradient and update ratio are judged by
+tuilm.train.verdict, as the dashboard judges them.
 """
 
 from __future__ import annotations
@@ -22,86 +24,12 @@ import torch
 
 from tuilm.config import REMEDIES
 from tuilm.train import events as ev
+from tuilm.train.layer_groups import LayerGroups, mlp_activation
+from tuilm.train.verdict import judge_layers
 
 MIN_HISTORY = 5  # steps of running averages before a value can be called abnormal relative to them
 REPEAT_AFTER = 100  # steps before the same alert (code, layer) may fire again
 ENTROPY_ROWS = 4
-
-
-def group_name(param_name: str) -> str:
-    """`blocks.3.attn.qkv.weight` -> `block3.attn`; norms of a block share one group (tuilm's GPT)."""
-    parts = param_name.split(".")
-    if parts[0] in ("tok_emb", "pos_emb"):
-        return "embedding"
-    if parts[0] == "blocks":
-        part = parts[2]
-        return f"block{parts[1]}.{'norm' if part.startswith('norm') else part}"
-    return parts[0]  # norm_f, head
-
-
-NORM_NAMES = ("norm", "ln", "layernorm", "layer_norm", "rms")
-
-
-def find_blocks(model) -> tuple[str, list] | None:
-    """The model's repeated blocks: the largest ModuleList (or Sequential) of two or more modules of one type,
-    as (its dotted path, its children); None for a model without one."""
-    import torch.nn as nn
-
-    best: tuple[str, list] | None = None
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList | nn.Sequential):
-            continue
-        children = list(module.children())
-        if (
-            len(children) < 2
-            or len({type(c) for c in children}) != 1
-            or not any(True for _ in children[0].parameters())
-        ):
-            continue
-        if best is None or len(children) > len(best[1]):
-            best = (name, children)
-    return best
-
-
-class LayerGroups:
-    """Parameter (or module) names -> layer groups, from the module tree of any model: each repeated block's
-    direct children (`block3.attn`, `block3.mlp`; its norms share `block3.norm`), embeddings as `embedding`,
-    everything else by its top-level child (`head`, `ln_f`). For tuilm's GPT this is `group_name`."""
-
-    def __init__(self, model):
-        import torch.nn as nn
-
-        found = find_blocks(model)
-        self.prefix = found[0] + "." if found else None
-        self.blocks = found[1] if found else []
-        self.embeddings = {n for n, m in model.named_modules() if n and isinstance(m, nn.Embedding)}
-
-    def __call__(self, name: str) -> str:
-        if self.prefix is not None and name.startswith(self.prefix):
-            rest = name[len(self.prefix) :].split(".")
-            if len(rest) < 3:  # a parameter of the block itself
-                return f"block{rest[0]}"
-            part = rest[1]
-            return f"block{rest[0]}.{'norm' if part.lower().startswith(NORM_NAMES) else part}"
-        module = name.rsplit(".", 1)[0] if "." in name else name
-        if any(module == e or module.startswith(e + ".") for e in self.embeddings):
-            return "embedding"
-        parts = name.split(".")
-        # Wrappers (`transformer.`, `model.`) hold everything: name by the first level that is not the only one.
-        return parts[1] if len(parts) > 2 and self.prefix and self.prefix.startswith(parts[0] + ".") else parts[0]
-
-
-def mlp_activation(block):
-    """A block's MLP activation module (for hidden-layer statistics), or None."""
-    import torch.nn as nn
-
-    kinds = (nn.ReLU, nn.GELU, nn.SiLU, nn.Mish, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.Tanh)
-    for name, module in block.named_modules():
-        last = name.rsplit(".", 1)[-1]
-        named = last in ("act", "act_fn", "activation", "activation_fn")
-        if (named or isinstance(module, kinds)) and not any(module.children()):
-            return module
-    return None
 
 
 def nonfinite_action(policy: str, skips: int, max_skips: int) -> tuple[str, bool]:
@@ -362,7 +290,7 @@ class HealthMonitor:
         )
         self._grads, self._acts, self._armed = None, {}, False
         self.emit(event)
-        self._layer_alerts(event)
+        self.layer_alerts(event)
 
     def _moments(self) -> tuple[list[float], list[float], list[float]]:
         """Norms of the moments per group (Adam's m and v; the momentum buffer of Muon and SGD, with v 0), and the mean
@@ -410,29 +338,17 @@ class HealthMonitor:
         """Combine per-parameter L2 norms into per-group L2 norms."""
         return self._sum_groups(norms.float() ** 2).sqrt()
 
-    def _layer_alerts(self, h: ev.Health) -> None:
+    def layer_alerts(self, h: ev.Health) -> None:
+        """The alerts of one measurement (per layer, per block, and log Z)."""
         c = self.cfg
-        grads = [g for g in h.grad_norm if math.isfinite(g)]
-        median = sorted(grads)[len(grads) // 2] if grads else 0.0
-        for layer, g, r in zip(h.layers, h.grad_norm, h.update_ratio, strict=True):
-            if g < c.vanish_floor:
-                self._alert(
-                    h.step, "vanishing", "bad", f"{layer} gradient norm {g:.2g} is below {c.vanish_floor:g}", layer, g
-                )
-            elif median > 0 and g < c.vanish_ratio * median:
-                self._alert(
-                    h.step,
-                    "vanishing",
-                    "warn",
-                    f"{layer} gradient norm {g:.2g} is {median / g:.0f}x below the median layer's",
-                    layer,
-                    g,
-                )
-            if h.step > self.warmup_steps and g >= c.vanish_floor and not c.update_in_band(r):
-                side = "small: the layer barely moves" if r < c.update_low else "large: the layer is being overwritten"
-                self._alert(
-                    h.step, "update_ratio", "warn", f"{layer} update/weight ratio 10^{r:.1f} is too {side}", layer, r
-                )
+        # The dashboard colours each layer by the same verdicts (tuilm.train.verdict), so they cannot disagree.
+        for v, g, r in zip(judge_layers(h, c, self.warmup_steps), h.grad_norm, h.update_ratio, strict=True):
+            if v.grad.alert:
+                message = f"{v.layer} gradient norm {g:.2g} is {v.grad.rule}"
+                self._alert(h.step, v.grad.alert, v.grad.level, message, v.layer, g)
+            if v.update.alert:
+                message = f"{v.layer} update/weight ratio 10^{r:.1f} is {v.update.rule}"
+                self._alert(h.step, v.update.alert, v.update.level, message, v.layer, r)
         eps = self._eps()
         if eps and c.eps_ratio > 0:
             for layer, g, rms in zip(h.layers, h.grad_norm, h.grad_rms, strict=False):
