@@ -4,6 +4,7 @@ highlights and its per-layer colours agreeing on the same numbers."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,29 @@ async def test_the_worst_layer_line_says_which_rule_a_warning_means():
         line = str(app.query_one("#grad-worst").render())
     assert "block0.attn" in line and "-1.84 warn: near the band's edge -1" in line
     assert "(band -5..-1, step 50)" in line
+
+
+# A sample value for each row of docs/health.md's table (by the start of its first cell), judged against a median
+# layer of 1.0: the table must say what the code does.
+DOC_SAMPLES = {
+    "gradient norm not finite": ("grad", math.nan),
+    "gradient norm below `health.vanish_floor`": ("grad", 1e-9),
+    "gradient norm below `health.vanish_ratio`": ("grad", 5e-5),
+    "gradient norm above": ("grad", 1e5),
+    "gradient norm within 100x": ("grad", 5e-3),
+    "log10 update/weight ratio not finite": ("update", math.nan),
+    "ratio outside the band": ("update", -6.0),
+    "ratio inside the band": ("update", -1.84),
+}
+
+
+def test_the_table_in_docs_health_md_states_the_rule():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "health.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1:4] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [[cell.strip() for cell in row] for row in rows if row[0].strip() != "a layer's"]
+    assert len(rows) == len(DOC_SAMPLES)
+    for case, level, alert in rows:
+        kind, value = next(sample for start, sample in DOC_SAMPLES.items() if case.startswith(start))
+        v = grad_verdict(value, 1.0, HealthConfig()) if kind == "grad" else update_verdict(value, HealthConfig())
+        assert v.level == level, case
+        assert v.alert == (None if alert.startswith("none") else alert.strip("`")), case
