@@ -51,14 +51,3 @@ class LayerGroups:
         parts = name.split(".")
         # Wrappers (`transformer.`, `model.`) hold everything: name by the first level that is not the only one.
         return parts[1] if len(parts) > 2 and self.prefix and self.prefix.startswith(parts[0] + ".") else parts[0]
-
-
-def mlp_activation(block):
-    """A block's MLP activation module (for hidden-layer statistics), or None."""
-    kinds = (nn.ReLU, nn.GELU, nn.SiLU, nn.Mish, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.Tanh)
-    for name, module in block.named_modules():
-        last = name.rsplit(".", 1)[-1]
-        named = last in ("act", "act_fn", "activation", "activation_fn")
-        if (named or isinstance(module, kinds)) and not any(module.children()):
-            return module
-    return None
