@@ -43,7 +43,7 @@ class GradNorm(Vertical):
         label = Text.assemble(("worst layer ", "dim"), (name, "bold"), ("  log10 Δw/w ", "dim"))
         label.append(f"{ratio:.2f}", style=style)
         label.append(f" {verdict.level}", style=style)  # the word as well as the colour
-        if verdict.rule:  # which rule: a warning near the band's edge must not read as one outside it, or inside
+        if verdict.rule:  # which rule tripped: inside the band near its edge and outside it are both warnings
             label.append(f": {verdict.rule}", style=style)
         label.append(f"  (band {self.limits.update_low:g}..{self.limits.update_high:g}, step {h.step})", style="dim")
         self.query_one("#grad-worst", Static).update(label, layout=False)
