@@ -17,8 +17,8 @@ from tuilm.train import events as ev
 from tuilm.train.comparison import OtherRun, axis_for, compare_metrics
 from tuilm.train.sinks import read_events
 from tuilm.tui.app import Dashboard
+from tuilm.tui.charts import LineChart
 from tuilm.tui.compare import OWN_MARK, TRAIN_MARK, VAL_MARK, ComparePrompt
-from tuilm.tui.widgets import LineChart
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run.jsonl"
 SETS = [arg for item in TINY for arg in ("--set", item)]

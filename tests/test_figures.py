@@ -26,8 +26,7 @@ from tuilm.train import events as ev
 from tuilm.tui.app import Dashboard
 from tuilm.tui.source import Recorded
 from tuilm.tui.store import RunStore, debiased_ema
-from tuilm.tui.system import NOT_SAMPLED
-from tuilm.tui.widgets import system_lines
+from tuilm.tui.system import NOT_SAMPLED, system_lines
 
 pytestmark = pytest.mark.anyio
 

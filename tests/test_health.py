@@ -9,21 +9,13 @@ import torch
 from tests.helpers import run_tuilm, tiny_trainer
 from tuilm.config import HealthConfig
 from tuilm.train import events as ev
-from tuilm.train.health import HealthMonitor, group_name
+from tuilm.train.health import HealthMonitor
 
 STEPS = ("max_steps=20", "health.interval=5", "eval_interval=100", "sample_tokens=0")
 
 
 def codes(rec):
     return [(a.code, a.layer) for a in rec.of(ev.Alert)]
-
-
-def test_group_names():
-    assert group_name("tok_emb.weight") == group_name("pos_emb.weight") == "embedding"
-    assert group_name("blocks.3.attn.qkv.weight") == "block3.attn"
-    assert group_name("blocks.0.mlp.gate.weight") == "block0.mlp"
-    assert group_name("blocks.1.norm2.weight") == "block1.norm"
-    assert group_name("norm_f.weight") == "norm_f" and group_name("head.weight") == "head"
 
 
 def test_healthy_tiny_run_raises_nothing_and_measures_every_layer(small_corpus, tmp_path):

@@ -18,7 +18,7 @@ from tuilm.errors import ConfigError
 from tuilm.model import GPT
 from tuilm.monitor import Monitor
 from tuilm.train import events as ev
-from tuilm.train.health import LayerGroups, group_name
+from tuilm.train.layer_groups import LayerGroups
 from tuilm.train.sinks import read_events
 
 VOCAB = 64
@@ -81,12 +81,38 @@ def plain_loop(run_dir, steps: int, explode_at: int | None = None, config=None, 
     return mon
 
 
+# tuilm's GPT: both embeddings one group, each block's attention, MLP (the gate too) and its two norms, then the
+# final norm and the untied head.
+GPT_GROUPS = {
+    "tok_emb.weight": "embedding",
+    "pos_emb.weight": "embedding",
+    **{
+        f"blocks.{i}.{part}.weight": f"block{i}.{group}"
+        for i in range(2)
+        for part, group in (
+            ("norm1", "norm"),
+            ("norm2", "norm"),
+            ("attn.qkv", "attn"),
+            ("attn.proj", "attn"),
+            ("mlp.fc", "mlp"),
+            ("mlp.gate", "mlp"),
+            ("mlp.proj", "mlp"),
+        )
+    },
+    "norm_f.weight": "norm_f",
+    "head.weight": "head",
+}
+
+
 def test_layer_groups_of_tuilms_gpt_are_the_trainers(tmp_path):
+    seen = set()
     for overrides in ({}, {"pos": "rope", "act": "swiglu", "norm": "rmsnorm", "tie_embeddings": False}):
         model = GPT(ModelConfig(vocab_size=50, seq_len=16, d_model=16, n_layers=2, n_heads=2, **overrides))
         groups = LayerGroups(model)
         for name, _ in model.named_parameters():
-            assert groups(name) == group_name(name), name
+            assert groups(name) == GPT_GROUPS[name], name
+            seen.add(name)
+    assert seen == set(GPT_GROUPS)  # learned positions, the swiglu gate and the untied head were all there
 
 
 def test_layer_groups_of_another_model_come_from_its_module_tree():
@@ -286,7 +312,8 @@ async def test_watch_follows_a_run_written_by_the_monitor(tmp_path):
     import time
 
     from tuilm.tui.app import Dashboard
-    from tuilm.tui.widgets import GradHeatmap, RunHeader
+    from tuilm.tui.header import RunHeader
+    from tuilm.tui.health_panels import GradHeatmap
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

@@ -173,7 +173,7 @@ def test_stop_at_target_ends_the_run_where_it_was_reached(small_corpus, tmp_path
 async def test_the_val_chart_draws_the_ema_curve_beside_the_weights():
     from tests.helpers import replayed
     from tuilm.tui.app import Dashboard
-    from tuilm.tui.widgets import LineChart
+    from tuilm.tui.charts import LineChart
 
     store = replayed()
     last = store.eval_series()["step"][-1]

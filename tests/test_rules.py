@@ -1,6 +1,6 @@
 """Small rules tested on their own: the learning-rate schedule, top-k/top-p filtering, weight-decay groups,
-overrides and the TOML round trip, non-finite numbers through event JSON, the training state, alert highlights
-and the per-layer judging rule."""
+overrides and the TOML round trip, non-finite numbers through event JSON, the training state and alert
+highlights (the per-layer judging rule: tests/test_verdict.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from tuilm.config import HealthConfig, TrainConfig, apply_overrides, from_dict, parse_override
+from tuilm.config import TrainConfig, apply_overrides, from_dict, parse_override
 from tuilm.errors import ConfigError
 from tuilm.sampling import SamplingSettings, next_token
 from tuilm.train import events as ev
@@ -150,7 +150,7 @@ def test_train_state_counts_evaluations_towards_patience():
     assert state.best_val_loss == 2.0 and state.best_val_bpc == 1.0
 
 
-# -- alert highlights and the judging rule ------------------------------------------------------------------------
+# -- alert highlights ---------------------------------------------------------------------------------------------
 
 
 def alert(step, code, severity="bad", layer=None):
@@ -176,14 +176,3 @@ def test_a_bad_alert_outranks_a_warning_on_the_same_page():
     assert rule.at(3).pages == {"health": "bad"}
     rule.add(alert(3, "exploding", "bad"))  # the gradient norm sits on the first page
     assert rule.at(4).pages == {"health": "bad", "train": "bad"}
-
-
-def test_the_judging_rule_follows_the_thresholds():
-    limits = HealthConfig()
-    assert limits.judge_grad(1e-3, 1e-3) == "healthy"
-    assert limits.judge_grad(1e-9, 1e-3) == "bad"  # below the floor
-    assert limits.judge_grad(5e-3, 1.0) == "warn"  # within 100x of vanishing relative to the median
-    assert limits.judge_grad(math.nan, 1.0) == "bad" and limits.judge_grad(1e5, 1.0) == "bad"
-    assert limits.judge_update(-3.0) == "healthy"
-    assert limits.judge_update(-4.5) == "warn" and limits.judge_update(-6.0) == "bad"
-    assert HealthConfig.of_run({"health": {"update_low": -7.0}}).judge_update(-6.5) == "warn"

@@ -25,9 +25,11 @@ from tuilm.errors import TuilmError
 from tuilm.train import events as ev
 from tuilm.train.sinks import MetricsTail
 from tuilm.tui.app import Dashboard
+from tuilm.tui.header import RunHeader
+from tuilm.tui.health_panels import GradHeatmap, GradNorm
+from tuilm.tui.screens import ConfirmQuit
 from tuilm.tui.source import FOLLOW_INTERVAL
 from tuilm.tui.store import Ring, RunStore, downsample, windowed_rate
-from tuilm.tui.widgets import ConfirmQuit, GradHeatmap, GradNorm, RunHeader
 
 pytestmark = pytest.mark.anyio  # the async tests run on asyncio through anyio's pytest plugin
 

@@ -134,26 +134,6 @@ class HealthConfig:
     entropy_floor: float = 0.05  # a layer's mean attention entropy (nats) below this: collapsed
     logz_drift: float = 20.0  # output log Z this far from its first measurement
 
-    # The per-layer judging rule, for whoever colours a value as the monitor's alerts would judge it: "bad" is
-    # what the monitor alerts on, "warn" within a factor of 100 (or a decade) of that.
-
-    def judge_grad(self, g: float, median: float) -> str:
-        """A layer's gradient norm, given the median layer's: healthy, warn or bad."""
-        if not math.isfinite(g) or g < self.vanish_floor or g < self.vanish_ratio * median or g > self.explode_limit:
-            return "bad"
-        if g < 100 * self.vanish_floor or g < 100 * self.vanish_ratio * median:
-            return "warn"
-        return "healthy"
-
-    def update_in_band(self, r: float) -> bool:
-        return self.update_low <= r <= self.update_high
-
-    def judge_update(self, r: float) -> str:
-        """A layer's log10 update/weight ratio: healthy, warn (the band's outer decade) or bad (outside it)."""
-        if not math.isfinite(r) or not self.update_in_band(r):
-            return "bad"
-        return "warn" if not self.update_low + 1 <= r <= self.update_high - 1 else "healthy"
-
     @classmethod
     def of_run(cls, config: dict) -> HealthConfig:
         """The thresholds of a run's config dict (a RunStarted event's), defaults for what it lacks."""

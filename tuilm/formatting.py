@@ -100,3 +100,21 @@ def show_value(value: Any) -> str:
 def percent(progress: float) -> str:
     """` (42%)`, or nothing when no stopping criterion gives a fraction."""
     return f" ({progress:.0%})" if math.isfinite(progress) else ""
+
+
+def fmt_sci(x: float | None) -> str:
+    """1.23e-05, 0.0421, 12.5: three significant digits, in scientific notation outside 0.01..10,000."""
+    if x is None or not math.isfinite(x):
+        return str(x)
+    return f"{x:.2e}" if x and not 1e-2 <= abs(x) < 1e4 else f"{x:.3g}"
+
+
+def fmt_tick(x: float) -> str:
+    """A chart axis's label: 0, 0.25, 5e-3, 12.5k (plotext's own print every digit: 64907.0)."""
+    if x == 0:
+        return "0"
+    if abs(x) >= 1000:
+        return human(x)
+    if abs(x) < 0.01:
+        return f"{x:.0e}".replace("e-0", "e-")
+    return f"{x:.3g}"

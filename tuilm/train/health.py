@@ -9,11 +9,12 @@ layer group (embedding; each block's attention, MLP and norms; final norm; head)
 - activation statistics of each block's output and MLP hidden layer (forward hooks), with the fraction of dead
   ReLU units,
 - attention entropy per layer on a small sub-batch (the fused attention kernel returns no weights).
+Layer groups come from tuilm.train.layer_groups, activation statistics from tuilm.train.activations; a layer's
+gradient and update ratio are judged by tuilm.train.verdict, as the dashboard judges them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Callable
@@ -22,86 +23,13 @@ import torch
 
 from tuilm.config import REMEDIES
 from tuilm.train import events as ev
+from tuilm.train.activations import ActivationHooks
+from tuilm.train.layer_groups import LayerGroups
+from tuilm.train.verdict import judge_layers
 
 MIN_HISTORY = 5  # steps of running averages before a value can be called abnormal relative to them
 REPEAT_AFTER = 100  # steps before the same alert (code, layer) may fire again
 ENTROPY_ROWS = 4
-
-
-def group_name(param_name: str) -> str:
-    """`blocks.3.attn.qkv.weight` -> `block3.attn`; norms of a block share one group (tuilm's GPT)."""
-    parts = param_name.split(".")
-    if parts[0] in ("tok_emb", "pos_emb"):
-        return "embedding"
-    if parts[0] == "blocks":
-        part = parts[2]
-        return f"block{parts[1]}.{'norm' if part.startswith('norm') else part}"
-    return parts[0]  # norm_f, head
-
-
-NORM_NAMES = ("norm", "ln", "layernorm", "layer_norm", "rms")
-
-
-def find_blocks(model) -> tuple[str, list] | None:
-    """The model's repeated blocks: the largest ModuleList (or Sequential) of two or more modules of one type,
-    as (its dotted path, its children); None for a model without one."""
-    import torch.nn as nn
-
-    best: tuple[str, list] | None = None
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList | nn.Sequential):
-            continue
-        children = list(module.children())
-        if (
-            len(children) < 2
-            or len({type(c) for c in children}) != 1
-            or not any(True for _ in children[0].parameters())
-        ):
-            continue
-        if best is None or len(children) > len(best[1]):
-            best = (name, children)
-    return best
-
-
-class LayerGroups:
-    """Parameter (or module) names -> layer groups, from the module tree of any model: each repeated block's
-    direct children (`block3.attn`, `block3.mlp`; its norms share `block3.norm`), embeddings as `embedding`,
-    everything else by its top-level child (`head`, `ln_f`). For tuilm's GPT this is `group_name`."""
-
-    def __init__(self, model):
-        import torch.nn as nn
-
-        found = find_blocks(model)
-        self.prefix = found[0] + "." if found else None
-        self.blocks = found[1] if found else []
-        self.embeddings = {n for n, m in model.named_modules() if n and isinstance(m, nn.Embedding)}
-
-    def __call__(self, name: str) -> str:
-        if self.prefix is not None and name.startswith(self.prefix):
-            rest = name[len(self.prefix) :].split(".")
-            if len(rest) < 3:  # a parameter of the block itself
-                return f"block{rest[0]}"
-            part = rest[1]
-            return f"block{rest[0]}.{'norm' if part.lower().startswith(NORM_NAMES) else part}"
-        module = name.rsplit(".", 1)[0] if "." in name else name
-        if any(module == e or module.startswith(e + ".") for e in self.embeddings):
-            return "embedding"
-        parts = name.split(".")
-        # Wrappers (`transformer.`, `model.`) hold everything: name by the first level that is not the only one.
-        return parts[1] if len(parts) > 2 and self.prefix and self.prefix.startswith(parts[0] + ".") else parts[0]
-
-
-def mlp_activation(block):
-    """A block's MLP activation module (for hidden-layer statistics), or None."""
-    import torch.nn as nn
-
-    kinds = (nn.ReLU, nn.GELU, nn.SiLU, nn.Mish, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.Tanh)
-    for name, module in block.named_modules():
-        last = name.rsplit(".", 1)[-1]
-        named = last in ("act", "act_fn", "activation", "activation_fn")
-        if (named or isinstance(module, kinds)) and not any(module.children()):
-            return module
-    return None
 
 
 def nonfinite_action(policy: str, skips: int, max_skips: int) -> tuple[str, bool]:
@@ -114,6 +42,83 @@ def nonfinite_action(policy: str, skips: int, max_skips: int) -> tuple[str, bool
     if skips >= max_skips:
         return f"{skips} steps in a row were skipped, training stopped", True
     return "step skipped", False
+
+
+def first_nonfinite(model, forward: Callable[[], object] | None = None) -> str | None:
+    """Where NaN/Inf starts: a weight; else (given a forward pass to rerun) the first module whose output
+    is not finite; else the gradient nearest the loss (a NaN gradient spreads towards the input)."""
+    named = list(model.named_parameters())
+    for name, p in named:
+        if not torch.isfinite(p).all():
+            return f"{name} (weights)"
+    if forward is not None:
+        found: list[str] = []
+
+        def make_hook(module_name):
+            def hook(module, inputs, output):
+                if not found and isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
+                    found.append(module_name)
+
+            return hook
+
+        leaves = [(n, m) for n, m in model.named_modules() if n and not any(m.children())]
+        handles = [m.register_forward_hook(make_hook(n)) for n, m in leaves]
+        try:
+            with torch.no_grad():
+                forward()
+        finally:
+            for h in handles:
+                h.remove()
+        if found:
+            return f"{found[0]} (output)"
+    for name, p in reversed(named):
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name
+    return None
+
+
+def optimizer_moments(params: list, optimizer) -> tuple[torch.Tensor, ...] | None:
+    """Per parameter: the norms of its moments (Adam's m and v; the momentum buffer of Muon and SGD, with v 0),
+    the sum of its element-wise |m| / sqrt(v) where there is a v, and its count of elements with a v; None for
+    an optimizer without moments."""
+    n = len(params)
+    m, v, snr, count = torch.zeros(n), torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    betas = {id(p): g.get("betas", (0.9, 0.999)) for g in optimizer.param_groups for p in g["params"]}
+    adam, momentum = [], []  # (index, state) of parameters with both of Adam's moments / a momentum buffer
+    for i, p in enumerate(params):
+        state = optimizer.state.get(p, {})
+        if "exp_avg" in state and "exp_avg_sq" in state:
+            adam.append((i, state))
+        elif state.get("momentum_buffer") is not None:  # Muon, SGD: no 2nd moment
+            momentum.append((i, state))
+    found = bool(adam or momentum)
+    with torch.no_grad():  # one foreach call per quantity, not a loop of small ops per parameter
+        if adam:
+            index = [i for i, _ in adam]
+            ma = [st["exp_avg"].float() for _, st in adam]
+            va = [st["exp_avg_sq"].float() for _, st in adam]
+            m[index] = torch.stack(torch._foreach_norm(ma)).cpu()
+            v[index] = torch.stack(torch._foreach_norm(va)).cpu()
+            # The signal-to-noise of what Adam applies: bias-corrected moments, as in its update.
+            ratios = torch._foreach_div(torch._foreach_abs(ma), torch._foreach_add(torch._foreach_sqrt(va), 1e-12))
+            scales = []
+            for i, st in adam:
+                t = float(st.get("step", 1))
+                b1, b2 = betas[id(params[i])]
+                scales.append(math.sqrt(1 - b2**t) / (1 - b1**t))
+            snr[index] = torch.stack([r.sum() for r in ratios]).cpu() * torch.tensor(scales)
+            count[index] = torch.tensor([float(a.numel()) for a in ma])
+        if momentum:
+            buffers = [st["momentum_buffer"].float() for _, st in momentum]
+            m[[i for i, _ in momentum]] = torch.stack(torch._foreach_norm(buffers)).cpu()
+    return (m, v, snr, count) if found else None
+
+
+def optimizer_eps(optimizer) -> float:
+    """The optimizer's eps (Adam-like: its first group's), 0 for optimizers without one."""
+    groups = getattr(optimizer, "param_groups", [])
+    eps = groups[0].get("eps", 0.0) if groups else 0.0
+    return float(eps) if isinstance(eps, int | float) else 0.0
 
 
 class HealthMonitor:
@@ -139,13 +144,7 @@ class HealthMonitor:
         index = {g: i for i, g in enumerate(self.groups)}
         self._group_of = torch.tensor([index[self.group_of(n)] for n in self.names], dtype=torch.long)
         self._numel = self._sum_groups(torch.tensor([float(p.numel()) for p in self.params]))
-        cfg = getattr(model, "cfg", None)
-        acts = [mlp_activation(b) for b in self.group_of.blocks]
-        self._act_modules = acts
-        if cfg is not None and hasattr(cfg, "act"):
-            self.relu_family = cfg.act in ("relu", "relu2")
-        else:
-            self.relu_family = bool(acts) and all(isinstance(a, torch.nn.ReLU) for a in acts)
+        self.acts = ActivationHooks(self.group_of.blocks, getattr(model, "cfg", None))
         self.grad_ema: float | None = None
         self.loss_ema: float | None = None
         self.seen = 0
@@ -153,9 +152,6 @@ class HealthMonitor:
         self._evals: list[tuple[float, float]] = []  # (val loss, train loss)
         self._grads: torch.Tensor | None = None
         self._before: list[torch.Tensor] | None = None
-        self._acts: dict[str, list] = {}
-        self._armed = False  # activation hooks record only on a measured step's forward pass
-        self._kept: list = []  # hooks left in place (keep_hooks) for loops the monitor does not run
 
     # -- every step -------------------------------------------------------------------------------------------
 
@@ -195,7 +191,7 @@ class HealthMonitor:
 
     def non_finite(self, step: int, loss: float, grad_norm: float, action: str, forward=None) -> None:
         """Alert for a NaN/Inf loss or gradient, naming where it starts (see first_nonfinite)."""
-        where = self.first_nonfinite(forward if not math.isfinite(loss) else None)
+        where = first_nonfinite(self.model, forward if not math.isfinite(loss) else None)
         if not math.isfinite(loss):
             what = f"loss ({loss})"
         elif where:
@@ -206,95 +202,21 @@ class HealthMonitor:
         layer = self.group_of(where.split(" ")[0]) if where else None
         self._alert(step, "nonfinite", "bad", f"non-finite {what}{place}; {action}", layer, grad_norm)
 
-    def first_nonfinite(self, forward: Callable[[], object] | None = None) -> str | None:
-        """Where NaN/Inf starts: a weight; else (given a forward pass to rerun) the first module whose output
-        is not finite; else the gradient nearest the loss (a NaN gradient spreads towards the input)."""
-        for name, p in zip(self.names, self.params, strict=True):
-            if not torch.isfinite(p).all():
-                return f"{name} (weights)"
-        if forward is not None:
-            found: list[str] = []
-
-            def make_hook(module_name):
-                def hook(module, inputs, output):
-                    if not found and isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
-                        found.append(module_name)
-
-                return hook
-
-            leaves = [(n, m) for n, m in self.model.named_modules() if n and not any(m.children())]
-            handles = [m.register_forward_hook(make_hook(n)) for n, m in leaves]
-            try:
-                with torch.no_grad():
-                    forward()
-            finally:
-                for h in handles:
-                    h.remove()
-            if found:
-                return f"{found[0]} (output)"
-        for name, p in reversed(list(zip(self.names, self.params, strict=True))):
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                return name
-        return None
-
     # -- every `interval` steps -------------------------------------------------------------------------------
 
     def activation_hooks(self, active: bool):
         """Collect activation statistics from the forward passes run inside (only the first micro-batch)."""
-        # Inactive (most steps) it is a plain nullcontext: a generator-based one costs microseconds a step.
-        return self._hooked() if active else contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def _hooked(self):
-        self._acts = {}
-        self._armed = True
-        handles = self._register_hooks()
-        try:
-            yield
-        finally:
-            self._armed = False
-            for h in handles:
-                h.remove()
-
-    def _register_hooks(self) -> list:
-        handles = []
-        for i, (block, act) in enumerate(zip(self.group_of.blocks, self._act_modules, strict=True)):
-            handles.append(block.register_forward_hook(self._hook(f"block{i}", "out")))
-            if act is not None:
-                handles.append(act.register_forward_hook(self._hook(f"block{i}", "mlp")))
-        return handles
+        return self.acts.during(active)
 
     def keep_hooks(self) -> None:
-        """Leave the activation hooks in place, recording only after `arm()` (the first forward pass after it):
-        for a loop whose forward passes the monitor does not run (tuilm.Monitor)."""
-        if not self._kept:
-            self._kept = self._register_hooks()
+        """Leave the activation hooks in place, recording after `arm()` (for tuilm.Monitor: ActivationHooks.keep)."""
+        self.acts.keep()
 
     def arm(self) -> None:
-        self._acts, self._armed = {}, True
+        self.acts.arm()
 
     def remove_hooks(self) -> None:
-        for h in self._kept:
-            h.remove()
-        self._kept, self._armed = [], False
-
-    def _hook(self, block: str, kind: str):
-        def hook(module, inputs, output):
-            key = (block, kind)
-            if not self._armed or key in self._acts:
-                return
-            if isinstance(output, tuple | list):  # Hugging Face blocks return (hidden, ...)
-                output = output[0] if output and isinstance(output[0], torch.Tensor) else None
-            if not isinstance(output, torch.Tensor) or output.dim() < 2:
-                return
-            with torch.no_grad():
-                a = output.detach().float().flatten(0, -2)  # (tokens, features)
-                stats = [a.mean(), a.std(), a.abs().max()]
-                if kind == "mlp" and self.relu_family:
-                    stats.append(1.0 - (a > 0).any(dim=0).float().mean())
-                self._acts[key] = stats
-
-        return hook
+        self.acts.remove()
 
     def record_grads(self) -> None:
         """Per-group gradient norms, before clipping changes them."""
@@ -338,7 +260,6 @@ class HealthMonitor:
             entropy, max_logit = stats["entropy"].tolist(), stats["max_logit"].tolist()
             log_z = float(stats["log_z"])
         rms = (self._grads / self._numel.clamp_min(1).sqrt()).tolist()
-        acts = {k: [float(s) for s in v] for k, v in self._acts.items()}
         event = ev.Health(
             step=step,
             layers=self.groups,
@@ -349,56 +270,24 @@ class HealthMonitor:
             adam_v_norm=v_norm,
             adam_snr=snr,
             blocks=blocks,
-            act_mean=[acts.get((b, "out"), [math.nan])[0] for b in blocks],
-            act_std=[acts.get((b, "out"), [math.nan] * 2)[1] for b in blocks],
-            act_max=[acts.get((b, "out"), [math.nan] * 3)[2] for b in blocks],
-            mlp_std=[acts.get((b, "mlp"), [math.nan] * 2)[1] for b in blocks],
-            dead_fraction=[acts[(b, "mlp")][3] if self.relu_family and (b, "mlp") in acts else None for b in blocks],
+            **self.acts.take(blocks),
             attn_entropy=entropy,
             seconds=time.perf_counter() - t0,
             attn_max_logit=max_logit,
             log_z=log_z,
             grad_rms=rms,
         )
-        self._grads, self._acts, self._armed = None, {}, False
+        self._grads = None
         self.emit(event)
-        self._layer_alerts(event)
+        self.layer_alerts(event)
 
     def _moments(self) -> tuple[list[float], list[float], list[float]]:
-        """Norms of the moments per group (Adam's m and v; the momentum buffer of Muon and SGD, with v 0), and the mean
-        element-wise |m| / sqrt(v) where there is a v (nan elsewhere; all empty for optimizers without moments)."""
-        n = len(self.params)
-        m, v, snr, count = torch.zeros(n), torch.zeros(n), torch.zeros(n), torch.zeros(n)
-        betas = {id(p): g.get("betas", (0.9, 0.999)) for g in self.optimizer.param_groups for p in g["params"]}
-        adam, momentum = [], []  # (index, state) of parameters with both of Adam's moments / a momentum buffer
-        for i, p in enumerate(self.params):
-            state = self.optimizer.state.get(p, {})
-            if "exp_avg" in state and "exp_avg_sq" in state:
-                adam.append((i, state))
-            elif state.get("momentum_buffer") is not None:  # Muon, SGD: no 2nd moment
-                momentum.append((i, state))
-        found = bool(adam or momentum)
-        with torch.no_grad():  # one foreach call per quantity, not a loop of small ops per parameter
-            if adam:
-                index = [i for i, _ in adam]
-                ma = [st["exp_avg"].float() for _, st in adam]
-                va = [st["exp_avg_sq"].float() for _, st in adam]
-                m[index] = torch.stack(torch._foreach_norm(ma)).cpu()
-                v[index] = torch.stack(torch._foreach_norm(va)).cpu()
-                # The signal-to-noise of what Adam applies: bias-corrected moments, as in its update.
-                ratios = torch._foreach_div(torch._foreach_abs(ma), torch._foreach_add(torch._foreach_sqrt(va), 1e-12))
-                scales = []
-                for i, st in adam:
-                    t = float(st.get("step", 1))
-                    b1, b2 = betas[id(self.params[i])]
-                    scales.append(math.sqrt(1 - b2**t) / (1 - b1**t))
-                snr[index] = torch.stack([r.sum() for r in ratios]).cpu() * torch.tensor(scales)
-                count[index] = torch.tensor([float(a.numel()) for a in ma])
-            if momentum:
-                buffers = [st["momentum_buffer"].float() for _, st in momentum]
-                m[[i for i, _ in momentum]] = torch.stack(torch._foreach_norm(buffers)).cpu()
-        if not found:
+        """Norms of the moments per group, and the mean element-wise |m| / sqrt(v) where there is a v (nan
+        elsewhere; all empty for optimizers without moments)."""
+        found = optimizer_moments(self.params, self.optimizer)
+        if found is None:
             return [], [], []
+        m, v, snr, count = found
         counts = self._sum_groups(count)
         snr_group = torch.where(counts > 0, self._sum_groups(snr) / counts.clamp_min(1), math.nan)
         return self._by_group(m).tolist(), self._by_group(v).tolist(), snr_group.tolist()
@@ -410,30 +299,18 @@ class HealthMonitor:
         """Combine per-parameter L2 norms into per-group L2 norms."""
         return self._sum_groups(norms.float() ** 2).sqrt()
 
-    def _layer_alerts(self, h: ev.Health) -> None:
+    def layer_alerts(self, h: ev.Health) -> None:
+        """The alerts of one measurement (per layer, per block, and log Z)."""
         c = self.cfg
-        grads = [g for g in h.grad_norm if math.isfinite(g)]
-        median = sorted(grads)[len(grads) // 2] if grads else 0.0
-        for layer, g, r in zip(h.layers, h.grad_norm, h.update_ratio, strict=True):
-            if g < c.vanish_floor:
-                self._alert(
-                    h.step, "vanishing", "bad", f"{layer} gradient norm {g:.2g} is below {c.vanish_floor:g}", layer, g
-                )
-            elif median > 0 and g < c.vanish_ratio * median:
-                self._alert(
-                    h.step,
-                    "vanishing",
-                    "warn",
-                    f"{layer} gradient norm {g:.2g} is {median / g:.0f}x below the median layer's",
-                    layer,
-                    g,
-                )
-            if h.step > self.warmup_steps and g >= c.vanish_floor and not c.update_in_band(r):
-                side = "small: the layer barely moves" if r < c.update_low else "large: the layer is being overwritten"
-                self._alert(
-                    h.step, "update_ratio", "warn", f"{layer} update/weight ratio 10^{r:.1f} is too {side}", layer, r
-                )
-        eps = self._eps()
+        # The dashboard colours each layer by the same verdicts (tuilm.train.verdict), so they cannot disagree.
+        for v, g, r in zip(judge_layers(h, c, self.warmup_steps), h.grad_norm, h.update_ratio, strict=True):
+            if v.grad.alert:
+                message = f"{v.layer} gradient norm {g:.2g} is {v.grad.rule}"
+                self._alert(h.step, v.grad.alert, v.grad.level, message, v.layer, g)
+            if v.update.alert:
+                message = f"{v.layer} update/weight ratio 10^{r:.1f} is {v.update.rule}"
+                self._alert(h.step, v.update.alert, v.update.level, message, v.layer, r)
+        eps = optimizer_eps(self.optimizer)
         if eps and c.eps_ratio > 0:
             for layer, g, rms in zip(h.layers, h.grad_norm, h.grad_rms, strict=False):
                 if g >= c.vanish_floor and rms < c.eps_ratio * eps:
@@ -492,12 +369,6 @@ class HealthMonitor:
         self._last_alert[key] = step
         remedy, panel = REMEDIES.get(code, ("", ""))
         self.emit(ev.Alert(step, code, severity, message, layer, float(value), remedy, panel))
-
-    def _eps(self) -> float:
-        """The optimizer's eps (Adam-like: its first group's), 0 for optimizers without one."""
-        groups = getattr(self.optimizer, "param_groups", [])
-        eps = groups[0].get("eps", 0.0) if groups else 0.0
-        return float(eps) if isinstance(eps, int | float) else 0.0
 
     # -- resume -------------------------------------------------------------------------------------------------
 

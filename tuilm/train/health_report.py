@@ -12,6 +12,7 @@ from rich.text import Text
 
 from tuilm.config import REMEDIES, HealthConfig
 from tuilm.train import events as ev
+from tuilm.train.verdict import update_verdict
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -31,8 +32,8 @@ def sparkline(values: list[float], width: int = 24, log: bool = True) -> str:
 STYLES = {"healthy": "green", "warn": "yellow", "bad": "red"}
 
 
-def ratio_style(r: float, limits: HealthConfig = HealthConfig()) -> str:
-    return STYLES[limits.judge_update(r)]
+def ratio_style(r: float, limits: HealthConfig) -> str:
+    return STYLES[update_verdict(r, limits).level]
 
 
 def summarize(events: list[ev.Event]) -> dict:
@@ -71,6 +72,7 @@ def render(run: Path, summary: dict, console: Console) -> None:
         )
     if health:
         layers = health[-1].layers
+        limits = HealthConfig.of_run(started.config) if started else HealthConfig()  # the run's own thresholds
         table = Table(title=f"per layer ({len(health)} measurements)", title_justify="left")
         for column in ("layer", "median grad norm", "grad norm history", "log10 update/weight", "weight norm"):
             table.add_column(column, justify="left" if column in ("layer", "grad norm history") else "right")
@@ -81,7 +83,7 @@ def render(run: Path, summary: dict, console: Console) -> None:
                 layer,
                 f"{statistics.median(history):.3g}",
                 sparkline(history),
-                Text(f"{ratio:.2f}", style=ratio_style(ratio)),
+                Text(f"{ratio:.2f}", style=ratio_style(ratio, limits)),
                 f"{health[-1].weight_norm[i]:.3g}",
             )
         parts.append(table)

@@ -27,13 +27,15 @@ from tuilm.train import events as ev
 from tuilm.tui import layout
 from tuilm.tui.alerts import AlertHighlights, Highlight
 from tuilm.tui.compare import Overlay
+from tuilm.tui.header import RunHeader
+from tuilm.tui.health_panels import GradNorm, LayerBars
 from tuilm.tui.layout import MIN_SIZE, PAGES, TITLES
 from tuilm.tui.lines import Panes, event_lines
 from tuilm.tui.panels import PanelPacer, Panels
+from tuilm.tui.screens import ConfirmQuit, HelpScreen
 from tuilm.tui.source import Followed, Live, Recorded
 from tuilm.tui.store import RunStore
 from tuilm.tui.system import SystemView
-from tuilm.tui.widgets import ConfirmQuit, GradNorm, HelpScreen, LayerBars, RunHeader
 
 # Seconds between UI updates, however fast steps come. At ten a second (PANEL_SHARE 1.5%) the UI thread took 3.8%
 # of a core, at four 2.1%; each millisecond it holds a core or the GIL stalls a training step (see

@@ -25,7 +25,7 @@ from tuilm.tui import board_charts as charts
 from tuilm.tui.app import Dashboard
 from tuilm.tui.board_data import BoardModel, BoardRun, Detail, matches
 from tuilm.tui.board_screens import DiffScreen, HealthScreen
-from tuilm.tui.widgets import LineChart
+from tuilm.tui.charts import LineChart
 
 POLL_INTERVAL = 1.0  # seconds between looks at the runs
 STATUS_STYLES = {"running": "cyan", "completed": "green", "stopped": "yellow", "dead": "bold red"}

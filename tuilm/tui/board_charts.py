@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tuilm.tui.board_data import Detail, seedless
+from tuilm.tui.charts import Series
 from tuilm.tui.store import downsample
-from tuilm.tui.widgets import Series
 
 AXES = ("steps", "tokens", "flops", "time")
 AXIS_TITLES = {"steps": "step", "tokens": "tokens", "flops": "FLOPs", "time": "training s"}

@@ -18,7 +18,7 @@ from tuilm.sweep.runinfo import differing_keys
 from tuilm.train import events as ev
 from tuilm.tui.board_charts import colour, mark
 from tuilm.tui.board_data import BoardRun, Detail
-from tuilm.tui.widgets import GradHeatmap
+from tuilm.tui.health_panels import GradHeatmap
 
 MARKED = 3  # layers marked as differing most
 RECENT = 20  # health measurements compared (the newest of each run)

@@ -21,8 +21,8 @@ from textual.widgets import Input, Static
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
 from tuilm.train.comparison import OtherRun, axis_for, compare_metrics
+from tuilm.tui.charts import Series
 from tuilm.tui.store import downsample
-from tuilm.tui.widgets import Series
 
 COMPARE_INTERVAL = 2.0  # seconds between looks at the other run's metrics.jsonl
 OWN_MARK, TRAIN_MARK, VAL_MARK = "▞", "·", "•"  # the own run's lines are plotext's hd blocks

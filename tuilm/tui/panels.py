@@ -14,10 +14,11 @@ import numpy as np
 
 from tuilm.formatting import fmt_mfu
 from tuilm.train import events as ev
+from tuilm.tui.charts import LineChart, Series
 from tuilm.tui.compare import Overlay
+from tuilm.tui.health_panels import ActivationTable, GradHeatmap, GradNorm, LayerBars
 from tuilm.tui.layout import TITLES
 from tuilm.tui.store import RunStore, debiased_ema, downsample, windowed_rate
-from tuilm.tui.widgets import ActivationTable, GradHeatmap, GradNorm, LayerBars, LineChart, Series
 
 # A redraw that cost 30 ms waits three seconds.
 PANEL_SHARE = 0.01
