@@ -102,7 +102,7 @@ def run_nanogpt(repo: Path, shape: dict, steps: int, device: str) -> dict:
     return {"steps_per_s": len(kept) / sum(kept), "steps": len(times), "wall_s": round(wall, 2)}
 
 
-def tuilm_command(shape: dict, steps: int, device: str, out: Path, headless: bool) -> list[str]:
+def tuilm_command(shape: dict, steps: int, device: str, out: Path, headless: bool, extra=()) -> list[str]:
     if shape.get("recipe"):
         args = ["tiny_shakespeare_cpu"]
     else:
@@ -119,7 +119,7 @@ def tuilm_command(shape: dict, steps: int, device: str, out: Path, headless: boo
         args = ["tiny_shakespeare", *(x for k, v in sets.items() for x in ("--set", f"{k}={v}"))]
     quiet = {"train.eval_interval": steps + 1, "train.checkpoint_interval": steps + 1}
     args += [x for k, v in quiet.items() for x in ("--set", f"{k}={v}")]
-    args += ["--steps", str(steps), "--out", str(out), "--device", device]
+    args += ["--steps", str(steps), "--out", str(out), "--device", device, *extra]
     return [sys.executable, "-m", "tuilm", "train", *args, *(["--headless"] if headless else [])]
 
 
@@ -131,10 +131,10 @@ def tuilm_rate(run: Path, steps: int) -> float:
     return (end[0] - start[0]) / (end[1] - start[1])
 
 
-def run_tuilm(shape: dict, steps: int, device: str, headless: bool) -> dict:
+def run_tuilm(shape: dict, steps: int, device: str, headless: bool, extra=()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        cmd = tuilm_command(shape, steps, device, run, headless)
+        cmd = tuilm_command(shape, steps, device, run, headless, extra)
         t0 = time.perf_counter()
         code, tail = _piped(cmd) if headless else _under_pty(cmd, run)
         wall = time.perf_counter() - t0
