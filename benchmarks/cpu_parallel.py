@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_nanogpt import run_tuilm  # the same command line and the same reading of its timing
+from vs_nanogpt import header, publish, run_tuilm  # the same command line and reading of its timing
 
 SETTINGS = {
     "ops1": ["--set", "train.parallel=ops", "--set", "train.threads=1"],
@@ -45,12 +42,7 @@ def main() -> None:
     parser.add_argument("--steps-scale", type=float, default=1.0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    result = {
-        "benchmark": "cpu_parallel",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "shapes": [],
-    }
+    result = {**header("cpu_parallel"), "shapes": []}
     for layers, heads, d, seq, batch, steps in SHAPES:
         shape = {"n_layer": layers, "n_head": heads, "n_embd": d, "block_size": seq, "batch_size": batch}
         steps = max(20, int(steps * args.steps_scale))
@@ -63,10 +55,7 @@ def main() -> None:
         row["by_round"] = rates
         print(json.dumps(row), file=sys.stderr)
         result["shapes"].append(row)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    publish(result, args.json)
 
 
 if __name__ == "__main__":

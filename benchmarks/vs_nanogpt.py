@@ -200,13 +200,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
     repo = nanogpt_checkout(args.nanogpt, args.cache, shakespeare())
-    result: dict = {
-        "benchmark": "vs_nanogpt",
-        "device": args.device,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "shapes": {},
-    }
+    result: dict = {**header("vs_nanogpt", device=args.device), "shapes": {}}
     for name in args.shapes.split(","):
         shape = SHAPES[name]
         steps = args.steps or shape["steps"]
@@ -231,10 +225,25 @@ def main() -> None:
                 r["tuilm_dashboard"]["steps_per_s"] / r["tuilm_headless"]["steps_per_s"] for r in rounds
             )
         result["shapes"][name] = summary
+    publish(result, args.json)
+
+
+def header(name: str, **extra) -> dict:
+    """The start of a benchmark's JSON: its name, the machine and when it started."""
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    return {
+        "benchmark": name,
+        **extra,
+        "machine": machine,
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def publish(result: dict, path: Path | None) -> None:
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    if path:
+        path.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -199,11 +200,10 @@ def test_an_out_of_memory_on_one_rank_halves_the_micro_batch_on_every_rank(corpu
         assert two[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-6), step
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM"])
-def test_a_signal_to_the_launcher_stops_and_saves_every_rank_then_exits(corpus, tmp_path, signame):
-    """Issue 27, item 7: `tuilm train --nproc 2` forwards SIGTERM to the ranks, waits while they save, and exits
-    143; no torchrun or rank is left training as an orphan."""
-    import signal
+@contextlib.contextmanager
+def launched(corpus, tmp_path):
+    """`tuilm train --nproc 2` started and run until its first save: (launcher, its 2 ranks' pids, run dir); the
+    launcher is killed on the way out if it is still there."""
     import time
 
     out = tmp_path / "run"
@@ -221,16 +221,31 @@ def test_a_signal_to_the_launcher_stops_and_saves_every_rank_then_exits(corpus, 
             time.sleep(0.1)
         ranks = subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout.split()
         assert len(ranks) == 2, ranks
-        child.send_signal(getattr(signal, signame))
-        _, stderr = child.communicate(timeout=TIMEOUT)
+        yield child, ranks, out
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def none_left(ranks: list[str]) -> bool:
+    return all(
+        not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text() for pid in ranks
+    )
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM"])
+def test_a_signal_to_the_launcher_stops_and_saves_every_rank_then_exits(corpus, tmp_path, signame):
+    """Issue 27, item 7: `tuilm train --nproc 2` forwards SIGTERM to the ranks, waits while they save, and exits
+    143; no torchrun or rank is left training as an orphan."""
+    import signal
+
+    with launched(corpus, tmp_path) as (child, ranks, out):
+        child.send_signal(getattr(signal, signame))
+        _, stderr = child.communicate(timeout=TIMEOUT)
     assert child.returncode == 128 + getattr(signal, signame), stderr
     assert "Traceback" not in stderr and "ChildFailedError" not in stderr
-    for pid in ranks:  # the launcher waited for its ranks: none is left
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert none_left(ranks)  # the launcher waited for its ranks
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "finished" and events[-1]["reason"] == "interrupted"
 
@@ -239,36 +254,17 @@ def test_a_rank_killed_with_sigkill_is_named_in_one_line(corpus, tmp_path):
     """Issue 27, item 7: kill -9 of rank 1 ends the job with one line naming it (not also rank 0's lost
     connection, nor torch's ChildFailedError), exit 1, no rank left."""
     import signal
-    import time
 
-    out = tmp_path / "run"
-    args = [*tiny_args(corpus), "--set", "checkpoint_interval=2", "--steps", "100000", "--out", str(out)]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tuilm", "train", *args, "--nproc", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(),
-    )
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (out / "last.safetensors").exists() and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        ranks = subprocess.run(["pgrep", "-P", str(child.pid)], capture_output=True, text=True).stdout.split()
+    with launched(corpus, tmp_path) as (child, ranks, _):
         rank1 = [pid for pid in ranks if b"\0RANK=1\0" in b"\0" + Path(f"/proc/{pid}/environ").read_bytes()]
-        assert len(ranks) == 2 and len(rank1) == 1, ranks
+        assert len(rank1) == 1, ranks
         os.kill(int(rank1[0]), signal.SIGKILL)
         _, stderr = child.communicate(timeout=TIMEOUT)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert child.returncode == 1, stderr
     assert errors == ["error: rank 1 was killed (SIGKILL); the other ranks were stopped: resume with --resume"]
     assert "Traceback" not in stderr and "ChildFailedError" not in stderr and "Connection" not in stderr
-    for pid in ranks:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert none_left(ranks)
 
 
 def test_the_reducer_buckets_every_parameter_once_in_reverse_order():
