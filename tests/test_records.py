@@ -12,11 +12,11 @@ import torch
 
 from tests.helpers import tiny_trainer
 from tuilm.checkpoint import read_metadata, read_weights
-from tuilm.config import parse_target
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
 from tuilm.train import target
 from tuilm.train.optim import lr_at
+from tuilm.values import parse_target
 
 # -- warmup-stable-decay ------------------------------------------------------------------------------------------
 

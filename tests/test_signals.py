@@ -12,9 +12,9 @@ from torch import nn
 
 from tests.helpers import run_tuilm, tiny_trainer
 from tests.test_monitor import VOCAB, TinyLM, batch
-from tuilm.config import REMEDIES
 from tuilm.monitor import Monitor
 from tuilm.train import events as ev
+from tuilm.train.remedies import REMEDIES
 from tuilm.train.sinks import read_events
 
 STEPS = ("max_steps=20", "health.interval=5", "eval_interval=100", "sample_tokens=0")

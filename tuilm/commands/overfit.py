@@ -126,9 +126,9 @@ class StepProgress:
 
 
 def overfit_target(text: str) -> float:
-    """--target as train's --target reads it (tuilm.config.parse_target: a value to get under), in the one unit a
+    """--target as train's --target reads it (tuilm.values.parse_target: a value to get under), in the one unit a
     single batch has: its loss. A bare number is that loss here (train's bare number is val bits/char)."""
-    from tuilm.config import parse_target
+    from tuilm.values import parse_target
 
     unit, value = parse_target(text if "=" in text else f"loss={text}")
     if unit != "loss":

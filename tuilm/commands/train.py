@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuilm.config import Override, RunConfig, apply_overrides, check_resume_changes, load_toml
+from tuilm.config import Override, RunConfig, apply_overrides, load_toml
 from tuilm.errors import ConfigError
 from tuilm.resources import recipe_names, recipe_path
 from tuilm.session import (
@@ -16,6 +16,7 @@ from tuilm.session import (
     Interrupt,
     attach_files,
     build_trainer,
+    check_resume_changes,
     refuse_if_live,
     release_run_dir,
     report_outcome,

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from tuilm.config import REMEDIES
 from tuilm.train import events as ev
+from tuilm.train.remedies import REMEDIES
 
 MIN_HISTORY = 5  # steps of running averages before a value can be called abnormal relative to them
 REPEAT_AFTER = 100  # steps before the same alert (code, layer) may fire again

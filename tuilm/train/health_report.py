@@ -10,8 +10,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from tuilm.config import REMEDIES, HealthConfig
+from tuilm.config import HealthConfig
 from tuilm.train import events as ev
+from tuilm.train.remedies import REMEDIES
 
 BARS = "▁▂▃▄▅▆▇█"
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from tuilm.config import REMEDIES
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
+from tuilm.train.remedies import REMEDIES
 from tuilm.train.state import TrainState
 
 MAX_REWINDS = 5  # in a row, with no new good state in between
