@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from tuilm.train import events as ev
-from tuilm.train.sinks import read_events
+from tuilm.train.metrics_file import read_events
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run.jsonl"
 _TEMPLATES: dict[str, ev.Event] = {}

@@ -16,7 +16,7 @@ from tuilm.commands import board as board_command_module
 from tuilm.runlock import RunLock
 from tuilm.sweep.runinfo import summarize_run
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsTail, parse_event
+from tuilm.train.metrics_file import MetricsTail, parse_event
 from tuilm.tui import board_charts as charts
 from tuilm.tui.board import Board, BoardView, OpenRun, RunDashboard
 from tuilm.tui.board_data import BoardModel, BoardRun, Detail, matches

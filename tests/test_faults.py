@@ -27,7 +27,7 @@ from tests.helpers import TINY, run_tuilm, tiny_trainer
 from tuilm.checkpoint import load_checkpoint, read_metadata
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsTail, parse_event, read_events
+from tuilm.train.metrics_file import MetricsTail, parse_event, read_events
 from tuilm.train.state import NEXT_STATE, state_step
 
 TRIALS = int(os.environ.get("TUILM_FAULT_TRIALS", "6"))

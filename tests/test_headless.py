@@ -7,7 +7,7 @@ import sys
 import time
 
 from tests.helpers import TINY, run_tuilm
-from tuilm.train.sinks import read_events
+from tuilm.train.metrics_file import read_events
 
 SETS = [arg for item in TINY for arg in ("--set", item)]
 
@@ -160,7 +160,7 @@ def _step(step=76, tokens=76 * 512, epoch=0.4, elapsed=70.0, progress=0.0):
 
 
 def test_the_leading_limit_is_the_one_nearest_its_end():
-    from tuilm.train.sinks import leading_limit, limit_text
+    from tuilm.train.progress import leading_limit, limit_text
 
     config = {"train": {"max_steps": 100_000, "time": "2m"}}
     limit = leading_limit(config, _step(elapsed=60.0))
@@ -180,7 +180,7 @@ def test_the_headless_bar_fills_towards_the_time_budget_not_max_steps():
     import io
 
     from tuilm.train import events as ev
-    from tuilm.train.sinks import HeadlessProgress
+    from tuilm.train.progress import HeadlessProgress
 
     bar = HeadlessProgress(stream=io.StringIO(), force_plain=False)
     config = {"train": {"max_steps": 100_000, "time": "2m"}}

@@ -156,7 +156,7 @@ def test_loss_spike_and_relative_explosion():
 
 
 def test_health_command_summarises_a_run(small_corpus, tmp_path):
-    from tuilm.train.sinks import MetricsFile
+    from tuilm.train.metrics_file import MetricsFile
 
     run = tmp_path / "r"
     trainer, _ = tiny_trainer(small_corpus, run, *STEPS)

@@ -18,7 +18,7 @@ from tests.helpers import hold_lock_in_child, tiny_trainer
 from tuilm.cli import app
 from tuilm.sweep.runinfo import summarize_run
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsFile, read_events
+from tuilm.train.metrics_file import MetricsFile, read_events
 from tuilm.tui.store import RunStore
 
 

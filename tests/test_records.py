@@ -15,7 +15,7 @@ from tuilm.checkpoint import read_metadata, read_weights
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
 from tuilm.train import target
-from tuilm.train.optim import lr_at
+from tuilm.train.schedule import lr_at
 from tuilm.values import parse_target
 
 # -- warmup-stable-decay ------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from tests.helpers import run_tuilm, tiny_trainer
 from tuilm.checkpoint import read_metadata, resolve_model_path
 from tuilm.errors import CheckpointError, ConfigError
 from tuilm.train import events as ev
+from tuilm.train.metrics_file import MetricsFile, read_events
 from tuilm.train.rewind import MAX_REWINDS
-from tuilm.train.sinks import MetricsFile, read_events
 from tuilm.tui.store import RunStore
 
 BAD = 15  # the planted batch: the 15th the trainer draws

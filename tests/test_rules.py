@@ -14,7 +14,8 @@ from tuilm.config import HealthConfig, TrainConfig, apply_overrides, from_dict, 
 from tuilm.errors import ConfigError
 from tuilm.sampling import SamplingSettings, next_token
 from tuilm.train import events as ev
-from tuilm.train.optim import build_optimizer, lr_at
+from tuilm.train.optim import build_optimizer
+from tuilm.train.schedule import lr_at
 from tuilm.train.state import TrainState
 from tuilm.tui.alerts import ALERT_STEPS, AlertHighlights
 

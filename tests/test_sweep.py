@@ -26,7 +26,7 @@ from tuilm.sweep.runinfo import make_console
 from tuilm.sweep.runner import rebuild_results
 from tuilm.sweep.spec import Budget, parse_budget, parse_grid
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsFile, read_events
+from tuilm.train.metrics_file import MetricsFile, read_events
 
 # One torch thread: on a busy machine, more threads than free cores make tiny steps wait on each other for seconds.
 TINY_SWEEP = [o for o in TINY if not o.startswith(("eval_interval", "sample_tokens"))] + [

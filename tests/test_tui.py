@@ -23,7 +23,7 @@ from tuilm.commands.train import run_dashboard
 from tuilm.commands.watch import watch_command
 from tuilm.errors import TuilmError
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsTail
+from tuilm.train.metrics_file import MetricsTail
 from tuilm.tui.app import Dashboard
 from tuilm.tui.source import FOLLOW_INTERVAL
 from tuilm.tui.store import Ring, RunStore, downsample, windowed_rate

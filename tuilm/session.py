@@ -274,7 +274,7 @@ def pretrained_start(config: RunConfig, run_dir: Path, resume: bool):
 
 def attach_files(trainer):
     """metrics.jsonl for the run; the caller closes it when the run is over."""
-    from tuilm.train.sinks import MetricsFile
+    from tuilm.train.metrics_file import MetricsFile
 
     metrics = MetricsFile(trainer.run_dir / "metrics.jsonl")
     trainer.bus.subscribe(metrics)

@@ -41,7 +41,7 @@ from tuilm.sweep.spec import (
 )
 from tuilm.train import events as ev
 from tuilm.train.lines import eval_summary
-from tuilm.train.sinks import HeadlessProgress, bar_columns
+from tuilm.train.progress import HeadlessProgress, bar_columns
 
 # Outcomes the same config would only repeat: a rerun keeps them. Anything else (stopped, oom, failed) is retried.
 FINAL = ("completed", "diverged")

@@ -13,9 +13,9 @@ from tuilm.data.pipeline import IGNORE, Batch
 from tuilm.device import free_memory
 from tuilm.train import distributed
 from tuilm.train import events as ev
+from tuilm.train.batches import to_device
 from tuilm.train.health import nonfinite_action
 from tuilm.train.losses import z_loss_sum
-from tuilm.train.schedule import to_device
 
 MAX_SKIPS = 10  # non-finite steps in a row before a `skip` policy gives up
 # A run that ends inside a streak this long has not recovered from it (its weights may be finite but useless, the

@@ -15,7 +15,7 @@ import numpy as np
 from tuilm.config import rows_per_step
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsTail, newest_wins
+from tuilm.train.metrics_file import MetricsTail, newest_wins
 
 KEPT = (ev.RunStarted, ev.Step, ev.Eval)  # all a comparison needs: the rest is not even held
 

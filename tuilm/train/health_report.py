@@ -47,7 +47,7 @@ def summarize(events: list[ev.Event]) -> dict:
 
 def run_state(summary: dict) -> str:
     """The end event's status (completed, stopped, diverged), failed, or without an end the run's liveness
-    (running or dead, tuilm.train.sinks.liveness) that the caller put in summary["live"]."""
+    (running or dead, tuilm.train.metrics_file.liveness) that the caller put in summary["live"]."""
     end = summary["end"]
     if end is None:
         return summary.get("live", "running")

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from tuilm.data.pipeline import IGNORE
+from tuilm.train.batches import to_device
 from tuilm.train.optim import set_lr
-from tuilm.train.schedule import to_device
 
 RULES = ("min/10", "steepest")
 DIVERGE = 4.0  # the test stops once the smoothed loss passes this many times its minimum

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from tuilm.train.backward import apply_update, healing_backward
-from tuilm.train.optim import lr_at
+from tuilm.train.schedule import lr_at
 
 ABSOLUTE_TARGET = 0.05  # nats/token: what "~0" means for a small vocabulary
 RELATIVE_TARGET = 0.01  # of ln(vocab): for a large one, where 0.05 would ask for more than one batch needs

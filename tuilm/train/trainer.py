@@ -25,15 +25,17 @@ from tuilm.sampling import SamplingSettings, sample_text
 from tuilm.train import accel, distributed, ema, target
 from tuilm.train import events as ev
 from tuilm.train.backward import ENDING_STREAK, apply_update, clear_grads, healing_backward, non_finite
+from tuilm.train.batches import BatchSource, to_device
 from tuilm.train.controls import Controls
 from tuilm.train.evaluate import evaluate
 from tuilm.train.health import HealthMonitor
 from tuilm.train.lean import Pending, flush, lean_possible, lean_step, logged
-from tuilm.train.optim import build_optimizer, lr_at, set_lr, stamp_peaks
+from tuilm.train.optim import build_optimizer, set_lr, stamp_peaks
 from tuilm.train.reports import checkpoint_meta, finished_event, started_event, step_event
 from tuilm.train.rewind import SpikeGuard
-from tuilm.train.schedule import BatchSource, StopRules, to_device, wsd_start
+from tuilm.train.schedule import lr_at, wsd_start
 from tuilm.train.state import RunFiles, TrainState
+from tuilm.train.stops import StopRules
 
 
 class Trainer(Controls):

@@ -25,7 +25,7 @@ from tuilm.config import HealthConfig
 from tuilm.formatting import fmt_bytes, fmt_duration, human
 from tuilm.sysinfo import SystemSample
 from tuilm.train import events as ev
-from tuilm.train.sinks import eta_seconds, leading_limit, limit_text
+from tuilm.train.progress import eta_seconds, leading_limit, limit_text
 
 STATES = {
     "starting": ("○", "dim"),

@@ -1,0 +1,65 @@
+"""Which rows each step trains on: shuffled per epoch by (seed, epoch), split into micro-batches, moved to the
+device."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tuilm.data.dataset import Dataset
+from tuilm.data.pipeline import Batch, collate, epoch_batches
+from tuilm.train.state import TrainState
+
+
+class BatchSource:
+    """The training rows of each step, shuffled per epoch by (seed, epoch) so that a resume continues exactly."""
+
+    def __init__(self, dataset: Dataset, rows_per_step: int, micro: int, seed: int, doc_mask: bool, shard=None):
+        self.rows = dataset.train_rows
+        self.shard = shard  # under DDP: a step's row indices -> this rank's slice (distributed.Dist.shard)
+        self.eos_id = dataset.tokenizer.eos_id
+        self.rows_per_step, self.micro, self.seed = rows_per_step, micro, seed
+        self.doc_mask = doc_mask and self.rows.policy == "pack"
+        self.steps_per_epoch = len(epoch_batches(self.rows, rows_per_step, seed, 0))
+        self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
+
+    def next_index(self, s: TrainState) -> np.ndarray:
+        """The row indices of the next step; advances the state's epoch position."""
+        if self._epoch_cache is None or self._epoch_cache[0] != s.epoch:
+            self._epoch_cache = (s.epoch, epoch_batches(self.rows, self.rows_per_step, self.seed, s.epoch))
+        batches = self._epoch_cache[1]
+        index = batches[s.batch_in_epoch]
+        s.batch_in_epoch += 1
+        if s.batch_in_epoch >= len(batches):
+            s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+        return index
+
+    def collate(self, index: np.ndarray) -> Batch:
+        return collate(self.rows, index, eos_id=self.eos_id, doc_mask=self.doc_mask, trim=self.rows.policy == "bucket")
+
+    def next_step(self, s: TrainState) -> list[Batch]:
+        """The next step's micro-batches (this rank's share of them under DDP)."""
+        index = self.next_index(s)
+        if self.shard is not None:
+            index = self.shard(index)
+        self.last_index = index
+        return self.split(index)
+
+    def split(self, index: np.ndarray) -> list[Batch]:
+        """A step's rows in micro-batches of `micro` rows (again, smaller, after an out-of-memory error)."""
+        return [self.collate(index[i : i + self.micro]) for i in range(0, len(index), self.micro)]
+
+
+def to_device(batch: Batch, device: torch.device):
+    """(inputs, targets, pos_ids, doc_ids) as tensors on `device`; None stays None."""
+
+    pin = device.type == "cuda"  # page-locked host memory makes the non-blocking copy truly asynchronous
+    host = device.type == "cpu"  # the numpy arrays' own memory: no copy, and no .to() call to dispatch
+
+    def put(a):
+        if a is None:
+            return None
+        t = torch.from_numpy(a)
+        return t if host else (t.pin_memory() if pin else t).to(device, non_blocking=True)
+
+    return put(batch.inputs), put(batch.targets), put(batch.pos_ids), put(batch.doc_ids)
