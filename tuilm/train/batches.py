@@ -11,16 +11,35 @@ from tuilm.data.pipeline import Batch, collate, epoch_batches
 from tuilm.train.state import TrainState
 
 
-class BatchSource:
-    """The training rows of each step, shuffled per epoch by (seed, epoch) so that a resume continues exactly."""
+def rows_per_rank(rows_per_step: int, world: int) -> int:
+    """Each rank's share of a step's rows, rounded up (distributed.Dist.shard deals them out)."""
+    return -(-rows_per_step // world)
 
-    def __init__(self, dataset: Dataset, rows_per_step: int, micro: int, seed: int, doc_mask: bool, shard=None):
+
+def initial_micro(micro_batch_size: int | str, per_rank: int) -> int:
+    """Rows per forward pass before any search (train/accel.py): all of a rank's rows for 0 and "auto"."""
+    if micro_batch_size == "auto" or not micro_batch_size:
+        return per_rank
+    return min(int(micro_batch_size), per_rank)
+
+
+class BatchSource:
+    """The training rows of each step, shuffled per epoch by (seed, epoch) so that a resume continues exactly, and
+    split into micro-batches of `micro` rows (the micro-batch size: set by the search in train/accel.py, halved
+    on an out-of-memory error by train/backward.py). It owns the step's rows and this rank's share of them."""
+
+    def __init__(
+        self, dataset: Dataset, rows_per_step: int, micro_batch_size: int | str, seed: int, doc_mask: bool, dist=None
+    ):
         self.rows = dataset.train_rows
-        self.shard = shard  # under DDP: a step's row indices -> this rank's slice (distributed.Dist.shard)
+        self.shard = dist.shard if dist else None  # under DDP: a step's row indices -> this rank's slice
         self.eos_id = dataset.tokenizer.eos_id
-        self.rows_per_step, self.micro, self.seed = rows_per_step, micro, seed
+        self.rows_per_step, self.seed = rows_per_step, seed
+        self.rows_per_rank = rows_per_rank(rows_per_step, dist.world if dist else 1)
+        self.micro = initial_micro(micro_batch_size, self.rows_per_rank)  # rows per forward pass
         self.doc_mask = doc_mask and self.rows.policy == "pack"
         self.steps_per_epoch = len(epoch_batches(self.rows, rows_per_step, seed, 0))
+        self.last_index: np.ndarray | None = None  # the rows of the last step (this rank's), for a redo
         self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
 
     def next_index(self, s: TrainState) -> np.ndarray:
@@ -46,8 +65,13 @@ class BatchSource:
         return self.split(index)
 
     def split(self, index: np.ndarray) -> list[Batch]:
-        """A step's rows in micro-batches of `micro` rows (again, smaller, after an out-of-memory error)."""
+        """A step's rows in micro-batches of `micro` rows."""
         return [self.collate(index[i : i + self.micro]) for i in range(0, len(index), self.micro)]
+
+    def halve(self) -> list[Batch]:
+        """After an out-of-memory error: half the micro-batch size, and the last step's rows split again."""
+        self.micro //= 2
+        return self.split(self.last_index)
 
 
 def to_device(batch: Batch, device: torch.device):
