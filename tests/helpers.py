@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tuilm.config import apply_overrides, from_dict
-from tuilm.session import build_trainer
+from tuilm.run_setup import build_trainer
 from tuilm.train import events as ev
 
 TINY = [

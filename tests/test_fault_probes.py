@@ -20,7 +20,7 @@ from tests.helpers import TINY, run_tuilm, tiny_trainer
 from tuilm.atomic import NotAFileError, atomic_write_bytes
 from tuilm.checkpoint import read_metadata, read_weights
 from tuilm.errors import ConfigError
-from tuilm.session import report_outcome
+from tuilm.run_setup import report_outcome
 from tuilm.train import events as ev
 from tuilm.train.metrics_file import MetricsFile, read_events
 from tuilm.train.reports import checkpoint_meta

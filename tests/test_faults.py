@@ -271,9 +271,9 @@ def test_an_unwritable_out_fails_before_training_with_one_line(small_corpus, tmp
 
 def test_a_read_only_run_dir_in_process(small_corpus, tmp_path, monkeypatch):
     """Root ignores modes, so the read-only case is also checked through what the check asks the system."""
-    from tuilm import session
+    from tuilm import run_setup
 
-    monkeypatch.setattr(session.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(run_setup.os, "access", lambda path, mode: False)
     with pytest.raises(ConfigError, match="cannot write the run directory"):
         tiny_trainer(small_corpus, tmp_path / "run")
     assert not (tmp_path / "run" / ".lock").exists()
@@ -348,7 +348,7 @@ def test_health_on_a_file_that_is_not_metrics_is_one_line(metrics_run, target):
 def test_the_sweep_and_headless_handler_takes_sigterm_and_sighup_as_ctrl_c(signame):
     """session.Interrupt, which headless `tuilm train` and `tuilm sweep` install: first signal stops and saves,
     a second one leaves at once."""
-    from tuilm.session import Interrupt
+    from tuilm.run_setup import Interrupt
 
     calls = []
 

@@ -140,7 +140,7 @@ def test_wandb_offline(small_corpus, tmp_path):
 
 def test_finished_line_names_the_reason_only_when_it_adds_something():
     from tuilm.train import events as ev
-    from tuilm.train.lines import finished_line
+    from tuilm.train.summaries import finished_line
 
     def end(status, reason):
         return ev.Finished(60, reason, status, 42.0, 1000, 6.87, 2.72, 6.87, 2.72, 5758.0, None, None)

@@ -179,7 +179,7 @@ def test_health_command_summarises_a_run(small_corpus, tmp_path):
 
 @pytest.mark.slow
 def test_default_cpu_recipe_training_is_healthy(shakespeare_path, tmp_path):
-    from tuilm.session import build_trainer, resolve_config
+    from tuilm.run_setup import build_trainer, resolve_config
 
     config = resolve_config("tiny_shakespeare_cpu")
     from tuilm.config import apply_overrides

@@ -70,7 +70,7 @@ def test_a_bad_batch_is_rewound_past_and_the_run_ends_near_a_clean_one(small_cor
     monkeypatch.undo()
 
     trainer, rec = tiny_trainer(small_corpus, tmp_path / "rewind", *COMMON, *REWIND)
-    metrics = MetricsFile(tmp_path / "rewind" / "metrics.jsonl")  # what `tuilm train` subscribes (session.py)
+    metrics = MetricsFile(tmp_path / "rewind" / "metrics.jsonl")  # what `tuilm train` subscribes (run_setup.py)
     trainer.bus.subscribe(metrics)
     plant_bad_batch(trainer, monkeypatch)
     trainer.run()

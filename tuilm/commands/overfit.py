@@ -24,7 +24,7 @@ def overfit_command(
 ) -> int:
     """Run the check; print one verdict line (or one JSON document); return the exit status."""
     from tuilm.config import apply_overrides
-    from tuilm.session import build_trainer, resolve_config
+    from tuilm.run_setup import build_trainer, resolve_config
     from tuilm.train.overfit import default_target, overfit_batch
     from tuilm.train.reports import checkpoint_meta
 
@@ -68,7 +68,7 @@ def overfit_command(
 def refuse_a_run(out: Path) -> None:
     """--out names a new folder: overfit's model (last.safetensors, no training state) written into a run that
     `tuilm train` made would replace that run's checkpoint and config and leave it impossible to resume."""
-    from tuilm.session import RUN_FILES
+    from tuilm.run_setup import RUN_FILES
 
     held = [name for name in RUN_FILES if (out / name).exists()]
     if held:

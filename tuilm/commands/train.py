@@ -11,7 +11,7 @@ from pathlib import Path
 from tuilm.config import Override, RunConfig, apply_overrides, load_toml
 from tuilm.errors import ConfigError
 from tuilm.resources import recipe_names, recipe_path
-from tuilm.session import (
+from tuilm.run_setup import (
     STOP_SIGNALS,
     Interrupt,
     attach_files,
@@ -259,7 +259,7 @@ def run_dashboard(trainer, compare: Path | None = None) -> int:
         return open_chat(choice.path)
     if trainer.result is not None:
         # The dashboard is gone with the alternate screen: leave the outcome, and where to go next, behind.
-        from tuilm.train.lines import finished_line
+        from tuilm.train.summaries import finished_line
 
         print(finished_line(trainer.result))
         if trainer.result.last_checkpoint:

@@ -193,7 +193,7 @@ def parse_budget(text: str) -> Budget:
 
 def base_config(spec: SweepSpec) -> RunConfig:
     """The recipe with the budget, then the fixed --set overrides and --device, applied: what every run shares."""
-    from tuilm.session import resolve_config
+    from tuilm.run_setup import resolve_config
 
     config = resolve_config(spec.recipe)
     if spec.parsed_budget is not None:

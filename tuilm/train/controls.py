@@ -25,6 +25,7 @@ class Controls:
         self._requests: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         self.run_thread: RunThread | None = None  # the thread that built the trainer, if one did: it trains too
+        self.run_lock = None  # the run directory's lock (runlock.RunLock), held by whoever claimed the directory
         self._announced_pause = False
 
     def run(self):  # pragma: no cover - the subclass's loop

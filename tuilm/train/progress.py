@@ -11,8 +11,8 @@ from typing import TextIO
 
 from tuilm.formatting import fmt_duration, fmt_mfu, human, percent, shown
 from tuilm.train import events as ev
-from tuilm.train.lines import eval_summary, finished_line
 from tuilm.train.stops import StopRules
+from tuilm.train.summaries import eval_summary, finished_line
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from textual.widgets import Footer, RichLog, Static, Tab, Tabs
 
 from tuilm.train import events as ev
 from tuilm.tui.alerts import PAGE_OF, Highlight
-from tuilm.tui.lines import failed_lines, finished_note, outcome_text
+from tuilm.tui.event_lines import failed_lines, finished_note, outcome_text
 from tuilm.tui.widgets import ActivationTable, GradHeatmap, GradNorm, LayerBars, LineChart, RunHeader, SystemPanel
 
 MIN_SIZE = (60, 18)

@@ -247,7 +247,7 @@ def refuse_if_live(run_dir: Path) -> None:
 
 def release_run_dir(trainer) -> None:
     """Let the run dir's lock go (the process ending does it too)."""
-    lock = getattr(trainer, "run_lock", None)
+    lock = trainer.run_lock
     if lock is not None:
         lock.release()
 
