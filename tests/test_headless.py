@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+from tests.events_factory import make_step
 from tests.helpers import TINY, run_tuilm
 from tuilm.train.metrics_file import read_events
 
@@ -154,9 +155,8 @@ def test_finished_line_names_the_reason_only_when_it_adds_something():
 
 
 def _step(step=76, tokens=76 * 512, epoch=0.4, elapsed=70.0, progress=0.0):
-    from tuilm.train import events as ev
 
-    return ev.Step(step, epoch, tokens, 3.0, 1e-3, 1e4, 0.01, 0.5, False, elapsed, progress)
+    return make_step(step=step, epoch=epoch, tokens=tokens, elapsed=elapsed, progress=progress)
 
 
 def test_the_leading_limit_is_the_one_nearest_its_end():
