@@ -13,10 +13,9 @@ REQUESTS = ("save", "eval", "sample")
 class Controls:
     """The control surface `Trainer` inherits; `run` is the subclass's loop."""
 
-    def __init__(self, agreed_stops: bool = False) -> None:
-        # Under DDP (agreed_stops) a stop is only a request until every rank has agreed on it: the loop sends
-        # _stop_wanted with the step's all-reduce, and each rank stops in _agreed_stop at the same step.
-        self._agreed_stops = agreed_stops
+    def __init__(self) -> None:
+        # Under DDP a stop is only a request until every rank has agreed on it: the loop sends _stop_wanted with the
+        # step's all-reduce, and every rank stops in _agreed_stop at the same step.
         self._stop_wanted = ""
         self._stop = threading.Event()
         self._running = threading.Event()
@@ -59,13 +58,17 @@ class Controls:
 
     def stop(self, reason: str = "stopped") -> None:
         """Finish the current step, save the last checkpoint and end (thread-safe, returns at once)."""
-        if self._agreed_stops:
+        if self.ranks_must_agree():
             self._stop_wanted = self._stop_wanted or reason
             self._running.set()
             return
         self._stop_reason = reason
         self._stop.set()
         self._running.set()
+
+    def ranks_must_agree(self) -> bool:
+        """Whether a stop waits for every rank's agreement (the trainer under DDP)."""
+        return False
 
     def _agreed_stop(self) -> None:
         """Every rank agreed on a stop (under DDP): it takes effect, on all of them at this step."""

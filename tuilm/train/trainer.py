@@ -48,8 +48,8 @@ class Trainer(Controls):
         name: str | None = None,
         resume: bool = False,
     ):
+        super().__init__()
         self.dist = distributed.current()  # world 1 unless launched by torchrun
-        super().__init__(agreed_stops=self.dist.active)  # under DDP every rank ends at the same step
         self.run_dir = Path(run_dir)
         self.name = name or self.run_dir.name
         self.bus = bus or ev.EventBus()
@@ -326,6 +326,9 @@ class Trainer(Controls):
     def emit(self, event: ev.Event) -> None:
         """Every event of the run goes out here (the helpers in train/ too): the bus hands it to subscribers."""
         self.bus.emit(event)
+
+    def ranks_must_agree(self) -> bool:
+        return self.dist.active  # every rank ends at the same step
 
     def pause(self) -> None:
         if not distributed.refused(self, "pause"):  # under DDP the other ranks would wait in the step's all-reduce
