@@ -3,6 +3,13 @@ only through events, so any front end (dashboard, progress bar, a test) can driv
 
 Construction does everything that can fail on bad input (device, model, resume state) in the caller's thread,
 so such errors surface as one clear line before training starts; `run()` is the loop itself.
+
+The helpers of a step (backward, lean, accel, rewind, reports, overfit, lrfind, distributed.refused) take the
+trainer and use its public surface only: `emit(event)` for every event, `set_lr(lr)` and `lr_now(step)` for the
+learning rate, `batches` (BatchSource: the step's rows, this rank's share, the micro-batch size `micro`),
+`nonfinite_streak` and `last_batch` for the non-finite policy, and the parts built here (model, forward,
+optimizer, scaler, ema, reducer, params, device, precision, dist, config, tcfg, health, guard, pending, state, clock).
+Every attribute is created in __init__.
 """
 
 from __future__ import annotations
