@@ -39,7 +39,7 @@ WARMUP = 5  # steps left out of the rates: torch's first steps are slow, and the
 
 def build(source: str, steps: int, run_dir: Path):
     from tuilm.config import apply_overrides
-    from tuilm.session import build_trainer, resolve_config
+    from tuilm.run_setup import build_trainer, resolve_config
 
     config = apply_overrides(
         resolve_config("tiny_shakespeare_cpu"),

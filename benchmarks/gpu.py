@@ -27,7 +27,7 @@ SHAPES = {
 
 def run(shape: dict, steps: int, *, compile: bool, dashboard: bool) -> dict:
     from tuilm.config import apply_overrides, from_dict
-    from tuilm.session import attach_files, build_trainer
+    from tuilm.run_setup import attach_files, build_trainer
     from tuilm.train import events as ev
 
     overrides = [

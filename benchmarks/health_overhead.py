@@ -21,7 +21,7 @@ import torch
 
 def mean_step_time(interval: int, steps: int, source: str) -> float:
     from tuilm.config import apply_overrides
-    from tuilm.session import build_trainer, resolve_config
+    from tuilm.run_setup import build_trainer, resolve_config
     from tuilm.train import events as ev
 
     config = resolve_config("tiny_shakespeare_cpu")

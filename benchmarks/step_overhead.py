@@ -48,7 +48,7 @@ def reference(steps: int, step=None) -> dict:
 
 def tuilm_trainer(steps: int, log_interval: int) -> dict:
     from tuilm.config import apply_overrides, from_dict
-    from tuilm.session import attach_files, build_trainer
+    from tuilm.run_setup import attach_files, build_trainer
     from tuilm.train import events as ev
 
     source = "tiny_shakespeare"

@@ -53,7 +53,7 @@ def timed(step, steps: int, tokens_per_step: int) -> dict:
 
 def tuilm_trainer(steps: int, vocab: int) -> dict:
     from tuilm.config import apply_overrides, from_dict
-    from tuilm.session import build_trainer
+    from tuilm.run_setup import build_trainer
     from tuilm.train import events as ev
 
     source = "tiny_shakespeare"

@@ -10,8 +10,9 @@ import json
 import math
 from pathlib import Path
 
+from tests.events_factory import make_eval
 from tuilm.train import events as ev
-from tuilm.train.sinks import read_events
+from tuilm.train.metrics_file import read_events
 
 RECORDED = Path(__file__).parent / "data" / "recorded_run.jsonl"
 _TEMPLATES: dict[str, ev.Event] = {}
@@ -90,7 +91,20 @@ def write_run(
         if eval_every and s % eval_every == 0:
             bpc = loss / math.log(2) / 3.3
             best = min(best, bpc)
-            out.append(line(ev.Eval(s, loss, math.exp(loss), bpc, loss, bpc == best, loss, 0.01)))
+            out.append(
+                line(
+                    make_eval(
+                        step=s,
+                        val_loss=loss,
+                        val_ppl=math.exp(loss),
+                        val_bpc=bpc,
+                        best_val_loss=loss,
+                        is_best=bpc == best,
+                        train_loss=loss,
+                        seconds=0.01,
+                    )
+                )
+            )
     if end == "completed":
         b = None if best == math.inf else best
         out.append(

@@ -67,7 +67,7 @@ def trained_run(tmp_path_factory) -> Path:
 def metrics_run(tmp_path_factory) -> Path:
     """A finished tiny run with its metrics.jsonl, as `tuilm train` writes it (shared: tests only read it)."""
     from tests.helpers import tiny_trainer
-    from tuilm.session import attach_files
+    from tuilm.run_setup import attach_files
 
     folder = tmp_path_factory.mktemp("metrics")
     corpus = write_corpus(folder, "corpus.txt")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tuilm.config import apply_overrides, from_dict
-from tuilm.session import build_trainer
+from tuilm.run_setup import build_trainer
 from tuilm.train import events as ev
 
 TINY = [
@@ -258,7 +258,7 @@ RECORDED_RUN = Path(__file__).parent / "data" / "recorded_run.jsonl"  # a real r
 
 def replayed(upto: int | None = None):
     """A dashboard store fed the recorded run's events (up to step `upto`)."""
-    from tuilm.train.sinks import read_events
+    from tuilm.train.metrics_file import read_events
     from tuilm.tui.store import RunStore
 
     store = RunStore()

@@ -15,6 +15,7 @@ from tuilm.model import GPT
 from tuilm.model.config import ModelConfig
 from tuilm.train import accel
 from tuilm.train import events as ev
+from tuilm.train.batches import initial_micro, rows_per_rank
 
 COMMON = ("max_steps=4", "batch_size=8", "eval_interval=4", "health.interval=1000", "sample_tokens=0")
 
@@ -112,9 +113,9 @@ def test_micro_batch_size_takes_auto_or_a_count():
         with pytest.raises(ConfigError, match=r"train.micro_batch_size must be .* or auto"):
             apply_overrides(config, [f"micro_batch_size={bad}"])
     assert 'micro_batch_size = "auto"' in from_dict({}).to_toml()
-    assert accel.initial_micro("auto", 32, 2) == 16
-    assert accel.initial_micro(0, 33, 2) == 17
-    assert accel.initial_micro(64, 32, 1) == 32
+    assert initial_micro("auto", rows_per_rank(32, 2)) == 16
+    assert initial_micro(0, rows_per_rank(33, 2)) == 17
+    assert initial_micro(64, rows_per_rank(32, 1)) == 32
 
 
 # -- activation checkpointing ------------------------------------------------------------------------------------

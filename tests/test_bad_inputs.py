@@ -270,7 +270,7 @@ def test_runs_json_is_valid_utf8_whatever_the_folder_names(metrics_run, tmp_path
 @given(text=st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]) | st.sampled_from("\x1b\x07\x9b")))
 @settings(max_examples=60, deadline=None)
 def test_a_metrics_line_holds_no_control_characters_once_parsed(text):
-    from tuilm.train.sinks import parse_event
+    from tuilm.train.metrics_file import parse_event
 
     line = json.dumps({"event": "alert", "step": 1, "code": text, "severity": "warn", "message": text})
     event = parse_event(line)

@@ -11,12 +11,13 @@ import pytest
 from textual.widgets import DataTable
 
 from tests.board_runs import health, line, step_line, write_run
+from tests.events_factory import make_eval
 from tests.helpers import run_tuilm
 from tuilm.commands import board as board_command_module
 from tuilm.runlock import RunLock
 from tuilm.sweep.runinfo import summarize_run
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsTail, parse_event
+from tuilm.train.metrics_file import MetricsTail, parse_event
 from tuilm.tui import board_charts as charts
 from tuilm.tui.board import Board, BoardView, OpenRun, RunDashboard
 from tuilm.tui.board_data import BoardModel, BoardRun, Detail, matches
@@ -82,7 +83,7 @@ def test_reads_only_what_was_appended_and_waits_for_a_whole_line(tmp_path, monke
         assert (run.step, run.status) == (10, "running")
         parsed = []
         monkeypatch.setattr("tuilm.tui.board_data.parse_event", lambda b: parsed.append(b) or parse_event(b))
-        whole = step_line(11, 1000, 3.0, 3e-3, 0.5) + line(ev.Eval(11, 2.0, 7.4, 1.25, 2.0, True, 2.0, 0.1))
+        whole = step_line(11, 1000, 3.0, 3e-3, 0.5) + line(make_eval(step=11, val_bpc=1.25))
         half = step_line(12, 1000, 2.9, 3e-3, 0.5)
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(whole + half[:40])  # the writer is midway through step 12's line

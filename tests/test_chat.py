@@ -20,10 +20,10 @@ from safetensors.torch import save_file
 
 from tests.helpers import run_tuilm as tuilm
 from tests.helpers import start_tuilm
-from tuilm.chat import session as session_module
+from tuilm.chat import state as state_module
 from tuilm.chat.commands import COMMANDS, run_command
 from tuilm.chat.repl import Screen, history_path, make_session, run_interactive, run_lines
-from tuilm.chat.session import ChatState, build_context, respond
+from tuilm.chat.state import ChatState, build_context, respond
 from tuilm.checkpoint import load_checkpoint
 from tuilm.commands.chat import chat_command
 from tuilm.errors import ConfigError
@@ -301,7 +301,7 @@ def test_a_reply_streams_token_by_token(state):
 def test_incomplete_utf8_is_held_back_until_whole(state, monkeypatch):
     snowman = list("☃".encode())
     ids = [state.tokenizer.token_bytes.index(bytes([b])) for b in snowman]
-    monkeypatch.setattr(session_module, "generate", lambda *a, **k: (i for i in ids))
+    monkeypatch.setattr(state_module, "generate", lambda *a, **k: (i for i in ids))
     out = Recorder()
     reply = respond(state, "x", out.write)
     assert out.chunks == ["☃"] and reply.text == "☃"
@@ -342,13 +342,13 @@ def test_a_prompt_longer_than_the_window_is_cut_from_the_left(state):
 
 def test_chat_format_separates_turns_with_eos_and_carries_context(state, monkeypatch):
     seen = []
-    real = session_module.generate
+    real = state_module.generate
 
     def spy(model, context, settings, **kwargs):
         seen.append((list(context), kwargs["stop_ids"]))
         return real(model, context, settings, **kwargs)
 
-    monkeypatch.setattr(session_module, "generate", spy)
+    monkeypatch.setattr(state_module, "generate", spy)
     state.prompt_format, state.settings = "chat", SamplingSettings(max_new_tokens=3)
     drive(state, "hi\ryo\r/quit\r")
     eos, enc = state.tokenizer.eos_id, state.tokenizer.encode
@@ -364,7 +364,7 @@ def test_chat_format_separates_turns_with_eos_and_carries_context(state, monkeyp
 
 def test_chat_reply_stops_at_eos_which_is_not_shown(state, monkeypatch):
     eos, word = state.tokenizer.eos_id, state.tokenizer.encode("word1")
-    monkeypatch.setattr(session_module, "generate", lambda *a, **k: (i for i in [*word, eos, *word]))
+    monkeypatch.setattr(state_module, "generate", lambda *a, **k: (i for i in [*word, eos, *word]))
     state.prompt_format = "chat"
     out = Recorder()
     reply = respond(state, "hi", out.write)

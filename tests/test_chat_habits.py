@@ -15,9 +15,9 @@ from prompt_toolkit.output import DummyOutput
 
 from tests.helpers import hold_lock_in_child, run_tuilm
 from tests.test_chat import Recorder, drive, prompts, replies
-from tuilm.chat import session as session_module
+from tuilm.chat import state as state_module
 from tuilm.chat.repl import PROB_BANDS, Screen, run_interactive
-from tuilm.chat.session import ChatState, next_token_probs, respond
+from tuilm.chat.state import ChatState, next_token_probs, respond
 from tuilm.checkpoint import load_checkpoint, save_checkpoint
 from tuilm.formatting import visible
 from tuilm.sampling import SamplingSettings
@@ -91,7 +91,7 @@ def test_a_reply_ends_at_a_stop_string_which_is_neither_shown_nor_kept(state, mo
             pulled.append(i)
             yield i
 
-    monkeypatch.setattr(session_module, "generate", fake)
+    monkeypatch.setattr(state_module, "generate", fake)
     state.settings = SamplingSettings(stop=(" word3",))
     out = Recorder()
     before = list(state.context)
@@ -129,13 +129,13 @@ def test_undo_drops_the_last_exchange_from_the_context(state):
 
 def test_regen_samples_the_last_reply_again_from_the_same_context(state, monkeypatch):
     seen = []
-    real = session_module.generate
+    real = state_module.generate
 
     def spy(model, context, settings, **kwargs):
         seen.append(list(context))
         return real(model, context, settings, **kwargs)
 
-    monkeypatch.setattr(session_module, "generate", spy)
+    monkeypatch.setattr(state_module, "generate", spy)
     err = Recorder()
     drive(state, "/regen\r/temp 3\r/top-p 1\r/max 12\rword1\r/regen\r/quit\r", err=err)
     assert "nothing to regenerate yet" in err.text

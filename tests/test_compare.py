@@ -15,7 +15,7 @@ from textual.widgets import Input, Static
 from tests.helpers import TINY, replayed, run_tuilm
 from tuilm.train import events as ev
 from tuilm.train.comparison import OtherRun, axis_for, compare_metrics
-from tuilm.train.sinks import read_events
+from tuilm.train.metrics_file import read_events
 from tuilm.tui.app import Dashboard
 from tuilm.tui.charts import LineChart
 from tuilm.tui.compare import OWN_MARK, TRAIN_MARK, VAL_MARK, ComparePrompt

@@ -21,10 +21,10 @@ from tuilm.atomic import NotAFileError, atomic_write_bytes
 from tuilm.checkpoint import read_metadata, read_weights
 from tuilm.checkpoint.paths import NEXT_STATE
 from tuilm.errors import ConfigError
-from tuilm.session import report_outcome
+from tuilm.run_setup import report_outcome
 from tuilm.train import events as ev
+from tuilm.train.metrics_file import MetricsFile, read_events
 from tuilm.train.reports import checkpoint_meta
-from tuilm.train.sinks import MetricsFile, read_events
 
 
 def one_error_line(out) -> str:
@@ -94,7 +94,7 @@ def test_a_directory_where_a_run_file_belongs_is_one_line_before_training(small_
 
 def full_after(monkeypatch, budget: int) -> None:
     """metrics.jsonl's os.write takes `budget` bytes in all (the last write only in part), then ENOSPC."""
-    from tuilm.train import sinks
+    from tuilm.train import metrics_file
 
     real_write = os.write
     left = [budget]
@@ -108,7 +108,7 @@ def full_after(monkeypatch, budget: int) -> None:
             return real_write(fd, bytes(data[:n]))
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(sinks.os, "write", write)
+    monkeypatch.setattr(metrics_file.os, "write", write)
 
 
 def test_a_full_disk_while_writing_metrics_keeps_whole_lines_and_says_so(small_corpus, tmp_path, monkeypatch):

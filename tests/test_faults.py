@@ -29,7 +29,7 @@ from tuilm.checkpoint.paths import NEXT_STATE
 from tuilm.checkpoint.run_files import state_step
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsTail, parse_event, read_events
+from tuilm.train.metrics_file import MetricsTail, parse_event, read_events
 
 TRIALS = int(os.environ.get("TUILM_FAULT_TRIALS", "6"))
 SAVE_EVERY_STEP = [*TINY, "checkpoint_interval=1", "eval_interval=1000", "health.interval=0"]
@@ -272,9 +272,9 @@ def test_an_unwritable_out_fails_before_training_with_one_line(small_corpus, tmp
 
 def test_a_read_only_run_dir_in_process(small_corpus, tmp_path, monkeypatch):
     """Root ignores modes, so the read-only case is also checked through what the check asks the system."""
-    from tuilm import session
+    from tuilm import run_setup
 
-    monkeypatch.setattr(session.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(run_setup.os, "access", lambda path, mode: False)
     with pytest.raises(ConfigError, match="cannot write the run directory"):
         tiny_trainer(small_corpus, tmp_path / "run")
     assert not (tmp_path / "run" / ".lock").exists()
@@ -349,7 +349,7 @@ def test_health_on_a_file_that_is_not_metrics_is_one_line(metrics_run, target):
 def test_the_sweep_and_headless_handler_takes_sigterm_and_sighup_as_ctrl_c(signame):
     """session.Interrupt, which headless `tuilm train` and `tuilm sweep` install: first signal stops and saves,
     a second one leaves at once."""
-    from tuilm.session import Interrupt
+    from tuilm.run_setup import Interrupt
 
     calls = []
 

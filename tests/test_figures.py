@@ -15,6 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.events_factory import make_step
 from tests.helpers import tiny_trainer
 from tuilm.cli import app as cli
 from tuilm.data.pipeline import tokenize, utf8_size
@@ -209,7 +210,7 @@ def store_with_steps(n: int = 60, mfu: float | None = 0.123) -> RunStore:
     rng = np.random.default_rng(0)
     for i in range(1, n + 1):
         loss = 5.0 - 2.0 * i / n + float(rng.normal(0, 0.3))
-        store(ev.Step(i, i / n, 100 * i, loss, 1e-3, 1e4, 0.01, 0.5, False, 0.01 * i, i / n, mfu=mfu))
+        store(make_step(step=i, epoch=i / n, tokens=100 * i, loss=loss, elapsed=0.01 * i, progress=i / n, mfu=mfu))
     return store
 
 

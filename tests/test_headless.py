@@ -6,8 +6,9 @@ import subprocess
 import sys
 import time
 
+from tests.events_factory import make_step
 from tests.helpers import TINY, run_tuilm
-from tuilm.train.sinks import read_events
+from tuilm.train.metrics_file import read_events
 
 SETS = [arg for item in TINY for arg in ("--set", item)]
 
@@ -140,7 +141,7 @@ def test_wandb_offline(small_corpus, tmp_path):
 
 def test_finished_line_names_the_reason_only_when_it_adds_something():
     from tuilm.train import events as ev
-    from tuilm.train.lines import finished_line
+    from tuilm.train.summaries import finished_line
 
     def end(status, reason):
         return ev.Finished(60, reason, status, 42.0, 1000, 6.87, 2.72, 6.87, 2.72, 5758.0, None, None)
@@ -154,13 +155,12 @@ def test_finished_line_names_the_reason_only_when_it_adds_something():
 
 
 def _step(step=76, tokens=76 * 512, epoch=0.4, elapsed=70.0, progress=0.0):
-    from tuilm.train import events as ev
 
-    return ev.Step(step, epoch, tokens, 3.0, 1e-3, 1e4, 0.01, 0.5, False, elapsed, progress)
+    return make_step(step=step, epoch=epoch, tokens=tokens, elapsed=elapsed, progress=progress)
 
 
 def test_the_leading_limit_is_the_one_nearest_its_end():
-    from tuilm.train.sinks import leading_limit, limit_text
+    from tuilm.train.progress import leading_limit, limit_text
 
     config = {"train": {"max_steps": 100_000, "time": "2m"}}
     limit = leading_limit(config, _step(elapsed=60.0))
@@ -180,7 +180,7 @@ def test_the_headless_bar_fills_towards_the_time_budget_not_max_steps():
     import io
 
     from tuilm.train import events as ev
-    from tuilm.train.sinks import HeadlessProgress
+    from tuilm.train.progress import HeadlessProgress
 
     bar = HeadlessProgress(stream=io.StringIO(), force_plain=False)
     config = {"train": {"max_steps": 100_000, "time": "2m"}}

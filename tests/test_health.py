@@ -148,7 +148,7 @@ def test_loss_spike_and_relative_explosion():
 
 
 def test_health_command_summarises_a_run(small_corpus, tmp_path):
-    from tuilm.train.sinks import MetricsFile
+    from tuilm.train.metrics_file import MetricsFile
 
     run = tmp_path / "r"
     trainer, _ = tiny_trainer(small_corpus, run, *STEPS)
@@ -171,7 +171,7 @@ def test_health_command_summarises_a_run(small_corpus, tmp_path):
 
 @pytest.mark.slow
 def test_default_cpu_recipe_training_is_healthy(shakespeare_path, tmp_path):
-    from tuilm.session import build_trainer, resolve_config
+    from tuilm.run_setup import build_trainer, resolve_config
 
     config = resolve_config("tiny_shakespeare_cpu")
     from tuilm.config import apply_overrides

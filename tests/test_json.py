@@ -14,11 +14,12 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import write_corpus
+from tests.events_factory import make_eval, make_step
 from tests.helpers import hold_lock_in_child, tiny_trainer
 from tuilm.cli import app
 from tuilm.sweep.runinfo import summarize_run
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsFile, read_events
+from tuilm.train.metrics_file import MetricsFile, read_events
 from tuilm.tui.store import RunStore
 
 
@@ -114,7 +115,7 @@ def test_human_tables_stay_the_default(logged_run):
 def _unfinished_run(run_dir, end=None):
     metrics = MetricsFile(run_dir / "metrics.jsonl")
     metrics(ev.RunStarted(str(run_dir), run_dir.name, "tiny", {}, 10, 5, "cpu", "fp32", {}, 10))
-    metrics(ev.Step(2, 0.1, 64, 5.0, 1e-3, 1000.0, 0.01, 1.0, False, 0.02, 0.2))
+    metrics(make_step(step=2, loss=5.0, tokens_per_s=1000.0, grad_norm=1.0, progress=0.2))
     if end is not None:
         metrics(end)
     metrics.close()
@@ -162,12 +163,16 @@ def _resumed_metrics(path):
     metrics = MetricsFile(path)
     metrics(ev.RunStarted("r", "r", "tiny", {}, 10, 5, "cpu", "fp32", {}, 10))
     for i in range(1, 9):
-        metrics(ev.Step(i, 0.1, 64 * i, 5.0, 1e-3, 1e3, 0.01, 1.0, False, 0.02 * i, i / 10))
-    metrics(ev.Eval(6, 4.0, 54.6, 2.0, 4.0, True, 5.0, 0.1))
+        metrics(
+            make_step(
+                step=i, tokens=64 * i, loss=5.0, tokens_per_s=1e3, grad_norm=1.0, elapsed=0.02 * i, progress=i / 10
+            )
+        )
+    metrics(make_eval(step=6, val_loss=4.0, val_ppl=54.6, val_bpc=2.0, best_val_loss=4.0, train_loss=5.0))
     metrics(ev.RunStarted("r", "r", "tiny", {}, 10, 5, "cpu", "fp32", {}, 10, resumed_step=5))
     for i in range(6, 11):
-        metrics(ev.Step(i, 0.1, 64 * i, 3.0, 1e-3, 1e3, 0.01, 1.0, False, 0.02 * i, i / 10))
-    metrics(ev.Eval(10, 3.5, 33.1, 1.8, 3.5, True, 3.0, 0.1))
+        metrics(make_step(step=i, tokens=64 * i, tokens_per_s=1e3, grad_norm=1.0, elapsed=0.02 * i, progress=i / 10))
+    metrics(make_eval(step=10, val_loss=3.5, val_ppl=33.1, val_bpc=1.8, best_val_loss=3.5, train_loss=3.0))
     metrics.close()
 
 

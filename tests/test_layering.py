@@ -37,7 +37,7 @@ FLOORS = (
     ("tuilm.checkpoint",),  # tuilm's own files of a model and its training state
     ("tuilm.train",),
     ("tuilm.monitor", "tuilm.integrations"),  # the health monitor for any training loop
-    ("tuilm.session", "tuilm.run_setup"),  # run setup shared by train and sweep
+    ("tuilm.run_setup",),  # run setup shared by train and sweep
     ("tuilm.tui", "tuilm.chat", "tuilm.sweep", "tuilm.notify"),  # front ends
     ("tuilm.commands",),
     ("tuilm.cli", "tuilm.__main__", ROOT),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.helpers import tiny_trainer
-from tuilm.session import attach_files
+from tuilm.run_setup import attach_files
 from tuilm.train import events as ev
 
 COMMON = ("max_steps=23", "eval_interval=10", "health.interval=1000", "sample_tokens=0", "checkpoint_interval=1000")

@@ -19,7 +19,7 @@ from tuilm.model import GPT
 from tuilm.monitor import Monitor
 from tuilm.train import events as ev
 from tuilm.train.layer_groups import LayerGroups
-from tuilm.train.sinks import read_events
+from tuilm.train.metrics_file import read_events
 
 VOCAB = 64
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.board_runs import line, started, step_line, write_run
+from tests.events_factory import make_eval, make_step
 from tests.helpers import run_tuilm
 from tuilm.commands import board as board_commands
 from tuilm.errors import ConfigError
@@ -125,10 +126,12 @@ def test_a_target_is_told_once(tmp_path):
     run_dir, out, notifier, model = watching(tmp_path, 10, "val_bpc=1.5", eval_every=0)
     with RunLock(run_dir):
         look_all(model, notifier)
-        append(run_dir, ev.Eval(11, 3.0, 20.0, 1.6, 3.0, True, 3.0, 0.1))
+        append(run_dir, make_eval(step=11, val_loss=3.0, val_ppl=20.0, val_bpc=1.6, best_val_loss=3.0, train_loss=3.0))
         look_all(model, notifier)
         append(
-            run_dir, ev.Eval(12, 2.0, 7.4, 1.4, 2.0, True, 2.0, 0.1), ev.Eval(13, 1.9, 6.7, 1.3, 1.9, True, 1.9, 0.1)
+            run_dir,
+            make_eval(step=12, val_bpc=1.4),
+            make_eval(step=13, val_loss=1.9, val_ppl=6.7, val_bpc=1.3, best_val_loss=1.9, train_loss=1.9),
         )
         look_all(model, notifier, 3)
     notifier.close()
@@ -143,7 +146,19 @@ def test_watch_notify_thread_tells_the_end(tmp_path, monkeypatch):
     out = tmp_path / "told.jsonl"
     with RunLock(run_dir):
         notices = board_commands.watch_notices(run_dir, f"cat >> {out}", "step=12")
-        append(run_dir, ev.Step(12, 1.0, 1536, 3.0, 1e-3, 2000.0, 0.05, 1.0, False, 0.6, 0.012))
+        append(
+            run_dir,
+            make_step(
+                step=12,
+                epoch=1.0,
+                tokens=1536,
+                tokens_per_s=2000.0,
+                step_time=0.05,
+                grad_norm=1.0,
+                elapsed=0.6,
+                progress=0.012,
+            ),
+        )
         time.sleep(0.5)
         append(run_dir, ev.Failed(12, "RuntimeError: out of memory"))
         time.sleep(0.5)

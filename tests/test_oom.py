@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.helpers import tiny_trainer
-from tuilm.session import attach_files
+from tuilm.run_setup import attach_files
 from tuilm.train import events as ev
 
 COMMON = ("max_steps=6", "batch_size=8", "eval_interval=3", "health.interval=1000", "sample_tokens=0")

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from tests.helpers import TINY, run_tuilm, tiny_trainer
 from tuilm.cli import app
 from tuilm.data.pipeline import IGNORE
+from tuilm.train.batches import to_device
 from tuilm.train.overfit import OverfitResult, default_target, likely_causes, overfit_batch
-from tuilm.train.schedule import to_device
 from tuilm.train.state import TrainState
 
 SETS = [arg for item in TINY for arg in ("--set", item)]

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests.events_factory import make_eval
 from tests.helpers import tiny_trainer
 from tuilm.checkpoint import read_metadata, read_weights
-from tuilm.config import parse_target
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
 from tuilm.train import target
-from tuilm.train.optim import lr_at
+from tuilm.train.schedule import lr_at
+from tuilm.values import parse_target
 
 # -- warmup-stable-decay ------------------------------------------------------------------------------------------
 
@@ -146,11 +147,13 @@ def test_a_target_is_reached_at_the_first_evaluation_under_it_in_a_planted_curve
     curve = [(100, 3.1, None), (200, 2.6, 2.5), (300, 2.25, 2.19), (400, 2.1, 2.05)]  # (step, bpc, ema bpc)
     hits = []
     for step, bpc, ema_bpc in curve:
-        event = ev.Eval(step, 1.0, 2.7, bpc, 1.0, True, 1.0, 0.1, ema_val_bpc=ema_bpc)
+        event = make_eval(
+            step=step, val_loss=1.0, val_ppl=2.7, val_bpc=bpc, best_val_loss=1.0, train_loss=1.0, ema_val_bpc=ema_bpc
+        )
         hits.append(target.reached("2.2", event, tokens=step * 64, seconds=step / 10, flops_per_token=1000))
     assert hits[:2] == [None, None]  # 2.5 and 2.6 are not under 2.2
     assert hits[2] == {"step": 300, "tokens": 19_200, "seconds": 30.0, "flops": 19_200_000, "score": 2.19}
-    event = ev.Eval(7, 1.49, 4.4, 2.0, 1.49, True, 1.6, 0.1)
+    event = make_eval(step=7, val_loss=1.49, val_ppl=4.4, val_bpc=2.0, best_val_loss=1.49, train_loss=1.6)
     assert target.reached("loss=1.5", event, 1, 1.0, 1)["step"] == 7
     assert target.reached("loss=1.4", event, 1, 1.0, 1) is None
 
@@ -178,7 +181,7 @@ async def test_the_val_chart_draws_the_ema_curve_beside_the_weights():
     store = replayed()
     last = store.eval_series()["step"][-1]
     for k, step in enumerate((last + 10, last + 20)):
-        store(ev.Eval(int(step), 2.0, 7.4, 1.1 - 0.1 * k, 2.0, True, 2.1, 0.5, ema_val_bpc=1.0 - 0.1 * k))
+        store(make_eval(step=int(step), val_bpc=1.1 - 0.1 * k, train_loss=2.1, seconds=0.5, ema_val_bpc=1.0 - 0.1 * k))
     app = Dashboard(store=store)
     async with app.run_test(size=(120, 40)) as pilot:
         val = app.query_one("#val", LineChart)

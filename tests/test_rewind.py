@@ -16,8 +16,8 @@ from tuilm.checkpoint import read_metadata
 from tuilm.checkpoint.paths import resolve_model_path
 from tuilm.errors import CheckpointError, ConfigError
 from tuilm.train import events as ev
+from tuilm.train.metrics_file import MetricsFile, read_events
 from tuilm.train.rewind import MAX_REWINDS
-from tuilm.train.sinks import MetricsFile, read_events
 from tuilm.tui.store import RunStore
 
 BAD = 15  # the planted batch: the 15th the trainer draws
@@ -71,7 +71,7 @@ def test_a_bad_batch_is_rewound_past_and_the_run_ends_near_a_clean_one(small_cor
     monkeypatch.undo()
 
     trainer, rec = tiny_trainer(small_corpus, tmp_path / "rewind", *COMMON, *REWIND)
-    metrics = MetricsFile(tmp_path / "rewind" / "metrics.jsonl")  # what `tuilm train` subscribes (session.py)
+    metrics = MetricsFile(tmp_path / "rewind" / "metrics.jsonl")  # what `tuilm train` subscribes (run_setup.py)
     trainer.bus.subscribe(metrics)
     plant_bad_batch(trainer, monkeypatch)
     trainer.run()

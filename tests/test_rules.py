@@ -10,11 +10,13 @@ import math
 import pytest
 import torch
 
+from tests.events_factory import make_step
 from tuilm.config import TrainConfig, apply_overrides, from_dict, parse_override
 from tuilm.errors import ConfigError
 from tuilm.sampling import SamplingSettings, next_token
 from tuilm.train import events as ev
-from tuilm.train.optim import build_optimizer, lr_at
+from tuilm.train.optim import build_optimizer
+from tuilm.train.schedule import lr_at
 from tuilm.train.state import TrainState
 from tuilm.tui.alerts import ALERT_STEPS, AlertHighlights
 
@@ -123,7 +125,9 @@ def test_a_config_survives_the_toml_round_trip():
 
 
 def test_non_finite_numbers_survive_event_json():
-    step = ev.Step(3, 0.1, 30, math.nan, 1e-3, math.inf, 0.01, -math.inf, False, 0.3, math.nan)
+    step = make_step(
+        step=3, tokens=30, loss=math.nan, tokens_per_s=math.inf, grad_norm=-math.inf, elapsed=0.3, progress=math.nan
+    )
     health = ev.Health(5, ["a"], [math.nan], [1.0], [math.inf], blocks=["b0"], act_std=[math.nan], act_max=[-math.inf])
     for event in (step, health):
         line = json.dumps(event.to_dict(), allow_nan=False)  # strict JSON: no bare NaN or Infinity

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import run_tuilm
-from tuilm.config import RANGES, SECTIONS, _field_type, _short, all_keys, apply_overrides, from_dict
+from tuilm.config import RANGES, SECTIONS, _field_type, all_keys, apply_overrides, from_dict
 from tuilm.errors import ConfigError
+from tuilm.formatting import short
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 FIELD_KEYS = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls) if f"{s}.{f.name}" in all_keys()]
@@ -94,7 +95,7 @@ def test_every_number_out_of_its_range_is_refused_naming_key_value_and_range(key
     with pytest.raises(ConfigError) as caught:
         load(key, value)
     message = str(caught.value)
-    assert key in message and _short(value) in message and RANGES[key].text() in message, message
+    assert key in message and short(value) in message and RANGES[key].text() in message, message
     assert "\n" not in message
 
 
@@ -109,7 +110,7 @@ def test_every_setting_refuses_values_of_the_wrong_type(key, value):
     with pytest.raises(ConfigError) as caught:
         load(key, value)
     message = str(caught.value)
-    assert key in message and _short(value) in message, message
+    assert key in message and short(value) in message, message
     if key in RANGES:
         assert RANGES[key].text() in message, message
 

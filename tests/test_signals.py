@@ -12,10 +12,10 @@ from torch import nn
 
 from tests.helpers import run_tuilm, tiny_trainer
 from tests.test_monitor import VOCAB, TinyLM, batch
-from tuilm.config import REMEDIES
 from tuilm.monitor import Monitor
 from tuilm.train import events as ev
-from tuilm.train.sinks import read_events
+from tuilm.train.metrics_file import read_events
+from tuilm.train.remedies import REMEDIES
 
 STEPS = ("max_steps=20", "health.interval=5", "eval_interval=100", "sample_tokens=0")
 

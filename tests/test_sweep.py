@@ -17,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import write_corpus
+from tests.events_factory import make_step
 from tests.helpers import TINY, run_tuilm
 from tuilm.cli import app
 from tuilm.commands.sweep import sweep_command
@@ -26,7 +27,7 @@ from tuilm.sweep.runinfo import make_console
 from tuilm.sweep.runner import write_results
 from tuilm.sweep.spec import Budget, load_spec_file, parse_budget, parse_grid
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsFile, read_events
+from tuilm.train.metrics_file import MetricsFile, read_events
 
 # One torch thread: on a busy machine, more threads than free cores make tiny steps wait on each other for seconds.
 TINY_SWEEP = [o for o in TINY if not o.startswith(("eval_interval", "sample_tokens"))] + [
@@ -354,7 +355,7 @@ def test_runs_lists_every_run_with_its_status(grid_sweep, tmp_path):
     for name, end, age in (("live", None, 0), ("dead", None, 3600), ("crashed", ev.Failed(2, "ValueError: x"), 0)):
         metrics = MetricsFile(tmp_path / "more" / name / "metrics.jsonl")
         metrics(ev.RunStarted(str(tmp_path), name, "tiny", {}, 10, 5, "cpu", "fp32", {}, 10))
-        metrics(ev.Step(2, 0.1, 64, 5.0, 1e-3, 1000.0, 0.01, 1.0, False, 0.02, 0.2))
+        metrics(make_step(step=2, loss=5.0, tokens_per_s=1000.0, grad_norm=1.0, progress=0.2))
         if end is not None:
             metrics(end)
         metrics.close()

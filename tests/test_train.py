@@ -11,7 +11,7 @@ from safetensors import safe_open
 from tests.helpers import plant_failure, tiny_trainer
 from tuilm.atomic import FILE_MODE
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsFile, read_events
+from tuilm.train.metrics_file import MetricsFile, read_events
 
 
 def one_step_weights(small_corpus, run_dir, *overrides):

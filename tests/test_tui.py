@@ -16,6 +16,7 @@ import torch
 from textual.app import App
 from textual.widgets import RichLog
 
+from tests.events_factory import make_eval, make_step
 from tests.helpers import plant_failure, replayed, tiny_trainer
 from tuilm.commands import chat as chat_commands
 from tuilm.commands.chat import open_chat
@@ -23,7 +24,7 @@ from tuilm.commands.train import run_dashboard
 from tuilm.commands.watch import watch_command
 from tuilm.errors import TuilmError
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsTail
+from tuilm.train.metrics_file import MetricsTail
 from tuilm.tui.app import Dashboard
 from tuilm.tui.header import RunHeader
 from tuilm.tui.health_panels import GradHeatmap, GradNorm
@@ -317,7 +318,18 @@ def test_downsample_thins_100k_points_and_keeps_the_last():
 async def test_charts_of_100k_steps_are_thinned_to_what_they_can_show():
     store = RunStore()
     for i in range(1, 100_001):
-        store(ev.Step(i, i / 1000, i * 512, 5 / (1 + i / 1e4), 1e-3, 5e4, 0.01, 0.5, i % 3 == 0, i * 0.01, i / 1e5))
+        store(
+            make_step(
+                step=i,
+                epoch=i / 1000,
+                tokens=i * 512,
+                loss=5 / (1 + i / 1e4),
+                tokens_per_s=5e4,
+                clipped=i % 3 == 0,
+                elapsed=i * 0.01,
+                progress=i / 1e5,
+            )
+        )
     app = Dashboard(store=store)
     async with app.run_test(size=(160, 48)) as pilot:
         await pilot.pause(0.3)
@@ -337,7 +349,7 @@ def test_store_from_another_thread_and_a_huge_run():
 
     def produce(first: int, last: int) -> None:
         for i in range(first, last + 1):
-            store(ev.Step(i, 0.0, i * 10, 3.0, 1e-3, 1e4, 0.01, 0.5, False, i * 0.01, float("nan")))
+            store(make_step(step=i, epoch=0.0, tokens=i * 10, elapsed=i * 0.01, progress=float("nan")))
 
     # Steps arrive from another thread (as from the trainer) while this one drains, then the rest and an eval.
     producer = threading.Thread(target=produce, args=(1, 60_000))
@@ -346,7 +358,7 @@ def test_store_from_another_thread_and_a_huge_run():
         store.drain()
     producer.join()
     produce(60_001, 120_000)
-    store(ev.Eval(120_000, 2.0, 7.4, 1.1, 2.0, True, 2.1, 0.5))
+    store(make_eval(step=120_000, val_bpc=1.1, train_loss=2.1, seconds=0.5))
     drained = store.drain()
     assert drained.steps == 120_000 and drained.last_step.step == 120_000 and math.isnan(drained.last_step.progress)
     assert [type(e) for e in drained.events] == [ev.Eval] and len(woken) == 1
@@ -407,7 +419,7 @@ async def test_the_header_bar_follows_the_time_budget_over_max_steps():
     store = RunStore()
     config = {"train": {"max_steps": 100_000, "time": "2m"}}
     store(ev.RunStarted("r", "r", "tiny", config, 10, 5, "cpu", "fp32", {}, 100_000))
-    store(ev.Step(76, 0.1, 7600, 3.0, 1e-3, 1e4, 0.01, 0.5, False, 60.0, 0.5))
+    store(make_step(step=76, tokens=7600, elapsed=60.0, progress=0.5))
     app = Dashboard(store=store)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()

@@ -25,14 +25,8 @@ vocab_app = typer.Typer(help="Train BPE tokenizers.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(vocab_app, name="vocab")
 
-ModelPath = Annotated[
-    Path,
-    typer.Option(
-        "--model-path",
-        "-m",
-        help="A .safetensors checkpoint, a run directory (its best checkpoint), RUN@STEP or a transformers model dir.",
-    ),
-]
+MODEL_HELP = "A .safetensors checkpoint, a run directory (its best checkpoint), RUN@STEP or a transformers model dir."
+ModelPath = Annotated[Path, typer.Option("--model-path", "-m", help=MODEL_HELP)]
 Temperature = Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature; 0 is greedy.")]
 TopK = Annotated[int, typer.Option("--top-k", help="Sample among the K most likely tokens; 0 for all.")]
 TopP = Annotated[float, typer.Option("--top-p", help="Sample among the most likely tokens holding P of the mass.")]
@@ -147,29 +141,11 @@ def train(
     Checkpoints go to the run directory: last.safetensors, best.safetensors and train_state.safetensors,
     with metrics.jsonl beside them. Keys in the dashboard: p pause, s save, g sample, e evaluate, q quit.
     """
+    options = dict(locals())  # every option by its name: TrainOptions has one field per option
     from tuilm.commands.train import TrainOptions, train_command
 
-    options = TrainOptions(
-        source=source,
-        overrides=list(overrides or []),
-        headless=headless,
-        resume=resume,
-        out=out,
-        name=name,
-        device=device,
-        time=time,
-        steps=steps,
-        target=target,
-        compile=compile,
-        wandb=wandb,
-        wandb_project=wandb_project,
-        wandb_name=wandb_name,
-        tensorboard=tensorboard,
-        compare=compare,
-        init=init,
-        nproc=nproc,
-    )
-    raise typer.Exit(train_command(options))
+    options["overrides"] = list(overrides or [])
+    raise typer.Exit(train_command(TrainOptions(**options)))
 
 
 @app.command()
@@ -255,30 +231,13 @@ def sample(
     from tuilm.commands.sample import sample_command
     from tuilm.commands.sampling import sampling_settings
 
-    prompt_text = sys.stdin.buffer.read().decode("utf-8", "surrogateescape") if prompt == "-" else prompt
     settings = sampling_settings(temperature, top_k, top_p, max_new_tokens, min_p, repetition_penalty, stop)
-    sample_command(
-        model_path,
-        prompt_text,
-        settings,
-        seed,
-        use_cache=not no_cache,
-        device=device,
-        truncate=truncate,
-        allow_nonfinite=allow_nonfinite,
-    )
+    sample_command(model_path, prompt, settings, seed, not no_cache, device, truncate, allow_nonfinite)
 
 
 @app.command(name="eval")
 def eval_(
-    model_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--model-path",
-            "-m",
-            help="A .safetensors checkpoint, a run directory (its best checkpoint), RUN@STEP or a transformers model dir.",
-        ),
-    ] = None,
+    model_path: Annotated[Path | None, typer.Option("--model-path", "-m", help=MODEL_HELP)] = None,
     data: Annotated[
         str | None,
         typer.Option("--data", "-d", help="Evaluate on this text (all of it); default: the run's own val split."),
@@ -294,15 +253,9 @@ def eval_(
     as_json: Json = False,
 ) -> None:
     """Print validation loss, perplexity and bits per character."""
-    from tuilm.commands.eval import eval_command, sliding_eval_command
+    from tuilm.commands.eval import eval_or_sliding
 
-    if init or stride:  # sliding-window perplexity, e.g. of pre-trained GPT-2
-        sliding_eval_command(model_path, init, data, stride, device, allow_nonfinite=allow_nonfinite, as_json=as_json)
-        return
-
-    if model_path is None:
-        raise ConfigError("say which model: --model-path CHECKPOINT (or --init gpt2)")
-    eval_command(model_path, data, device, allow_nonfinite=allow_nonfinite, as_json=as_json)
+    eval_or_sliding(model_path, data, device, init, stride, allow_nonfinite=allow_nonfinite, as_json=as_json)
 
 
 @app.command()
@@ -429,15 +382,9 @@ def compare(
     With `vs` between two groups of runs (seeds of two configurations; a sweep folder stands for its runs), print
     each group's mean, standard deviation and n, and B - A with a confidence interval and Welch's t-test.
     """
-    from tuilm.commands.groups import compare_groups, split_sides
+    from tuilm.commands.groups import compare_runs_or_groups
 
-    sides = split_sides(run_dirs)
-    if sides is not None:
-        compare_groups(*sides, metric, alternative, confidence, as_json)
-        return
-    from tuilm.commands.runs import compare_command
-
-    compare_command(run_dirs, as_json)
+    compare_runs_or_groups(run_dirs, metric, alternative, confidence, as_json)
 
 
 @app.command()

@@ -8,32 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tuilm.data.config import POLICIES, SPLITS, DataConfig
 from tuilm.errors import ConfigError
+from tuilm.formatting import short
 from tuilm.model.config import LIMITS, MODEL_LEAST, ModelConfig
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = "tiny_shakespeare"  # a named dataset, or a path to .txt / .jsonl / .jsonl.zst / a directory
-    vocab_size: int = 10_000
-    policy: str = "pack"  # pack | pad | pad-overflow | bucket
-    stride: int = 0  # pack only: window stride; 0 means seq_len (no overlap)
-    overflow_min: int = 1  # pad-overflow and bucket: shortest overflow piece kept, in tokens
-    doc_mask: bool = False  # pack only: attention never crosses a document end; positions restart
-    split: str = "random"  # random | tail
-    val_fraction: float = 0.1
-    split_seed: int = 1337
-    train_fraction: float = 1.0  # use only this (seeded) fraction of the training documents
-    # corpora (issue 15): "" trains tuilm's BPE; "gpt2"... or a Hugging Face model dir uses that model's tokenizer
-    tokenizer: str = ""
-    text_field: str = "text"  # hf:<name> sources: the column holding the text
+from tuilm.values import DURATION_TEXT, Range, check_device_name, dump_toml, parse_duration, parse_target
 
 
 @dataclass(frozen=True)
@@ -86,33 +70,6 @@ class TrainConfig:
         return parse_duration(self.time) if self.time else 0.0
 
 
-# Every alert's one-line remedy and the dashboard panel that shows it (page › panel).
-REMEDIES: dict[str, tuple[str, str]] = {
-    "nonfinite": ("lower lr, keep grad_clip on, use bf16 not fp16; rewind past a bad batch", "1 train › loss"),
-    "exploding": (
-        "lower lr or grad_clip; lengthen warmup; try model.qk_norm / train.z_loss",
-        "2 health › gradient norm",
-    ),
-    "vanishing": ("check the layer is used and its init; raise lr for it or use pre-norm", "2 health › layers"),
-    "update_ratio": ("too small: raise lr; too large: lower lr or lengthen warmup", "2 health › layers"),
-    "loss_spike": ("lower lr, lengthen warmup, or skip the batch (health.on_spike)", "1 train › loss"),
-    "rewind": ("one bad batch was skipped; if rewinds repeat, lower lr or lengthen warmup", "1 train › loss"),
-    "dead_units": ("lower lr, use gelu or swiglu instead of relu", "2 health › activations"),
-    "overfitting": ("more data, dropout or weight decay; stop early (train.patience)", "1 train › loss"),
-    "init_loss": (
-        "at init the loss should be near ln(vocab): check the output init, labels and shift",
-        "1 train › loss",
-    ),
-    "grad_eps": ("gradients near Adam's eps stop moving it: lower eps or scale the loss up", "2 health › layers"),
-    "attn_logit": ("attention logits grow unbounded: lower lr, turn on model.qk_norm", "2 health › activations"),
-    "entropy_collapse": (
-        "attention collapsed onto one key: model.qk_norm, lower lr, longer warmup",
-        "2 health › activations",
-    ),
-    "logz_drift": ("output log Z drifts: add train.z_loss (1e-4) or lower lr", "2 health › activations"),
-}
-
-
 @dataclass(frozen=True)
 class HealthConfig:
     interval: int = 25  # steps between per-layer measurements (see benchmarks/health_overhead.py)
@@ -152,8 +109,7 @@ class RunConfig:
 
     @property
     def rows_per_step(self) -> int:
-        t = self.train
-        return max(1, t.batch_tokens // self.model.seq_len) if t.batch_tokens else t.batch_size
+        return rows_per_step(self.train.batch_size, self.train.batch_tokens, self.model.seq_len)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -164,9 +120,13 @@ class RunConfig:
         return dump_toml(self.to_dict())
 
 
+def rows_per_step(batch_size: int, batch_tokens: int, seq_len: int) -> int:
+    """Rows per optimizer step: train.batch_tokens // seq_len when set (equal tokens across block sizes), else
+    train.batch_size; for a config object and for a run's config tables alike."""
+    return max(1, batch_tokens // seq_len) if batch_tokens else batch_size
+
+
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "health": HealthConfig}
-POLICIES = ("pack", "pad", "pad-overflow", "bucket")  # how documents become fixed-length rows (data.pipeline)
-SPLITS = ("random", "tail")  # which documents are held out for validation
 CHOICES = {
     "data.policy": POLICIES,
     "data.split": SPLITS,
@@ -185,37 +145,6 @@ _HIDDEN = {"model.vocab_size"}
 # checked once at load (from_dict, apply_overrides): non-finite numbers are refused everywhere. The model's shape
 # limits are model.config.LIMITS, the same table the checkpoint loader uses. Cross-field rules (min_lr <= lr,
 # stride <= seq_len, d_model divisible by n_heads) are checked in validate(), after every override is applied.
-
-
-@dataclass(frozen=True)
-class Range:
-    """The numbers a setting allows: lo..hi, either end open or absent; always finite."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    integer: bool = False
-
-    def __contains__(self, v: float) -> bool:
-        try:
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                return False
-        except OverflowError:  # an integer too large for a float is too large for every setting
-            return False
-        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
-            return False
-        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
-
-    def text(self) -> str:
-        what = "an integer" if self.integer else "a finite number"
-        if self.lo is not None and self.hi is not None:
-            return f"{what} in {'(' if self.lo_open else '['}{self.lo!r}, {self.hi!r}{')' if self.hi_open else ']'}"
-        if self.lo is not None:
-            return f"{what} {'>' if self.lo_open else '>='} {self.lo!r}"
-        if self.hi is not None:
-            return f"{what} {'<' if self.hi_open else '<='} {self.hi!r}"
-        return what
 
 
 COUNT_MAX = 10**12  # steps, intervals, evaluations: far beyond any run, and an int64 everywhere
@@ -284,18 +213,6 @@ RANGES: dict[str, Range] = {
     "health.entropy_floor": NON_NEGATIVE,
     "health.logz_drift": POSITIVE,
 }
-DURATION_TEXT = "a duration > 0, e.g. 90s, 10m or 1h30m"
-
-
-def check_number(name: str, value: Any, allowed: Range) -> None:
-    """ConfigError naming the setting (or option), the value and the range, unless `value` is in `allowed`."""
-    if value not in allowed:
-        raise ConfigError(f"{name} must be {allowed.text()}, got {_short(value)}")
-
-
-def _short(value: Any) -> str:
-    text = repr(value).replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # set through data.vocab_size; the model takes the tokenizer's real size
@@ -501,20 +418,11 @@ def _coerce(dotted: str, value: Any) -> Any:
                 try:
                     parse_duration(value)
                 except ConfigError:
-                    raise ConfigError(f"{dotted} must be {DURATION_TEXT}, got {_short(value)}") from None
+                    raise ConfigError(f"{dotted} must be {DURATION_TEXT}, got {short(value)}") from None
             return value
     except (ValueError, OverflowError):
-        raise ConfigError(f"{dotted} must be {_type_text(dotted, kind)}, got {_short(value)}") from None
+        raise ConfigError(f"{dotted} must be {_type_text(dotted, kind)}, got {short(value)}") from None
     return typed
-
-
-DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d{1,4})?", re.IGNORECASE)  # no index on a cpu or mps: one of each
-
-
-def check_device_name(name: str, what: str = "device") -> None:
-    """One line for a device name no machine has (cpu:1, an empty one); whether this one has it is device.py's."""
-    if not DEVICE_NAME.fullmatch(name):
-        raise ConfigError(f"{what} '{_short(name)[1:-1]}' is not a device; use auto, cpu, cuda, cuda:N or mps")
 
 
 def checked(dotted: str, value: Any) -> Any:
@@ -526,7 +434,7 @@ def checked(dotted: str, value: Any) -> Any:
     unset = typed is None or (dotted in AUTO_KEYS and typed == "auto")
     if dotted in RANGES and not unset and typed not in RANGES[dotted]:
         auto = " or auto" if dotted in AUTO_KEYS else ""
-        raise ConfigError(f"{dotted} must be {RANGES[dotted].text()}{auto}, got {_short(value)}")
+        raise ConfigError(f"{dotted} must be {RANGES[dotted].text()}{auto}, got {short(value)}")
     return typed
 
 
@@ -554,94 +462,3 @@ def validate(config: RunConfig) -> None:
         parse_target(t.target)
     if t.stop_at_target and not t.target:
         raise ConfigError("train.stop_at_target needs a target: --target 2.2 (val bits/char) or --target loss=1.5")
-
-
-# What `--resume` may change: when to stop, how often to evaluate and save, the lr schedule (computed every step),
-# where and how fast it runs, and the health thresholds. Everything else is fixed by the checkpoint: the data and
-# tokenizer, the model's shape, the batch, the optimizer and the hyper-parameters its state carries (betas,
-# weight decay, momentum), the seed that orders the batches.
-RESUME_MAY_CHANGE = {
-    *(f"train.{k}" for k in ("max_steps", "max_tokens", "epochs", "time", "patience", "eval_interval")),
-    *(f"train.{k}" for k in ("checkpoint_interval", "sample_prompt", "sample_tokens", "device", "dtype")),
-    *(f"train.{k}" for k in ("compile", "threads", "parallel", "micro_batch_size", "lr", "min_lr", "schedule")),
-    *(f"train.{k}" for k in ("warmup_steps", "grad_clip", "keep_checkpoints", "decay_fraction", "decay_shape")),
-    *(f"train.{k}" for k in ("target", "stop_at_target")),
-    "model.checkpoint_activations",  # recomputes the same activations: the math is unchanged
-    *(f"health.{f.name}" for f in fields(HealthConfig)),
-}
-
-
-def check_resume_changes(saved: RunConfig, new: RunConfig, run_dir: Path) -> None:
-    """ConfigError for the first setting a resume of `saved` may not change, with the way out; before any write."""
-    for key in all_keys():
-        section, name = key.split(".")
-        before, after = getattr(getattr(saved, section), name), getattr(getattr(new, section), name)
-        if before != after and key not in RESUME_MAY_CHANGE:
-            raise ConfigError(
-                f"--resume cannot change {key} ({_short(before)} -> {_short(after)}): the checkpoint in {run_dir} "
-                f"was trained with {_short(before)}; drop that --set to continue, or start a new run with it "
-                "(--out or --name); a resume may change when it stops, the lr schedule, intervals, device and "
-                "health thresholds"
-            )
-
-
-TARGET_UNITS = {"bpc": "val bits/char", "loss": "val loss (nats/token)", "bpb": "val bits/byte"}
-
-
-def parse_target(text: str) -> tuple[str, float]:
-    """(unit, value) of a target: "2.2" is val bits/char; "loss=1.5", "bpc=2.2" and "bpb=2.2" name the unit.
-    Reached at the first evaluation scoring at or below it (the same meaning as overfit's --target: a value to
-    pass under)."""
-    unit, _, number = str(text).strip().rpartition("=")
-    unit = unit.strip().lower() or "bpc"
-    hint = "write e.g. --target 2.2 (val bits/char) or --target loss=1.5"
-    if unit not in TARGET_UNITS:
-        raise ConfigError(f"target '{text}': unknown unit '{unit}' (bpc, loss or bpb); {hint}")
-    try:
-        value = float(number)
-    except ValueError:
-        raise ConfigError(f"target '{text}' is not a number; {hint}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"target '{text}' must be a number > 0; {hint}")
-    return unit, value
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in "90", "90s", "10m", "1h30m", "1.5h"."""
-    text = str(text).strip().lower()
-    try:
-        seconds = float(text)
-    except ValueError:
-        parts = _DURATION.findall(text)
-        if not parts or _DURATION.sub("", text).strip():
-            raise ConfigError(f"time '{text}' is not a duration; write e.g. 90s, 10m or 1h30m") from None
-        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-    if not (math.isfinite(seconds) and 0 < seconds < 1e12):
-        raise ConfigError(f"time '{text}' must be {DURATION_TEXT}")
-    return seconds
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """TOML for a flat config dict of tables (the standard library reads TOML but cannot write it)."""
-    lines = []
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    for key, value in data.items():
-        if not isinstance(value, dict):
-            lines.append(f"{key} = {_toml_value(value)}")
-    for name, table in tables.items():
-        lines += ["", f"[{name}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
-    return "\n".join(lines).lstrip() + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    import json
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value), ensure_ascii=False)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tuilm.config import check_device_name
 from tuilm.errors import ConfigError
+from tuilm.values import check_device_name
 
 
 def pick_device(name: str = "auto") -> torch.device:

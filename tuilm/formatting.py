@@ -44,6 +44,12 @@ def shown(value: Any) -> Any:
     return value
 
 
+def short(value: Any, limit: int = 60) -> str:
+    """A value for an error line: its repr on one line, never pages long (a forged file can hold anything)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def human(n: float) -> str:
     """1.33M, 12.5k, 3B: three significant digits and a unit."""
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):

@@ -31,7 +31,7 @@ from tuilm.config import HealthConfig
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
 from tuilm.train.health import HealthMonitor
-from tuilm.train.sinks import MetricsFile
+from tuilm.train.metrics_file import MetricsFile
 
 
 def health_config(config) -> HealthConfig:

@@ -44,7 +44,7 @@ class Target:
 def parse_target(text: str) -> Target:
     """step=N, tokens=N, or a val bits/char as `tuilm train --target` writes it (2.2, bpc=2.2; val_bpc=2.2 too):
     one reading of a score target, config.parse_target's."""
-    from tuilm.config import parse_target as parse_score
+    from tuilm.values import parse_target as parse_score
 
     metric, eq, value = text.partition("=")
     metric = metric.strip()

@@ -16,7 +16,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 from tests.conftest import SMALL_TEXT  # noqa: E402
 from tests.helpers import tiny_trainer  # noqa: E402
-from tuilm.train.sinks import MetricsFile  # noqa: E402
+from tuilm.train.metrics_file import MetricsFile  # noqa: E402
 
 OVERRIDES = ["max_steps=150", "eval_interval=25", "health.interval=5", "lr=3e-3", "act=relu"]
 FAULT_AT = 110  # a planted fault, so that the recording holds real alerts: noise added to the MLP output weights

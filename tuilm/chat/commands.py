@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tuilm.atomic import atomic_write_text, temp_file
-from tuilm.chat.session import FORMATS, ChatState, next_token_probs
+from tuilm.chat.state import FORMATS, ChatState, next_token_probs
 from tuilm.errors import ConfigError
 from tuilm.formatting import human
 from tuilm.stop_strings import parse_stop, show_stop

@@ -23,7 +23,7 @@ from tuilm.chat.commands import (
     run_command,
     settings_text,
 )
-from tuilm.chat.session import ChatState, respond
+from tuilm.chat.state import ChatState, respond
 from tuilm.formatting import visible
 
 KEYS = "Enter sends · Esc Enter adds a line · F2 multi-line · Ctrl-C stops a reply · /help · Ctrl-D or /quit leaves"

@@ -48,10 +48,6 @@ def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def short(v: Any, limit: int = 40) -> str:
-    return clip(repr(v), limit)
-
-
 def clip(text: str, limit: int = 200) -> str:
     """One line of at most `limit` characters: a forged file can make any message as long as it likes."""
     text = " ".join(str(text).split())

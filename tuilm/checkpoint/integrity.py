@@ -30,8 +30,9 @@ import torch
 import xxhash
 
 from tuilm.atomic import atomic_write_with
-from tuilm.checkpoint.header import MAX_HEADER, Header, short
+from tuilm.checkpoint.header import MAX_HEADER, Header
 from tuilm.errors import CheckpointError
+from tuilm.formatting import short
 
 CHECKSUM = "checksum"  # metadata key: "<kind>:<hex>" over the other metadata and every tensor
 BY_NAME = "xxh3-128"

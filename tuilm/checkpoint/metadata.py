@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from tuilm.checkpoint.header import Header, clip, is_int, open_checked, short
+from tuilm.checkpoint.header import Header, clip, is_int, open_checked
 from tuilm.checkpoint.paths import resolve_model_path
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
+from tuilm.formatting import short
 from tuilm.model.weights import compare_shapes, mismatch, saved_state
 
 FORMAT = "tuilm-checkpoint"

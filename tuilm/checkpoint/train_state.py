@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from tuilm.checkpoint import integrity
-from tuilm.checkpoint.header import clip, is_int, load_tensors, read_data, read_header, short
+from tuilm.checkpoint.header import clip, is_int, load_tensors, read_data, read_header
 from tuilm.checkpoint.metadata import VERSION, check_version, count, number_or_none, parse
 from tuilm.errors import CheckpointError
+from tuilm.formatting import short
 
 STATE_FORMAT = "tuilm-train-state"
 

@@ -18,7 +18,7 @@ def chat_command(
     import io
 
     from tuilm.chat.repl import Screen, history_path, run_interactive, run_lines
-    from tuilm.chat.session import ChatState, check_format
+    from tuilm.chat.state import ChatState, check_format
     from tuilm.commands.sampling import load_for_sampling
 
     check_format(prompt_format)

@@ -13,8 +13,9 @@ def status(message: str) -> None:
 def stats_command(data: str, vocab_size: int, seq_len: int, batch_size: int, as_json: bool = False) -> None:
     from rich.console import Console
 
-    from tuilm.config import RANGES, check_number
+    from tuilm.config import RANGES
     from tuilm.data.stats import corpus_stats, render
+    from tuilm.values import check_number
 
     check_number("--seq-len", seq_len, RANGES["model.seq_len"])
     check_number("--batch-size", batch_size, RANGES["train.batch_size"])

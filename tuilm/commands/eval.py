@@ -6,6 +6,27 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def eval_or_sliding(
+    model_path: Path | None,
+    data: str | None,
+    device: str,
+    init: str | None,
+    stride: int,
+    *,
+    allow_nonfinite: bool = False,
+    as_json: bool = False,
+) -> None:
+    """`tuilm eval`: a checkpoint's val loss, or with --init or --stride sliding-window perplexity (e.g. of GPT-2)."""
+    from tuilm.errors import ConfigError
+
+    if init or stride:
+        sliding_eval_command(model_path, init, data, stride, device, allow_nonfinite=allow_nonfinite, as_json=as_json)
+        return
+    if model_path is None:
+        raise ConfigError("say which model: --model-path CHECKPOINT (or --init gpt2)")
+    eval_command(model_path, data, device, allow_nonfinite=allow_nonfinite, as_json=as_json)
+
+
 def eval_command(
     model_path: Path, data: str | None, device: str, *, allow_nonfinite: bool = False, as_json: bool = False
 ) -> None:

@@ -14,6 +14,19 @@ SEPARATOR = "vs"
 METRIC_FIELDS = {"bpc": ("best_val_bpc", "best val bits/char"), "loss": ("best_val_loss", "best val loss")}
 
 
+def compare_runs_or_groups(
+    run_dirs: list[Path], metric: str, alternative: str, confidence: float, as_json: bool = False
+) -> None:
+    """`tuilm compare`: two groups of runs with `vs` between them (Welch's t-test), else run by run."""
+    sides = split_sides(run_dirs)
+    if sides is not None:
+        compare_groups(*sides, metric, alternative, confidence, as_json)
+        return
+    from tuilm.commands.runs import compare_command
+
+    compare_command(run_dirs, as_json)
+
+
 def split_sides(items: list[Path]) -> tuple[list[Path], list[Path]] | None:
     """The two sides of `A... vs B...`; None without the word vs (the plain, run-by-run compare)."""
     words = [str(p) for p in items]

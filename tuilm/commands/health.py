@@ -12,7 +12,7 @@ def health_command(run: Path, as_json: bool = False) -> None:
     from rich.console import Console
 
     from tuilm.train.health_report import render, summarize
-    from tuilm.train.sinks import liveness, read_events
+    from tuilm.train.metrics_file import liveness, read_events
 
     run = Path(run)
     path = run / "metrics.jsonl" if run.is_dir() else run

@@ -25,7 +25,7 @@ def lrfind_command(
     from rich.console import Console
 
     from tuilm.config import apply_overrides
-    from tuilm.session import build_trainer, resolve_config
+    from tuilm.run_setup import build_trainer, resolve_config
     from tuilm.train.lrfind import DIVERGE, RULES, lr_range_test
 
     if not (math.isfinite(end) and 0 < start < end):

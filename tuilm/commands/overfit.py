@@ -24,7 +24,7 @@ def overfit_command(
 ) -> int:
     """Run the check; print one verdict line (or one JSON document); return the exit status."""
     from tuilm.config import apply_overrides
-    from tuilm.session import build_trainer, resolve_config
+    from tuilm.run_setup import build_trainer, resolve_config
     from tuilm.train.overfit import default_target, overfit_batch
     from tuilm.train.reports import checkpoint_meta
 
@@ -68,7 +68,7 @@ def overfit_command(
 def refuse_a_run(out: Path) -> None:
     """--out names a new folder: overfit's model (last.safetensors, no training state) written into a run that
     `tuilm train` made would replace that run's checkpoint and config and leave it impossible to resume."""
-    from tuilm.session import RUN_FILES
+    from tuilm.run_setup import RUN_FILES
 
     held = [name for name in RUN_FILES if (out / name).exists()]
     if held:
@@ -126,9 +126,9 @@ class StepProgress:
 
 
 def overfit_target(text: str) -> float:
-    """--target as train's --target reads it (tuilm.config.parse_target: a value to get under), in the one unit a
+    """--target as train's --target reads it (tuilm.values.parse_target: a value to get under), in the one unit a
     single batch has: its loss. A bare number is that loss here (train's bare number is val bits/char)."""
-    from tuilm.config import parse_target
+    from tuilm.values import parse_target
 
     unit, value = parse_target(text if "=" in text else f"loss={text}")
     if unit != "loss":

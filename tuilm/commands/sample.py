@@ -10,10 +10,9 @@ from tuilm.errors import ConfigError
 
 def sample_command(
     model_path: Path,
-    prompt: str,
+    prompt: str,  # - reads standard input
     settings,  # tuilm.sampling_settings.SamplingSettings
     seed: int | None,
-    *,
     use_cache: bool = True,
     device: str = "auto",
     truncate: bool = False,
@@ -26,6 +25,8 @@ def sample_command(
     from tuilm.sampling import generate, make_generator
     from tuilm.stop_strings import StopFilter
 
+    if prompt == "-":
+        prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
     prompt, changed = valid_text(prompt)
     ckpt = load_for_sampling(model_path, settings, device, allow_nonfinite)
     if changed:

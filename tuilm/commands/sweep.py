@@ -34,7 +34,7 @@ def sweep_command(
         except ConfigError as e:
             configs[run.name] = e
     check_existing(sweep_dir, plan, configs)
-    from tuilm.session import refuse_if_live
+    from tuilm.run_setup import refuse_if_live
 
     for folder in (sweep_dir, *(sweep_dir / run.name for run in plan)):  # never write into a run being trained
         refuse_if_live(folder)

@@ -8,14 +8,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuilm.config import Override, RunConfig, apply_overrides, check_resume_changes, load_toml
+from tuilm.config import Override, RunConfig, apply_overrides, load_toml
 from tuilm.errors import ConfigError
 from tuilm.resources import recipe_names, recipe_path
-from tuilm.session import (
+from tuilm.run_setup import (
     STOP_SIGNALS,
     Interrupt,
     attach_files,
     build_trainer,
+    check_resume_changes,
     refuse_if_live,
     release_run_dir,
     report_outcome,
@@ -174,7 +175,7 @@ def check_sinks(options: TrainOptions) -> None:
     if options.wandb:
         require_wandb()
     if options.tensorboard:
-        from tuilm.train.sinks import require_tensorboard
+        from tuilm.train.loggers import require_tensorboard
 
         require_tensorboard()
     if options.compare:
@@ -191,12 +192,12 @@ def train_ranked(config: RunConfig, run_dir: Path, options: TrainOptions, dist) 
         return run_headless(trainer, progress=lambda event: None)
     metrics = attach_files(trainer)
     if options.wandb:
-        from tuilm.train.sinks import WandbLogger
+        from tuilm.train.loggers import WandbLogger
 
         trainer.bus.subscribe(WandbLogger(options.wandb_project, options.wandb_name, run_dir, console=not dashboard))
     tensorboard = None
     if options.tensorboard:
-        from tuilm.train.sinks import TensorBoardLogger
+        from tuilm.train.loggers import TensorBoardLogger
 
         tensorboard = TensorBoardLogger(run_dir)
         trainer.bus.subscribe(tensorboard)
@@ -216,7 +217,7 @@ def run_headless(trainer, progress=None, compare: Path | None = None) -> int:
     """Train in a background thread with a progress bar (or log lines); Ctrl-C as `Interrupt` says. `compare`:
     the metrics.jsonl of another run, whose val loss each eval line adds."""
     from tuilm.train.comparison import OtherRun
-    from tuilm.train.sinks import HeadlessProgress
+    from tuilm.train.progress import HeadlessProgress
 
     trainer.bus.subscribe(progress or HeadlessProgress(compare=OtherRun(compare) if compare else None))
     interrupt = Interrupt(
@@ -258,7 +259,7 @@ def run_dashboard(trainer, compare: Path | None = None) -> int:
         return open_chat(choice.path)
     if trainer.result is not None:
         # The dashboard is gone with the alternate screen: leave the outcome, and where to go next, behind.
-        from tuilm.train.lines import finished_line
+        from tuilm.train.summaries import finished_line
 
         print(finished_line(trainer.result))
         if trainer.result.last_checkpoint:

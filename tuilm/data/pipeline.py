@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tuilm.config import POLICIES, SPLITS
+from tuilm.data.config import POLICIES, SPLITS
 from tuilm.data.tokenizer import ENCODE_CHARS, pieces
 from tuilm.errors import ConfigError, DataError
 

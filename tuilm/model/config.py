@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from tuilm.errors import ConfigError
+from tuilm.formatting import short
 
 POS_CHOICES = ("learned", "sinusoidal", "rope", "alibi")
 ACT_CHOICES = ("gelu", "relu", "swiglu", "relu2", "gelu_tanh")  # gelu_tanh: GPT-2's approximation
@@ -27,12 +28,6 @@ MODEL_LEAST = {"vocab_size": 2, "seq_len": 1, "d_model": 1, "n_layers": 1, "n_he
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)  # True would otherwise pass as 1
-
-
-def _short(v: Any) -> str:
-    """A value for an error line: one line, never pages long (a forged checkpoint can hold anything)."""
-    text = repr(v).replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _divisors(d: int) -> list[int]:
@@ -67,22 +62,22 @@ class ModelConfig:
                 continue
             v = getattr(self, name)
             if not _is_int(v) or v < least:
-                raise ConfigError(f"{name} must be a whole number >= {least}, got {_short(v)}")
+                raise ConfigError(f"{name} must be a whole number >= {least}, got {short(v)}")
             if v > LIMITS[name]:
                 raise ConfigError(f"{name} {v} is absurd for this model: at most {LIMITS[name]:,}")
         if self.d_ff is not None and (not _is_int(self.d_ff) or not 1 <= self.d_ff <= LIMITS["d_ff"]):
             raise ConfigError(
                 f"d_ff must be a whole number from 1 to {LIMITS['d_ff']:,} (or unset for 4 * d_model), "
-                f"got {_short(self.d_ff)}"
+                f"got {short(self.d_ff)}"
             )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be a number in [0, 1), got {_short(self.dropout)}")
+            raise ConfigError(f"dropout must be a number in [0, 1), got {short(self.dropout)}")
         for name, choices in (("pos", POS_CHOICES), ("act", ACT_CHOICES), ("norm", NORM_CHOICES)):
             if getattr(self, name) not in choices:
-                raise ConfigError(f"unknown {name} {_short(getattr(self, name))}; choose one of {', '.join(choices)}")
+                raise ConfigError(f"unknown {name} {short(getattr(self, name))}; choose one of {', '.join(choices)}")
         for name in ("tie_embeddings", "bias", "qk_norm", "checkpoint_activations"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name} must be true or false, got {_short(getattr(self, name))}")
+                raise ConfigError(f"{name} must be true or false, got {short(getattr(self, name))}")
         d, h = self.d_model, self.n_heads
         divisors = _divisors(d)
         if d % h:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from tuilm.errors import CheckpointError
-from tuilm.model.config import _short
+from tuilm.formatting import short
 
 
 def saved_state(model) -> dict[str, torch.Tensor]:
@@ -39,7 +39,7 @@ def compare_shapes(path: Path, expected: dict[str, tuple], saved: dict[str, tupl
         if missing:
             parts.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
         if extra:
-            parts.append(f"unexpected {', '.join(_short(e) for e in extra[:3])}{' …' if len(extra) > 3 else ''}")
+            parts.append(f"unexpected {', '.join(short(e) for e in extra[:3])}{' …' if len(extra) > 3 else ''}")
         if wrong:
             parts.append(f"shape {wrong[0]} (saved vs config)")
         raise mismatch(path, "; ".join(parts))

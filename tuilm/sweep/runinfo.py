@@ -13,7 +13,7 @@ from rich.console import Console
 
 from tuilm.errors import TuilmError
 from tuilm.train import events as ev
-from tuilm.train.sinks import liveness, read_events
+from tuilm.train.metrics_file import liveness, read_events
 
 METRICS = "metrics.jsonl"
 

@@ -20,7 +20,7 @@ from tuilm.atomic import atomic_write_text
 from tuilm.config import RunConfig
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
 from tuilm.formatting import fmt, percent, show_value
-from tuilm.session import (
+from tuilm.run_setup import (
     Interrupt,
     attach_files,
     build_trainer,
@@ -40,8 +40,8 @@ from tuilm.sweep.spec import (
     save_spec_file,
 )
 from tuilm.train import events as ev
-from tuilm.train.lines import eval_summary
-from tuilm.train.sinks import HeadlessProgress, bar_columns
+from tuilm.train.progress import HeadlessProgress, bar_columns
+from tuilm.train.summaries import eval_summary
 
 # Outcomes the same config would only repeat: a rerun keeps them. Anything else (stopped, oom, failed) is retried.
 FINAL = ("completed", "diverged")

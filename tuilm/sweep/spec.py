@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuilm.config import RunConfig, apply_overrides, parse_duration, resolve_key
+from tuilm.config import RunConfig, apply_overrides, resolve_key
 from tuilm.config import parse_value as parse_setting
 from tuilm.errors import ConfigError
+from tuilm.values import parse_duration
 
 SPEC_FILE = "sweep.json"
 STOP_KEYS = ("train.epochs", "train.max_steps", "train.max_tokens", "train.time")
@@ -192,7 +193,7 @@ def parse_budget(text: str) -> Budget:
 
 def base_config(spec: SweepSpec) -> RunConfig:
     """The recipe with the budget, then the fixed --set overrides and --device, applied: what every run shares."""
-    from tuilm.session import resolve_config
+    from tuilm.run_setup import resolve_config
 
     config = resolve_config(spec.recipe)
     if spec.parsed_budget is not None:

@@ -30,15 +30,6 @@ def setup_device(t, dist) -> tuple[torch.device, object]:
 SEARCH_DEVICES = ("cuda", "mps")  # on the CPU "auto" means no accumulation: memory is rarely what runs out
 
 
-def initial_micro(micro_batch_size: int | str, rows_per_step: int, world: int, workers: int = 1) -> int:
-    """Rows per forward pass before any search: all of a rank's rows for 0 and "auto" (a share of them for each
-    worker thread when the rows are split over threads: train/workers.py)."""
-    per_rank = -(-rows_per_step // world)
-    if micro_batch_size == "auto" or not micro_batch_size:
-        return -(-per_rank // workers)
-    return min(int(micro_batch_size), per_rank)
-
-
 def wants_compile(setting: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
@@ -100,7 +91,7 @@ def _forward_backward(trainer, rows: int) -> None:
 
 def search_micro_batch(trainer) -> int:
     """The largest micro-batch that fits on every rank; OutOfMemoryError when not even one row does."""
-    rows = -(-trainer.rows_per_step // trainer.dist.world)
+    rows = trainer.batches.rows_per_rank
     rng = torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else [])
     with rng:  # dropout draws from the RNG: the run must continue as if no probe had happened
         found = largest_fitting(candidates(rows), lambda n: probe(trainer, n))
@@ -114,14 +105,14 @@ def start(trainer) -> None:
     """At the start of run(): the notices for this device, then the micro-batch search when it is due."""
     t, device = trainer.tcfg, trainer.device
     for note in notices(trainer):
-        trainer._emit(ev.Log(trainer.step, note))
+        trainer.emit(ev.Log(trainer.step, note))
     if t.micro_batch_size == "auto" and device.type in SEARCH_DEVICES:
         micro = search_micro_batch(trainer)
-        rows = -(-trainer.batches.rows_per_step // trainer.dist.world)
+        rows = trainer.batches.rows_per_rank
         trainer.batches.micro = micro
         per = "per rank" if trainer.dist.active else "per step"
         message = f"micro-batch auto: {micro} rows per forward pass, {-(-rows // micro)} per step ({rows} rows {per})"
-        trainer._emit(ev.Log(trainer.step, message))
+        trainer.emit(ev.Log(trainer.step, message))
 
 
 def notices(trainer) -> list[str]:

@@ -13,9 +13,9 @@ from tuilm.data.pipeline import IGNORE, Batch
 from tuilm.device import free_memory
 from tuilm.train import distributed
 from tuilm.train import events as ev
+from tuilm.train.batches import to_device
 from tuilm.train.health import nonfinite_action
 from tuilm.train.losses import z_loss_sum
-from tuilm.train.schedule import to_device
 
 MAX_SKIPS = 10  # non-finite steps in a row before a `skip` policy gives up
 # A run that ends inside a streak this long has not recovered from it (its weights may be finite but useless, the
@@ -23,7 +23,7 @@ MAX_SKIPS = 10  # non-finite steps in a row before a `skip` policy gives up
 ENDING_STREAK = 3
 
 
-def healing_backward(trainer, micro: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
+def healing_backward(trainer, micro_batches: list[Batch], n_targets: int, health_step: bool, lean: bool = False):
     """forward_backward; on an out-of-memory error, free, halve the micro-batch and redo the step (its rows,
     hence its exact gradient, stay the same).
 
@@ -35,7 +35,7 @@ def healing_backward(trainer, micro: list[Batch], n_targets: int, health_step: b
     while True:
         failed = False
         try:
-            loss_sum = accumulate(trainer, micro, n_targets, health_step)
+            loss_sum = accumulate(trainer, micro_batches, n_targets, health_step)
         except torch.OutOfMemoryError:
             if not dist.active and trainer.batches.micro <= 1:
                 raise
@@ -50,13 +50,12 @@ def healing_backward(trainer, micro: list[Batch], n_targets: int, health_step: b
         if old <= 1:
             raise torch.OutOfMemoryError(f"out of memory{where} at micro-batch 1 row, step {trainer.step + 1}")
         trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.batches.micro = old // 2
-        micro = trainer.batches.split(trainer.batches.last_index)
+        micro_batches = trainer.batches.halve()
         message = f"out of memory{where} at micro-batch {old} rows: now {old // 2}, step {trainer.step + 1} redone"
-        trainer._emit(ev.Log(trainer.step + 1, message, "warning"))
+        trainer.emit(ev.Log(trainer.step + 1, message, "warning"))
 
 
-def accumulate(trainer, micro: list[Batch], n_targets: int, health_step: bool) -> torch.Tensor:
+def accumulate(trainer, micro_batches: list[Batch], n_targets: int, health_step: bool) -> torch.Tensor:
     """Forward and backward over the step's micro-batches; returns this rank's summed loss (on the device):
     the step's gradients, before trainer.reducer averages them over the ranks and finish_grads clips them.
 
@@ -66,15 +65,15 @@ def accumulate(trainer, micro: list[Batch], n_targets: int, health_step: bool) -
     Under DDP DDP's own reducer is off (no_sync): the last micro-batch's backward pass sends the gradients through
     trainer.reducer instead, bucket by bucket as they are ready (healing_backward waits for them).
     """
-    if trainer.workers and len(micro) > 1 and not health_step:
-        return concurrent_accumulate(trainer, micro, n_targets)
+    if trainer.workers and len(micro_batches) > 1 and not health_step:
+        return concurrent_accumulate(trainer, micro_batches, n_targets)
     loss_sum = None
     model = trainer.ddp if health_step else trainer.forward  # hooks need the eager module
     weight = trainer.dist.world / n_targets
     with trainer.health.activation_hooks(health_step):
-        for i, batch in enumerate(micro):
-            trainer._last_batch = batch = to_device(batch, trainer.device)
-            if trainer.reducer and i == len(micro) - 1:
+        for i, batch in enumerate(micro_batches):
+            trainer.last_batch = batch = to_device(batch, trainer.device)
+            if trainer.reducer and i == len(micro_batches) - 1:
                 trainer.reducer.arm()
             with distributed.no_sync(trainer.ddp):
                 loss, scaled = micro_loss(trainer, model, batch, weight)
@@ -95,12 +94,12 @@ def micro_loss(trainer, model, batch, weight: float) -> tuple[torch.Tensor, torc
     return loss, scaled
 
 
-def concurrent_accumulate(trainer, micro: list[Batch], n_targets: int) -> torch.Tensor:
+def concurrent_accumulate(trainer, micro_batches: list[Batch], n_targets: int) -> torch.Tensor:
     """accumulate() with the micro-batches on trainer.workers at once (train/workers.py). Each returns its own
     gradients, added here in micro-batch order: the sum the sequential backward passes accumulate, exactly."""
     weight = trainer.dist.world / n_targets
-    batches = [to_device(b, trainer.device) for b in micro]
-    trainer._last_batch = batches[0]
+    batches = [to_device(b, trainer.device) for b in micro_batches]
+    trainer.last_batch = batches[0]
     params = trainer.params
 
     def one(batch):
@@ -177,11 +176,11 @@ def non_finite(trainer, loss_value: float, grad_norm: float) -> bool:
     Skipping helps with a rare bad batch; when every step is non-finite the weights themselves are gone,
     so after MAX_SKIPS in a row training stops as diverged instead of spinning.
     """
-    trainer._skips += 1
+    trainer.nonfinite_streak += 1
     h = trainer.config.health
     policy = "rewind" if h.on_spike == "rewind" and h.nonfinite != "stop" else h.nonfinite
-    action, stop = nonfinite_action(policy, trainer._skips, MAX_SKIPS)
-    x, _, pos, doc = trainer._last_batch
+    action, stop = nonfinite_action(policy, trainer.nonfinite_streak, MAX_SKIPS)
+    x, _, pos, doc = trainer.last_batch
     trainer.health.non_finite(
         trainer.step + 1, loss_value, grad_norm, action, lambda: trainer.model(x, pos_ids=pos, doc_ids=doc)
     )

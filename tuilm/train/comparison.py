@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tuilm.config import rows_per_step
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsTail, newest_wins
+from tuilm.train.metrics_file import MetricsTail, newest_wins
 
 KEPT = (ev.RunStarted, ev.Step, ev.Eval)  # all a comparison needs: the rest is not even held
 
@@ -34,15 +35,14 @@ def compare_metrics(path: Path, own_run: Path | None = None) -> Path:
 
 
 def batch_shape(config: dict | None) -> tuple[int, int] | None:
-    """(rows per step, seq_len) from a RunStarted's config tables, as RunConfig.rows_per_step counts them."""
+    """(rows per step, seq_len) from a RunStarted's config tables, counted by config.rows_per_step."""
     if not config:
         return None
     t, m = config.get("train", {}), config.get("model", {})
     seq = int(m.get("seq_len") or 0)
     if not seq:
         return None
-    rows = max(1, int(t["batch_tokens"]) // seq) if t.get("batch_tokens") else int(t.get("batch_size") or 0)
-    return rows, seq
+    return rows_per_step(int(t.get("batch_size") or 0), int(t.get("batch_tokens") or 0), seq), seq
 
 
 def axis_for(own: dict | None, other: dict | None) -> str:

@@ -14,6 +14,9 @@ class Controls:
     """The control surface `Trainer` inherits; `run` is the subclass's loop."""
 
     def __init__(self) -> None:
+        # Under DDP a stop is only a request until every rank has agreed on it: the loop sends _stop_wanted with the
+        # step's all-reduce, and every rank stops in _agreed_stop at the same step.
+        self._stop_wanted = ""
         self._stop = threading.Event()
         self._running = threading.Event()
         self._running.set()
@@ -21,6 +24,7 @@ class Controls:
         self._requests: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         self.run_thread: RunThread | None = None  # the thread that built the trainer, if one did: it trains too
+        self.run_lock = None  # the run directory's lock (runlock.RunLock), held by whoever claimed the directory
         self._announced_pause = False
 
     def run(self):  # pragma: no cover - the subclass's loop
@@ -54,7 +58,21 @@ class Controls:
 
     def stop(self, reason: str = "stopped") -> None:
         """Finish the current step, save the last checkpoint and end (thread-safe, returns at once)."""
+        if self.ranks_must_agree():
+            self._stop_wanted = self._stop_wanted or reason
+            self._running.set()
+            return
         self._stop_reason = reason
+        self._stop.set()
+        self._running.set()
+
+    def ranks_must_agree(self) -> bool:
+        """Whether a stop waits for every rank's agreement (the trainer under DDP)."""
+        return False
+
+    def _agreed_stop(self) -> None:
+        """Every rank agreed on a stop (under DDP): it takes effect, on all of them at this step."""
+        self._stop_reason = self._stop_wanted or "interrupted"
         self._stop.set()
         self._running.set()
 

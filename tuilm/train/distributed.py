@@ -193,7 +193,7 @@ def refused(trainer, what: str) -> bool:
     wait in a collective) is refused with a warning; True when refused."""
     if not trainer.dist.active:
         return False
-    trainer._emit(ev.Log(trainer.step, f"{what} is not available under DDP (quit, save and sample are)", "warning"))
+    trainer.emit(ev.Log(trainer.step, f"{what} is not available under DDP (quit, save and sample are)", "warning"))
     return True
 
 

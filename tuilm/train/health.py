@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 import torch
 
-from tuilm.config import REMEDIES
 from tuilm.train import events as ev
 from tuilm.train.activations import ActivationHooks
 from tuilm.train.layer_groups import LayerGroups
+from tuilm.train.remedies import REMEDIES
 from tuilm.train.verdict import judge_layers
 
 MIN_HISTORY = 5  # steps of running averages before a value can be called abnormal relative to them

@@ -10,8 +10,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from tuilm.config import REMEDIES, HealthConfig
+from tuilm.config import HealthConfig
 from tuilm.train import events as ev
+from tuilm.train.remedies import REMEDIES
 from tuilm.train.verdict import update_verdict
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -47,7 +48,7 @@ def summarize(events: list[ev.Event]) -> dict:
 
 def run_state(summary: dict) -> str:
     """The end event's status (completed, stopped, diverged), failed, or without an end the run's liveness
-    (running or dead, tuilm.train.sinks.liveness) that the caller put in summary["live"]."""
+    (running or dead, tuilm.train.metrics_file.liveness) that the caller put in summary["live"]."""
     end = summary["end"]
     if end is None:
         return summary.get("live", "running")

@@ -79,11 +79,11 @@ def logged(trainer, step: int) -> bool:
     )
 
 
-def lean_step(trainer, micro: list[Batch], n_targets: int, t0: float) -> None:
+def lean_step(trainer, micro_batches: list[Batch], n_targets: int, t0: float) -> None:
     """A step between logged steps: nothing is read back from the device (train/lean.py)."""
     s = trainer.state
-    loss_sum, norm = healing_backward(trainer, micro, n_targets, False, lean=True)
-    trainer._set_lr(trainer.lr_now(s.step))
+    loss_sum, norm = healing_backward(trainer, micro_batches, n_targets, False, lean=True)
+    trainer.set_lr(trainer.lr_now(s.step))
     bad = step_on_device(trainer.optimizer, loss_sum, norm)
     if trainer.ema:
         trainer.ema.update(s.step + 1)
@@ -102,4 +102,4 @@ def flush(trainer) -> None:
     if steps:
         lr = trainer.lr_now(trainer.step - 1)
         event = step_event(trainer, tokens, loss / max(1, tokens), lr, seconds, math.nan, bad > 0)
-        trainer._emit(replace(event, step_time=seconds / steps))
+        trainer.emit(replace(event, step_time=seconds / steps))

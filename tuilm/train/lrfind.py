@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from tuilm.data.pipeline import IGNORE
-from tuilm.train.optim import set_lr
-from tuilm.train.schedule import to_device
+from tuilm.train.batches import to_device
 
 RULES = ("min/10", "steepest")
 DIVERGE = 4.0  # the test stops once the smoothed loss passes this many times its minimum
@@ -84,11 +83,11 @@ def lr_range_test(
     best = math.inf
     for i in range(steps):
         lr = start * (end / start) ** (i / max(1, steps - 1))
-        set_lr(optimizer, lr, trainer.tcfg.lr)
-        micro = trainer.batches.next_step(trainer.state)
-        n_targets = max(1, sum(b.n_targets for b in micro))
+        trainer.set_lr(lr)
+        micro_batches = trainer.batches.next_step(trainer.state)
+        n_targets = max(1, sum(b.n_targets for b in micro_batches))
         total = 0.0
-        for batch in micro:
+        for batch in micro_batches:
             x, y, pos, doc = to_device(batch, device)
             with trainer.precision.autocast(device):
                 logits = model(x, pos_ids=pos, doc_ids=doc)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from tuilm.errors import ConfigError
@@ -122,26 +120,3 @@ class MuonAdamW(torch.optim.Optimizer):
         for inner in self._inner:
             inner.step()
         return loss
-
-
-def lr_at(step: int, progress: float, cfg, decay_start: float | None = None) -> float:
-    """Linear warmup over `warmup_steps`, then decay towards min_lr as training progresses.
-
-    `progress` (0..1) is how far the first stopping criterion is (steps, tokens, epochs or time), so the same
-    schedule serves a step budget and a time budget; without any criterion (nan) the rate stays constant.
-    wsd holds lr until `decay_start` (default 1 - decay_fraction; see schedule.wsd_start), then decays.
-    """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-    if cfg.schedule == "constant" or math.isnan(progress):
-        return cfg.lr
-    p = min(max(progress, 0.0), 1.0)
-    if cfg.schedule == "wsd":
-        start = 1 - cfg.decay_fraction if decay_start is None else decay_start
-        if p <= start:
-            return cfg.lr
-        q = min(1.0, (p - start) / (1 - start))  # 0..1 through the decay
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 - (math.sqrt(q) if cfg.decay_shape == "sqrt" else q))
-    if cfg.schedule == "linear":
-        return cfg.lr + (cfg.min_lr - cfg.lr) * p
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * p)) * (cfg.lr - cfg.min_lr)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from tuilm.train.backward import apply_update, healing_backward
-from tuilm.train.optim import lr_at
+from tuilm.train.schedule import lr_at
 
 ABSOLUTE_TARGET = 0.05  # nats/token: what "~0" means for a small vocabulary
 RELATIVE_TARGET = 0.01  # of ln(vocab): for a large one, where 0.05 would ask for more than one batch needs
@@ -59,14 +59,14 @@ def overfit_batch(
     # A warmup as long as a recipe's (100 steps) would eat half the budget; a short one still spares Adam's
     # first, badly scaled steps. No decay: a shrinking rate would hide an lr that is too high.
     schedule = replace(tcfg, schedule="constant", warmup_steps=min(tcfg.warmup_steps, steps // 10))
-    micro = trainer.batches.next_step(trainer.state)
-    n_targets = sum(b.n_targets for b in micro)
+    micro_batches = trainer.batches.next_step(trainer.state)
+    n_targets = sum(b.n_targets for b in micro_batches)
     trainer.model.train()
     losses: list[float] = []
     stopped = "steps"
     for i in range(steps):
-        trainer._set_lr(lr_at(i, math.nan, schedule))
-        loss_sum, grad_norm = healing_backward(trainer, micro, n_targets, health_step=False)
+        trainer.set_lr(lr_at(i, math.nan, schedule))
+        loss_sum, grad_norm = healing_backward(trainer, micro_batches, n_targets, health_step=False)
         loss = float(loss_sum) / max(1, n_targets)
         losses.append(loss)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -92,7 +92,7 @@ def overfit_batch(
         best_loss=min(finite) if finite else math.nan,
         ln_vocab=math.log(vocab),
         lr=tcfg.lr,
-        rows=sum(len(b.inputs) for b in micro),
+        rows=sum(len(b.inputs) for b in micro_batches),
         tokens=n_targets,
         stopped=stopped,
         losses=losses,

@@ -84,6 +84,26 @@ STATUS_OF = {
 }
 
 
+def eval_event(step: int, result, averaged, weights: str, best_val_loss: float, is_best: bool, train_loss, seconds):
+    """The Eval event of an evaluation: the model's scores (`result`), the weight average's (`averaged`, or None)
+    and which of the two `weights` the best checkpoint would hold."""
+    return ev.Eval(
+        step=step,
+        val_loss=result.loss,
+        val_ppl=result.ppl,
+        val_bpc=result.bpc,
+        val_bpb=result.bpb,
+        best_val_loss=best_val_loss,
+        is_best=is_best,
+        train_loss=train_loss,
+        seconds=seconds,
+        ema_val_loss=averaged.loss if averaged else None,
+        ema_val_bpc=averaged.bpc if averaged else None,
+        ema_val_bpb=averaged.bpb if averaged else None,
+        weights=weights,
+    )
+
+
 def finished_event(trainer, reason: str, last: Path | None) -> ev.Finished:
     s, last_eval, best = trainer.state, trainer.last_eval, trainer.files.best
     rate = session_rate(trainer)

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from tuilm.config import REMEDIES
 from tuilm.errors import ConfigError
 from tuilm.train import events as ev
+from tuilm.train.remedies import REMEDIES
 from tuilm.train.state import TrainState
 
 MAX_REWINDS = 5  # in a row, with no new good state in between
@@ -84,7 +84,7 @@ class SpikeGuard:
     def after_step(self, trainer, spiked: bool, nonfinite: bool) -> bool:
         """After a step's events: stop, rewind or keep the state as the policy says; True when it rewound."""
         if spiked and self.policy == "stop":
-            trainer._emit(ev.Log(trainer.step, f"loss spike at step {trainer.step}: stopped (health.on_spike)"))
+            trainer.emit(ev.Log(trainer.step, f"loss spike at step {trainer.step}: stopped (health.on_spike)"))
             trainer.stop("loss_spike")
         if not self.rewinds:
             return False
@@ -138,17 +138,17 @@ class SpikeGuard:
         restored = copy.deepcopy(snap.state)
         for f in fields(TrainState):  # in place: whoever holds trainer.state sees the rewound one
             setattr(bad, f.name, getattr(bad if f.name in KEPT else restored, f.name))
-        trainer._skips = 0
+        trainer.nonfinite_streak = 0
         event = self._event(cause, bad_step, snap.state.step)
-        trainer._emit(event)
+        trainer.emit(event)
         remedy, panel = REMEDIES["rewind"]
-        trainer._emit(ev.Alert(event.step, "rewind", "warn", event.message, None, float(event.in_a_row), remedy, panel))
+        trainer.emit(ev.Alert(event.step, "rewind", "warn", event.message, None, float(event.in_a_row), remedy, panel))
         if self.in_a_row >= MAX_REWINDS:
             message = (
                 f"{self.in_a_row} rewinds in a row without a new good state after step {snap.state.step}: "
                 "training stopped there; lower train.lr or lengthen train.warmup_steps"
             )
-            trainer._emit(ev.Log(snap.state.step, message, "error"))
+            trainer.emit(ev.Log(snap.state.step, message, "error"))
             trainer.stop("rewinds")
         return True
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from tuilm.config import TARGET_UNITS, parse_target
 from tuilm.train import events as ev
+from tuilm.values import TARGET_UNITS, parse_target
 
 FIELD = {"bpc": "val_bpc", "loss": "val_loss", "bpb": "val_bpb"}  # the Eval event's field of each unit
 

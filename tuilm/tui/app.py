@@ -27,10 +27,10 @@ from tuilm.train import events as ev
 from tuilm.tui import layout
 from tuilm.tui.alerts import AlertHighlights, Highlight
 from tuilm.tui.compare import Overlay
+from tuilm.tui.event_lines import Panes, event_lines
 from tuilm.tui.header import RunHeader
 from tuilm.tui.health_panels import GradNorm, LayerBars
 from tuilm.tui.layout import MIN_SIZE, PAGES, TITLES
-from tuilm.tui.lines import Panes, event_lines
 from tuilm.tui.panels import PanelPacer, Panels
 from tuilm.tui.screens import ConfirmQuit, HelpScreen
 from tuilm.tui.source import Followed, Live, Recorded

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tuilm.sweep.runinfo import METRICS, flatten, run_status
 from tuilm.train import events as ev
-from tuilm.train.sinks import MetricsTail, parse_event
+from tuilm.train.metrics_file import MetricsTail, parse_event
 from tuilm.tui.store import RunStore
 
 STEP_LINE = b'{"event":"step"'

@@ -12,7 +12,7 @@ from textual.widget import Widget
 
 from tuilm.formatting import fmt_duration, human
 from tuilm.train import events as ev
-from tuilm.train.sinks import eta_seconds, leading_limit, limit_text
+from tuilm.train.progress import eta_seconds, leading_limit, limit_text
 
 STATES = {
     "starting": ("○", "dim"),

@@ -9,9 +9,9 @@ from textual.widgets import Footer, RichLog, Static, Tab, Tabs
 from tuilm.train import events as ev
 from tuilm.tui.alerts import PAGE_OF, Highlight
 from tuilm.tui.charts import LineChart
+from tuilm.tui.event_lines import failed_lines, finished_note, outcome_text
 from tuilm.tui.header import RunHeader
 from tuilm.tui.health_panels import ActivationTable, GradHeatmap, GradNorm, LayerBars
-from tuilm.tui.lines import failed_lines, finished_note, outcome_text
 from tuilm.tui.system import SystemPanel
 
 MIN_SIZE = (60, 18)

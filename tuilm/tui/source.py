@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tuilm.train.sinks import MetricsTail
+from tuilm.train.metrics_file import MetricsTail
 from tuilm.tui.store import RunStore
 
 FOLLOW_INTERVAL = 0.25  # seconds between looks at a watched metrics.jsonl

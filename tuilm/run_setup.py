@@ -16,10 +16,12 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
-from tuilm.config import RunConfig, from_dict, load_toml
+from tuilm.config import HealthConfig, RunConfig, all_keys, from_dict, load_toml
 from tuilm.errors import ConfigError, TuilmError, print_error
+from tuilm.formatting import short
 from tuilm.resources import recipe_names, recipe_path
 
 
@@ -205,6 +207,35 @@ def check_same_data(run_dir: Path, dataset) -> None:
         )
 
 
+# What `--resume` may change: when to stop, how often to evaluate and save, the lr schedule (computed every step),
+# where and how fast it runs, and the health thresholds. Everything else is fixed by the checkpoint: the data and
+# tokenizer, the model's shape, the batch, the optimizer and the hyper-parameters its state carries (betas,
+# weight decay, momentum), the seed that orders the batches.
+RESUME_MAY_CHANGE = {
+    *(f"train.{k}" for k in ("max_steps", "max_tokens", "epochs", "time", "patience", "eval_interval")),
+    *(f"train.{k}" for k in ("checkpoint_interval", "sample_prompt", "sample_tokens", "device", "dtype")),
+    *(f"train.{k}" for k in ("compile", "threads", "parallel", "micro_batch_size", "lr", "min_lr", "schedule")),
+    *(f"train.{k}" for k in ("warmup_steps", "grad_clip", "keep_checkpoints", "decay_fraction", "decay_shape")),
+    *(f"train.{k}" for k in ("target", "stop_at_target")),
+    "model.checkpoint_activations",  # recomputes the same activations: the math is unchanged
+    *(f"health.{f.name}" for f in fields(HealthConfig)),
+}
+
+
+def check_resume_changes(saved: RunConfig, new: RunConfig, run_dir: Path) -> None:
+    """ConfigError for the first setting a resume of `saved` may not change, with the way out; before any write."""
+    for key in all_keys():
+        section, name = key.split(".")
+        before, after = getattr(getattr(saved, section), name), getattr(getattr(new, section), name)
+        if before != after and key not in RESUME_MAY_CHANGE:
+            raise ConfigError(
+                f"--resume cannot change {key} ({short(before)} -> {short(after)}): the checkpoint in {run_dir} "
+                f"was trained with {short(before)}; drop that --set to continue, or start a new run with it "
+                "(--out or --name); a resume may change when it stops, the lr schedule, intervals, device and "
+                "health thresholds"
+            )
+
+
 def refuse_if_live(run_dir: Path) -> None:
     """RunLockedError (with the holder's pid) when another live process trains into `run_dir`: checked first,
     so that the refusal says why, whatever else the directory holds."""
@@ -216,7 +247,7 @@ def refuse_if_live(run_dir: Path) -> None:
 
 def release_run_dir(trainer) -> None:
     """Let the run dir's lock go (the process ending does it too)."""
-    lock = getattr(trainer, "run_lock", None)
+    lock = trainer.run_lock
     if lock is not None:
         lock.release()
 
@@ -243,7 +274,7 @@ def pretrained_start(config: RunConfig, run_dir: Path, resume: bool):
 
 def attach_files(trainer):
     """metrics.jsonl for the run; the caller closes it when the run is over."""
-    from tuilm.train.sinks import MetricsFile
+    from tuilm.train.metrics_file import MetricsFile
 
     metrics = MetricsFile(trainer.run_dir / "metrics.jsonl")
     trainer.bus.subscribe(metrics)
@@ -331,7 +362,7 @@ def report_outcome(trainer) -> int:
     if trainer.error is None:
         result = trainer.result
         if result is not None and result.status == "diverged":
-            from tuilm.config import REMEDIES
+            from tuilm.train.remedies import REMEDIES
 
             if trainer.dist.main:
                 remedy = REMEDIES.get(result.reason, REMEDIES["nonfinite"])[0]

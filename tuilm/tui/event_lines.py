@@ -1,5 +1,5 @@
 """The dashboard's lines: each event as the Rich text its panes show, built from the same summaries
-(tuilm.train.lines) the headless progress prints."""
+(tuilm.train.summaries) the headless progress prints."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.widgets import RichLog
 
 from tuilm.train import events as ev
-from tuilm.train.lines import VERBS, best_summary, eval_summary
+from tuilm.train.summaries import VERBS, best_summary, eval_summary
 
 Line = tuple[str, str | Text]  # (pane, line)
 LOG_STYLES = {"warning": "yellow", "warn": "yellow", "error": "red"}
