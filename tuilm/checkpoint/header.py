@@ -20,6 +20,7 @@ from safetensors.torch import load
 
 from tuilm import atomic
 from tuilm.errors import CheckpointError
+from tuilm.formatting import short
 
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header: a longer one no reader opens
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
