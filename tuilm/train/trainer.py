@@ -70,9 +70,7 @@ class Trainer(Controls):
         self.rows_per_step = config.rows_per_step
         self.dist.check_batch(self.rows_per_step)
         # train.parallel / train.threads: the step's rows split over threads, or torch's own threads (workers.py)
-        compile_on = accel.wants_compile(t.compile, self.device)
-        self.cores = workers.plan(self.config, self.device, self.precision, self.dist.world, compile_on)
-        self.workers = workers.start(self.cores)
+        self.cores, self.workers = workers.setup(self.config, self.device, self.precision, self.dist.world)
         self.batches = BatchSource(
             dataset, self.rows_per_step, t.micro_batch_size, t.seed, config.data.doc_mask, self.dist, self.cores.workers
         )
@@ -83,8 +81,7 @@ class Trainer(Controls):
         self.model = GPT(self.config.model).to(self.device)
         self.ddp = distributed.wrap(self.model, self.device, self.dist)  # the model itself in one process
         self.forward = accel.compiled(self.ddp, t.compile, self.device)  # compile = auto: on CUDA
-        cores = max(self.cores.workers, torch.get_num_threads())  # what the steps run on
-        self.flops = run_flops(self.model, self.device, self.dist.world, cores)  # for MFU beside tokens/s
+        self.flops = run_flops(self.model, self.device, self.dist.world, self.cores.used())  # for MFU beside tokens/s
         self.optimizer = optim.build_optimizer(self.model, t, self.device)
         self.ema = ema.build(self.model, t.ema)  # train.ema: the weights' moving average (train/ema.py)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
@@ -100,8 +97,7 @@ class Trainer(Controls):
         self.last_eval: ev.Eval | None = None
         self.nonfinite_streak = 0  # non-finite steps in a row
         self.last_batch: tuple | None = None  # the last micro-batch on the device: a non-finite step's replay
-        self.session_start = (0, 0.0)  # (tokens, elapsed) when run() started, for this session's tokens/s
-        self.session_start_step = 0
+        self.session_start, self.session_start_step = (0, 0.0), 0  # (tokens, elapsed), step: when run() started
         # When the last step's timing ended: the next step's starts there, so that a step's time is the whole loop
         # around it (events, metrics.jsonl, the progress bar), as nanoGPT's per-iteration time is. None after
         # what is not training (evaluation, checkpoints, samples, a pause), whose seconds `apart` keeps instead.
@@ -109,7 +105,7 @@ class Trainer(Controls):
         self.apart = {"eval": 0.0, "checkpoint": 0.0, "compile": 0.0}
         self.result: ev.Finished | None = None
         self.error: BaseException | None = None
-        self.resumed_step = 0
+        self.resumed_step = 0  # _load_state sets it
         if resume:
             self._load_state()
         self.resumed_progress = self.progress if resume else 0.0  # wsd: a cooldown branch decays from here
@@ -127,8 +123,7 @@ class Trainer(Controls):
 
     def run(self) -> ev.Finished | None:
         try:
-            self.session_start = (self.state.tokens, self.state.elapsed)
-            self.session_start_step = self.step
+            self.session_start, self.session_start_step = (self.state.tokens, self.state.elapsed), self.step
             self.guard.keep(self)
             self.emit(started_event(self))
             accel.start(self)  # notices for this device; micro_batch_size = auto: the largest that fits
@@ -141,9 +136,7 @@ class Trainer(Controls):
             if not isinstance(e, Exception):
                 raise
         finally:
-            if self.workers:  # the run is over: its threads go (a later evaluation runs on this thread alone)
-                self.workers, workers_left = None, self.workers
-                workers_left.close()
+            self.workers = workers.close(self.workers)  # the run is over (a later evaluation: this thread alone)
         return self.result
 
     def _loop(self) -> str:
@@ -242,18 +235,17 @@ class Trainer(Controls):
         self.emit(ev.Status(self.step, "evaluating"))
         t0 = time.perf_counter()
         self.clock = None
-        evaluating = partial(
-            evaluate, dataset=self.dataset, device=self.device, precision=self.precision, dist=self.dist
-        )
-        result = evaluating(self.model, workers=self.workers)
-        averaged = self.ema and evaluating(self.ema.module, workers=self.workers)
+        scoring = partial(evaluate, dataset=self.dataset, device=self.device, precision=self.precision, dist=self.dist)
+        result = scoring(self.model, workers=self.workers)
+        averaged = self.ema and scoring(self.ema.module, workers=self.workers)
         weights = "ema" if averaged and averaged.loss < result.loss else "model"
         best = averaged if weights == "ema" else result
         is_best = self.state.record_eval(best.loss, best.bpc, weights)
         train_loss = self.state.take_train_loss()
         seconds = time.perf_counter() - t0
-        event = eval_event(self.step, result, averaged, weights, self.state.best_val_loss, is_best, train_loss, seconds)
-        self.last_eval = event
+        self.last_eval = event = eval_event(
+            self.step, result, averaged, weights, self.state.best_val_loss, is_best, train_loss, seconds
+        )
         self.emit(event)
         self.health.on_eval(self.step, result.loss, train_loss)
         if self.tcfg.target and not self.state.target_hit:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from tuilm.errors import ConfigError
+from tuilm.train.accel import wants_compile
 
 # Below this many tokens a step (per process), one intra-op thread beats more and beats split rows
 # (benchmarks/README.md, "How tuilm uses the cores").
@@ -40,6 +41,10 @@ class Plan:
     # thread waits; what it runs itself (the optimizer step, clipping) keeps its threads: the cores are free then.
     workers: int
     why: str  # one line for the start of the run ("" when nothing is decided beyond the settings)
+
+    def used(self) -> int:
+        """The cores a step runs on (for MFU's peak), once start() has applied the plan."""
+        return max(self.workers, torch.get_num_threads())
 
 
 def plan(config, device: torch.device, precision, world: int, compile_on: bool) -> Plan:
@@ -100,8 +105,15 @@ class Workers:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def start(p: Plan) -> Workers | None:
-    """Apply the plan on the training thread (torch's default again where it decides nothing: an earlier run in
-    this process may have changed it) and start its workers."""
+def setup(config, device: torch.device, precision, world: int) -> tuple[Plan, Workers | None]:
+    """The plan for this run, applied on the training thread (torch's default again where it decides nothing: an
+    earlier run in this process may have changed it), and its workers started."""
+    p = plan(config, device, precision, world, wants_compile(config.train.compile, device))
     torch.set_num_threads(p.threads or DEFAULT_THREADS)
-    return Workers(p.workers) if p.workers > 1 else None
+    return p, Workers(p.workers) if p.workers > 1 else None
+
+
+def close(workers: Workers | None) -> None:
+    """End the workers' threads (None: nothing to end); returns None, what the trainer holds after."""
+    if workers:
+        workers.close()
