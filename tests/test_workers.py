@@ -11,26 +11,29 @@ import torch
 from tests.helpers import tiny_config, tiny_trainer
 from tuilm.device import pick_precision
 from tuilm.errors import ConfigError
+from tuilm.flops import model_flops_per_token
+from tuilm.model import GPT
 from tuilm.train import events as ev
 from tuilm.train.evaluate import evaluate
-from tuilm.train.workers import SMALL_STEP_TOKENS, Workers, plan
+from tuilm.train.workers import Workers, plan
 
 CPU = torch.device("cpu")
 FP32 = pick_precision(CPU, "fp32")
 
 
 def planned(source, *overrides, device=CPU, world=1, compile_on=False, precision=FP32):
-    return plan(tiny_config(source, *overrides), device, precision, world, compile_on)
+    config = tiny_config(source, *overrides)
+    return plan(config, device, precision, world, compile_on, model_flops_per_token(GPT(config.model)))
 
 
-def test_a_small_step_runs_on_one_thread_and_a_larger_one_splits_its_rows(small_corpus, monkeypatch):
+def test_a_tiny_step_runs_on_one_thread_and_a_larger_one_on_torchs_threads(small_corpus, monkeypatch):
     monkeypatch.setattr("tuilm.train.workers.DEFAULT_THREADS", 2)
-    small = planned(small_corpus, "batch_size=8", "seq_len=16")  # 128 tokens
-    assert SMALL_STEP_TOKENS > 8 * 16 and (small.threads, small.workers) == (1, 1)
-    assert "one thread" in small.why
-    large = planned(small_corpus, "batch_size=8", "seq_len=64", "dropout=0")  # 512 tokens
-    assert (large.threads, large.workers) == (0, 2) and "split over 2 threads" in large.why
-    assert planned(small_corpus, "batch_size=1", "seq_len=600").workers == 1  # one row cannot be split
+    small = planned(small_corpus, "batch_size=8", "seq_len=16", "d_model=32", "n_layers=2")
+    assert (small.threads, small.workers) == (1, 1) and "one thread for a step of" in small.why
+    large = planned(small_corpus, "batch_size=12", "seq_len=64", "d_model=128", "n_layers=4", "n_heads=4")
+    assert (large.threads, large.workers, large.why) == (0, 1, "")  # torch's default threads, rows not split
+    monkeypatch.setattr("tuilm.train.workers.DEFAULT_THREADS", 1)
+    assert planned(small_corpus, "batch_size=8", "seq_len=16").why == ""  # one core: nothing to choose
 
 
 @pytest.mark.parametrize(
@@ -43,10 +46,9 @@ def test_a_small_step_runs_on_one_thread_and_a_larger_one_splits_its_rows(small_
         (["micro_batch_size=4"], {}),
     ],
 )
-def test_auto_leaves_torch_its_threads_where_rows_cannot_be_split(small_corpus, monkeypatch, overrides, kw):
+def test_rows_split_over_threads_are_refused_with_the_reason(small_corpus, monkeypatch, overrides, kw):
     monkeypatch.setattr("tuilm.train.workers.DEFAULT_THREADS", 2)
-    p = planned(small_corpus, "batch_size=16", "seq_len=64", *overrides, **kw)
-    assert (p.threads, p.workers) == (0, 1)
+    assert planned(small_corpus, "batch_size=16", "seq_len=64", *overrides, **kw).workers == 1  # auto never splits
     with pytest.raises(ConfigError, match=r"train.parallel = batch .*; or use train.parallel = ops"):
         planned(small_corpus, "batch_size=16", "seq_len=64", "parallel=batch", *overrides, **kw)
 

@@ -69,16 +69,15 @@ class Trainer(Controls):
         self.files = RunFiles(self.run_dir, dataset.tokenizer, self.config.to_dict())
         self.rows_per_step = config.rows_per_step
         self.dist.check_batch(self.rows_per_step)
-        # train.parallel / train.threads: the step's rows split over threads, or torch's own threads (workers.py)
-        self.cores, self.workers = workers.setup(self.config, self.device, self.precision, self.dist.world)
+        torch.manual_seed(t.seed)
+        self.model = GPT(self.config.model).to(self.device)
+        # train.parallel / train.threads: torch's own threads, one for a tiny step, or the rows split (workers.py)
+        self.cores, self.workers = workers.setup(self.config, self.device, self.precision, self.dist.world, self.model)
         self.batches = BatchSource(
             dataset, self.rows_per_step, t.micro_batch_size, t.seed, config.data.doc_mask, self.dist, self.cores.workers
         )
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.rules = StopRules.of(t, self.steps_per_epoch)
-
-        torch.manual_seed(t.seed)
-        self.model = GPT(self.config.model).to(self.device)
         self.ddp = distributed.wrap(self.model, self.device, self.dist)  # the model itself in one process
         self.forward = accel.compiled(self.ddp, t.compile, self.device)  # compile = auto: on CUDA
         self.flops = run_flops(self.model, self.device, self.dist.world, self.cores.used())  # for MFU beside tokens/s

@@ -1,20 +1,21 @@
-"""How a run uses the CPU's cores (train.parallel, train.threads): torch's intra-op threads, or the step's rows
-split over threads.
+"""How a run uses the CPU's cores (train.parallel, train.threads): torch's intra-op threads, one thread for a
+tiny step, or the step's rows split over threads.
 
-Torch parallelises each operation over its intra-op threads. A small model's operations are small: a matmul of a
-few hundred rows scales poorly over threads (on the 2-core VM of benchmarks/README.md, 2 threads run the
-nanoGPT CPU example's matmuls 1.4x faster than one, its attention and GELU not at all), and every operation's
-threads must meet at a barrier, so a core that the machine takes away for a moment stalls both. Splitting the
-step's rows into one micro-batch per thread instead (`parallel = "batch"`) keeps each thread on whole
-operations, one intra-op thread each; the threads meet once a step, when their gradients are added. Operations
-release the GIL, so the threads' Python work is all they share.
+`auto` (the default) leaves torch its intra-op threads, except for a step too small to share: below
+SMALL_STEP_FLOPS the step is mostly Python and dispatch, and one thread, which never waits at a barrier for
+another, does it fastest. Measured on the `tuilm train` command itself on a quiet 2-core VM
+(benchmarks/cpu_parallel.py, benchmarks/README.md): one thread 1.2x two at 3 MFLOP a step, even at 50-330 MFLOP,
+two threads 1.5x one from 1.3 GFLOP up.
 
-The gradients are the micro-batches' own, added in micro-batch order, so a step is exactly the step that runs
-the same micro-batches one after another (`parallel = "ops"`, `threads = 1`, `micro_batch_size = rows / workers`),
-whichever thread finishes first; tests/test_workers.py checks it. Dropout would draw from one random generator in
-an order the threads decide, so "batch" needs model.dropout = 0.
-
-A step of very few tokens is mostly Python and dispatch: one thread does it fastest (no barrier at all).
+`batch` splits the step's rows into one micro-batch per thread, each thread on one core with one intra-op thread,
+meeting once a step when their gradients are added. On a quiet machine it is no faster than torch's own threads
+(0.9-1.0x at 512-1024 tokens), so it is not the default; where other processes take the cores now and then, it
+degrades less, since torch's threads meet at a barrier in every operation and a core taken away stalls them all
+(1.2-1.7x torch's threads, measured with other work at idle priority on the same VM). The gradients are the
+micro-batches' own, added in micro-batch order, so a step is exactly the step that runs the same micro-batches one
+after another (`parallel = "ops"`, `threads = 1`, `micro_batch_size = rows / workers`), whichever thread finishes
+first; tests/test_workers.py checks it. Dropout would draw from one random generator in an order the threads
+decide, so "batch" needs model.dropout = 0.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from dataclasses import dataclass
 import torch
 
 from tuilm.errors import ConfigError
+from tuilm.flops import model_flops_per_token
 from tuilm.train.accel import wants_compile
 
-# Below this many tokens a step (per process), one intra-op thread beats more and beats split rows
-# (benchmarks/README.md, "How tuilm uses the cores").
-SMALL_STEP_TOKENS = 512
+# Below this many training FLOPs a step (per process), one intra-op thread beats more (module docstring).
+SMALL_STEP_FLOPS = 3e8
 # torch's intra-op default (physical cores, or OMP_NUM_THREADS), read before any run of this process changes it.
 DEFAULT_THREADS = torch.get_num_threads()
 
@@ -47,27 +48,24 @@ class Plan:
         return max(self.workers, torch.get_num_threads())
 
 
-def plan(config, device: torch.device, precision, world: int, compile_on: bool) -> Plan:
+def plan(config, device: torch.device, precision, world: int, compile_on: bool, flops_per_token: float) -> Plan:
     """The threads of one process for this run: train.parallel and train.threads resolved (module docstring)."""
-    t, m = config.train, config.model
+    t = config.train
     rows = -(-config.rows_per_step // world)
-    tokens = rows * m.seq_len
     if device.type != "cpu":
         return Plan(t.threads, 1, "")
-    blocker = batch_blocker(config, precision, world, compile_on, rows)
     if t.parallel == "batch":
+        blocker = batch_blocker(config, precision, world, compile_on, rows)
         if blocker:
             raise ConfigError(f"train.parallel = batch {blocker}; or use train.parallel = ops")
         n = min(t.threads or DEFAULT_THREADS, rows)
         return Plan(0, n, f"cpu: the step's {rows} rows split over {n} threads (train.parallel = batch)")
     if t.parallel == "ops" or t.threads:  # threads set alone: torch's own parallelism, as asked
         return Plan(t.threads, 1, "")
-    if tokens < SMALL_STEP_TOKENS:
-        return Plan(1, 1, f"cpu: one thread for a step of {tokens} tokens (train.parallel, train.threads)")
-    n = min(DEFAULT_THREADS, rows)
-    if blocker or n < 2:
-        return Plan(0, 1, "")
-    return Plan(0, n, f"cpu: the step's {rows} rows split over {n} threads (train.parallel = auto)")
+    flops = flops_per_token * rows * config.model.seq_len
+    if flops < SMALL_STEP_FLOPS and DEFAULT_THREADS > 1:
+        return Plan(1, 1, f"cpu: one thread for a step of {flops / 1e6:.0f} MFLOP (train.parallel, train.threads)")
+    return Plan(0, 1, "")
 
 
 def batch_blocker(config, precision, world: int, compile_on: bool, rows: int) -> str:
@@ -105,10 +103,11 @@ class Workers:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def setup(config, device: torch.device, precision, world: int) -> tuple[Plan, Workers | None]:
+def setup(config, device: torch.device, precision, world: int, model) -> tuple[Plan, Workers | None]:
     """The plan for this run, applied on the training thread (torch's default again where it decides nothing: an
     earlier run in this process may have changed it), and its workers started."""
-    p = plan(config, device, precision, world, wants_compile(config.train.compile, device))
+    compile_on = wants_compile(config.train.compile, device)
+    p = plan(config, device, precision, world, compile_on, model_flops_per_token(model))
     torch.set_num_threads(p.threads or DEFAULT_THREADS)
     return p, Workers(p.workers) if p.workers > 1 else None
 
