@@ -110,7 +110,9 @@ class Dashboard(App[OpenChat | None]):
         self._system = SystemView(self, self.source.system_device)
         self.store.on_rare = self._wake
         self._pull_timer = self.set_interval(PULL_INTERVAL, self.pull)
-        self.source.start(self)
+        # Training starts once the first screen is drawn: the first paint is the dashboard's costliest moment, and
+        # a small model's steps would share the interpreter with it.
+        self.call_after_refresh(self.source.start, self)
         self.overlay.start(self)
         self.pull()
 
