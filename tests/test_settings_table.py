@@ -1,5 +1,6 @@
 """docs/training.md's settings table against the settings themselves: every setting is in it, and every key in it
-is a setting (the table is the reference for them; the event table is checked the same way in test_json.py)."""
+is a setting, and the dashboard keys paragraph names every key (the event table is checked the same way in
+test_json.py)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,14 @@ def test_every_setting_is_in_the_table_and_every_key_there_is_a_setting():
     assert len(documented) == len(set(documented)), "a key is listed twice"
     assert sorted(set(all_keys()) - set(documented)) == []  # settings the table leaves out
     assert sorted(set(documented) - set(all_keys())) == []  # keys that are not settings
+
+
+def test_every_dashboard_key_is_in_the_keys_paragraph():
+    from tuilm.tui.app import Dashboard
+
+    text = TABLE.read_text(encoding="utf-8")
+    paragraph = text[text.index("**Dashboard keys**") :].split("\n\n")[0]
+    named = set(re.findall(r"`([^`]+)`", paragraph))
+    spelled = {"question_mark": "?", "enter": "Enter", "ctrl+c": "Ctrl-C", "ctrl+q": "Ctrl-Q"}
+    keys = {spelled.get(k, k) for b in Dashboard.BINDINGS for k in b.key.split(",")}
+    assert sorted(keys - named) == []
