@@ -4,8 +4,8 @@ tiny step, or the step's rows split over threads.
 `auto` (the default) leaves torch its intra-op threads, except for a step too small to share: below
 SMALL_STEP_FLOPS the step is mostly Python and dispatch, and one thread, which never waits at a barrier for
 another, does it fastest. Measured on the `tuilm train` command itself on a quiet 2-core VM
-(benchmarks/cpu_parallel.py, benchmarks/README.md): one thread 1.2x two at 3 MFLOP a step, even at 50-330 MFLOP,
-two threads 1.5x one from 1.3 GFLOP up.
+(benchmarks/cpu_parallel.py, benchmarks/README.md): one thread 1.2-1.3x two at 3-35 MFLOP a step, about even at
+190-340 MFLOP, two threads 1.5x one from 1.3 GFLOP up.
 
 `batch` splits the step's rows into one micro-batch per thread, each thread on one core with one intra-op thread,
 meeting once a step when their gradients are added. On a quiet machine it is no faster than torch's own threads
