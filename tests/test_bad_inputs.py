@@ -199,12 +199,15 @@ def test_a_truncated_zst_says_it_is_cut_short(tmp_path_factory, cut):
 
     folder = tmp_path_factory.mktemp("z")
     data = jsonl(folder / "c.jsonl").read_bytes()
-    whole = zstandard.ZstdCompressor().compress(data[:3000]) + zstandard.ZstdCompressor().compress(data[3000:])
+    first = zstandard.ZstdCompressor().compress(data[:3000])
+    whole = first + zstandard.ZstdCompressor().compress(data[3000:])
     (folder / "ok.jsonl.zst").write_bytes(whole)
     assert len(load_corpus(folder / "ok.jsonl.zst").documents) == 41  # two frames, read across
-    (folder / "cut.jsonl.zst").write_bytes(whole[: max(1, int(len(whole) * cut))])
-    with pytest.raises(DataError, match="cut short"):
-        load_corpus(folder / "cut.jsonl.zst")
+    # a cut anywhere, and one at the frame boundary: a whole zstd file whose text ends mid-record
+    for end in (max(1, int(len(whole) * cut)), len(first)):
+        (folder / "cut.jsonl.zst").write_bytes(whole[:end])
+        with pytest.raises(DataError, match="cut short"):
+            load_corpus(folder / "cut.jsonl.zst")
 
 
 def test_data_stats_of_a_hub_dataset_says_what_reads_it():

@@ -214,6 +214,8 @@ def _read_jsonl(path: Path) -> tuple[list[str], str]:
             # Numbers are kept as their text: only "text" is read, and a 100,000-digit one is valid JSON.
             record = json.loads(line, parse_int=str, parse_float=str)
         except (ValueError, UnicodeDecodeError) as e:
+            if not line.endswith(b"\n"):  # the last line, broken off mid-record (a zstd frame can end anywhere)
+                raise DataError(f"{path}:{lineno}: the file is cut short mid-record (truncated download?)") from None
             raise DataError(f"{path}:{lineno}: not a JSON object ({e})") from None
         except RecursionError:
             raise DataError(
