@@ -1,20 +1,27 @@
-"""Quality on nanoGPT's val text: nanoGPT's CPU example against tuilm's CPU recipe, back to back.
+"""Quality on nanoGPT's val text: nanoGPT's own CPU example against tuilm's CPU recipe, back to back.
 
-1. nanoGPT: its README's CPU example (char-level, 4 layers, 4 heads, 128 wide, block 64, batch 12, 2,000
-   iterations, lr 1e-3, no dropout) through benchmarks/nanogpt.py, a compact re-implementation, as a subprocess.
-2. tuilm: `tuilm train RECIPE --headless` (default tiny_shakespeare_cpu) as a subprocess.
+For each seed, one after the other (so the machine's drift touches both alike):
+1. nanoGPT: karpathy/nanoGPT's own train.py, unmodified, with its README's CPU example (char-level, 4 layers,
+   4 heads, 128 wide, block 64, batch 12, 2,000 iterations, lr 1e-3, no dropout; benchmarks/anchor.py), as a
+   subprocess in its checkout (`--nanogpt`, cloned once into `--cache`).
+2. tuilm: `tuilm train RECIPE --headless` (default tiny_shakespeare_cpu) with `train.seed` set, as a subprocess.
 
 Each wall time is the whole command, start to exit, as a user would time it. Both models are then scored on
 the same text, nanoGPT's val split (the last 10% of tiny Shakespeare's characters, data/shakespeare_char/
 prepare.py), in the same unit: summed nats over the text / (characters x ln 2), with nanoGPT's count of
-predicted characters as the denominator for both. nanoGPT is scored in consecutive windows of its block (each
-character from 1-64 characters of context: the whole-split version of its own estimate_loss); tuilm is scored
-as `tuilm eval` does, each speech from its start, on its `tail` split, which is that same text less the partial
-speech at the cut ("?" and a blank line) and the final newline: 4 of 111,540 characters. tuilm's own
-bits/char (its unit counts each blank line between speeches as one character) is printed beside it.
+predicted characters as the denominator for both. nanoGPT's checkpoint is scored by its own model.py in
+consecutive windows of its block (each character from 1-64 characters of context: the whole-split version of
+its own estimate_loss, whose last printed val loss is reported beside it); tuilm is scored as `tuilm eval`
+does, each speech from its start, on its `tail` split, which is that same text less the partial speech at the
+cut ("?" and a blank line) and the final newline: 4 of 111,540 characters. tuilm's own bits/char (its unit
+counts each blank line between speeches as one character) is printed beside it.
 
-Usage: python benchmarks/quality.py [--recipe tiny_shakespeare_cpu] [--set key=value ...] [--seed N]
-       [--skip-nanogpt]   (prints one JSON object; about 5 minutes on 2 cores)
+The record (issue 23): the recipe's mean over the seeds at most --target-mean, every seed at most
+--target-each, and every tuilm command no longer than the nanoGPT command run just before it.
+
+Usage: python benchmarks/quality.py [--recipe tiny_shakespeare_cpu] [--set key=value ...] [--seeds 3 | --seed N]
+       [--skip-nanogpt] [--nanogpt SOURCE] [--cache DIR] [--json OUT]
+Prints one JSON object and a Markdown table; about 3 minutes a seed on 2 cores.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import json
 import math
 import os
 import platform
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,45 +42,32 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from anchor import CACHE, CPU_EXAMPLE, SOURCE, nanogpt_checkout, nanogpt_val_chars, score_checkpoint, shakespeare  # noqa: E402
 
-def shakespeare() -> Path:
-    folder = os.environ.get("TUILM_DATA_DIR")
-    path = Path(folder) / "tiny_shakespeare.txt" if folder else None
-    if path is None or not path.is_file():
-        sys.exit("quality.py needs tiny_shakespeare.txt: set TUILM_DATA_DIR to the folder holding it")
-    return path
+SEEDS = (1337, 1, 2, 3, 4, 5, 6, 7, 8, 9)  # --seeds N takes the first N; 1337 is nanoGPT's own
 
 
-def nanogpt_val_chars(text: str) -> int:
-    """The characters nanoGPT predicts on its val split (the last 10%), the denominator of its bits/char."""
-    return len(text) - int(len(text) * 0.9) - 1
-
-
-def timed(cmd: list[str]) -> tuple[float, str]:
+def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return wall, out.stdout
 
 
-def run_nanogpt(data: Path, folder: Path) -> dict:
-    import torch
-    from nanogpt import char_split, load, score
-
-    wall, stdout = timed([sys.executable, str(HERE / "nanogpt.py"), "--data", str(data), "--out", str(folder)])
-    model, chars = load(folder)
-    chars_now, _, val_ids = char_split(data.read_text(encoding="utf-8"))
-    assert chars == chars_now
-    with torch.no_grad():
-        nats, count = score(model, val_ids)
+def run_nanogpt(repo: Path, folder: Path) -> dict:
+    wall, stdout = timed([sys.executable, "train.py", *CPU_EXAMPLE, f"--out_dir={folder}"], cwd=repo)
+    evals = re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", stdout, re.M)
+    step, _, val_loss = evals[-1]
     return {
         "wall_s": round(wall, 1),
-        "train_s": json.loads(stdout.strip().splitlines()[-1])["train_seconds"],
-        "val_bpc": round(nats / (count * math.log(2)), 4),
-        "val_loss_nats_per_char": round(nats / count, 4),
-        "val_characters_scored": count,
+        **score_checkpoint(repo, folder),
+        "own_estimate": {
+            "step": int(step),
+            "val_loss": float(val_loss),
+            "val_bpc": round(float(val_loss) / math.log(2), 4),
+        },
     }
 
 
@@ -101,32 +97,90 @@ def run_tuilm(recipe: str, overrides: list[str], folder: Path, n_val_chars: int)
     }
 
 
+def verdict(rows: list[dict], target_mean: float, target_each: float) -> dict:
+    scores = [r["tuilm"]["val_bpc"] for r in rows]
+    out = {
+        "mean_bpc": round(statistics.fmean(scores), 4),
+        "sd_bpc": round(statistics.stdev(scores), 4) if len(scores) > 1 else None,
+        "worst_bpc": max(scores),
+        "n": len(scores),
+    }
+    ratios = [r["wall_ratio"] for r in rows if "wall_ratio" in r]
+    if ratios:
+        out["worst_wall_ratio"] = max(ratios)
+    misses = []
+    if out["mean_bpc"] > target_mean:
+        misses.append(f"mean {out['mean_bpc']} > {target_mean}")
+    if out["worst_bpc"] > target_each:
+        misses.append(f"a seed scored {out['worst_bpc']} > {target_each}")
+    if ratios and max(ratios) > 1:
+        misses.append(f"a tuilm command took {max(ratios)}x nanoGPT's")
+    if not ratios:
+        misses.append("not timed against nanoGPT (--skip-nanogpt)")
+    out["record"] = "met" if not misses else "not met: " + "; ".join(misses)
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| seed | nanoGPT wall | nanoGPT bits/char (its own estimate) | tuilm wall | tuilm steps | tuilm bits/char | wall ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        n, t = r.get("nanogpt"), r["tuilm"]
+        nano = f"{n['wall_s']} s | {n['val_bpc']:.4f} ({n['own_estimate']['val_bpc']:.3f})" if n else " | "
+        lines.append(
+            f"| {r['seed']} | {nano} | {t['wall_s']} s | {t['steps']} | **{t['val_bpc']:.4f}** | {r.get('wall_ratio', '')} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="tiny_shakespeare_cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for tuilm's run")
-    parser.add_argument("--seed", type=int, default=None, help="tuilm's train.seed")
+    parser.add_argument("--seeds", type=int, default=1, help=f"this many seeds, from {SEEDS[:3]}...")
+    parser.add_argument("--seed", type=int, default=None, help="one seed, this one (instead of --seeds)")
     parser.add_argument("--skip-nanogpt", action="store_true", help="only tuilm (for tuning runs)")
+    parser.add_argument("--nanogpt", default=SOURCE, help="where to clone nanoGPT from (a local clone works)")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="folder for nanoGPT's checkout")
+    parser.add_argument("--target-mean", type=float, default=2.10)
+    parser.add_argument("--target-each", type=float, default=2.12)
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
+    if not 1 <= args.seeds <= len(SEEDS):
+        sys.exit(f"--seeds must be 1 to {len(SEEDS)}")
     data = shakespeare()
-    text = data.read_text(encoding="utf-8")
-    n_val_chars = nanogpt_val_chars(text)
-    overrides = args.overrides + ([f"train.seed={args.seed}"] if args.seed is not None else [])
-    with tempfile.TemporaryDirectory() as tmp:
-        nano = None if args.skip_nanogpt else run_nanogpt(data, Path(tmp) / "nanogpt")
-        ours = run_tuilm(args.recipe, overrides, Path(tmp), n_val_chars)
+    n_val_chars = nanogpt_val_chars(data.read_text(encoding="utf-8"))
+    repo = None if args.skip_nanogpt else nanogpt_checkout(args.nanogpt, args.cache, data)
+    seeds = [args.seed] if args.seed is not None else list(SEEDS[: args.seeds])
+    rows = []
+    for seed in seeds:
+        row: dict = {"seed": seed}
+        with tempfile.TemporaryDirectory() as tmp:
+            if repo:
+                row["nanogpt"] = run_nanogpt(repo, Path(tmp) / "nanogpt")
+            row["tuilm"] = run_tuilm(args.recipe, [*args.overrides, f"train.seed={seed}"], Path(tmp), n_val_chars)
+        if repo:
+            row["wall_ratio"] = round(row["tuilm"]["wall_s"] / row["nanogpt"]["wall_s"], 3)
+        rows.append(row)
+        print(f"seed {seed}: " + json.dumps(row), file=sys.stderr)
     report = {
         "benchmark": "quality",
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "val_text": "tiny Shakespeare, last 10% of the characters (nanoGPT's val split)",
         "unit": "bits per character",
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "nanogpt_cpu_example": nano,
-        "tuilm": {"recipe": args.recipe, "overrides": overrides, **ours},
+        "recipe": args.recipe,
+        "overrides": args.overrides,
+        "seeds": rows,
+        "summary": verdict(rows, args.target_mean, args.target_each),
     }
-    if nano:
-        report["wall_ratio_tuilm_to_nanogpt"] = round(ours["wall_s"] / nano["wall_s"], 3)
-        report["bpc_gain"] = round(nano["val_bpc"] - ours["val_bpc"], 4)
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    print("\n" + table(rows), file=sys.stderr)
+    if args.json:
+        args.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import nanogpt_val_chars, shakespeare
+from anchor import nanogpt_val_chars, shakespeare
 
 from tuilm.commands.groups import METRIC_FIELDS, expand, scores
 from tuilm.sweep.runinfo import summarize_run

@@ -32,7 +32,6 @@ import os
 import platform
 import re
 import select
-import shutil
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import shakespeare  # TUILM_DATA_DIR's tiny_shakespeare.txt, or one line and exit
+from anchor import CACHE, SOURCE, nanogpt_checkout, shakespeare
 
 WARMUP = 0.2  # share of the steps left out at the start (allocator, caches, thread start-up)
 
@@ -50,19 +49,6 @@ SHAPES = {
     "b": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "steps": 300},
     "c": {"n_layer": 2, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 16, "steps": 300, "recipe": 1},
 }
-
-
-def nanogpt_checkout(source: str, cache: Path, text: Path) -> Path:
-    """nanoGPT cloned into the cache once, with its shakespeare_char data prepared by its own script."""
-    repo = cache / "nanoGPT"
-    if not (repo / "train.py").is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "clone", "--quiet", source, str(repo)], check=True)
-    data = repo / "data" / "shakespeare_char"
-    if not (data / "train.bin").is_file():
-        shutil.copyfile(text, data / "input.txt")  # prepare.py downloads it only when it is missing
-        subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
-    return repo
 
 
 def nanogpt_command(shape: dict, steps: int, device: str, out: Path) -> list[str]:
@@ -194,8 +180,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-dashboard", action="store_true")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--nanogpt", default="https://github.com/karpathy/nanoGPT")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "tuilm" / "bench")
+    parser.add_argument("--nanogpt", default=SOURCE)
+    parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--steps", type=int, default=0, help="steps per run (default: the shape's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
