@@ -116,16 +116,23 @@ def test_two_rank_run_resumes_in_one_process(corpus, one_process):
         assert resumed[step]["loss"] == pytest.approx(one[step]["loss"], abs=1e-4), step
 
 
-TEARDOWN_WITNESS = """
+# The end of every wrapper script below: after its prelude has patched tuilm, run the CLI as `tuilm` would.
+RUN_TUILM = """
+sys.argv = ["tuilm", *sys.argv[1:]]
+from tuilm.cli import main
+main()
+"""
+
+TEARDOWN_WITNESS = (
+    """
 import atexit
 import os
 import sys
 
 atexit.register(lambda: print(f"interpreter teardown on rank {os.environ.get('RANK')}", flush=True))
-sys.argv = ["tuilm", *sys.argv[1:]]
-from tuilm.cli import main
-main()
 """
+    + RUN_TUILM
+)
 
 
 def test_ranks_leave_without_the_interpreter_teardown_that_can_abort_them(corpus, tmp_path):
@@ -141,7 +148,8 @@ def test_ranks_leave_without_the_interpreter_teardown_that_can_abort_them(corpus
     assert "interpreter teardown" not in result.stdout
 
 
-FAILING_RANK = """
+FAILING_RANK = (
+    """
 import sys
 from tuilm.commands import train
 from tuilm.train import distributed
@@ -162,10 +170,9 @@ def build_failing(*args, **kwargs):
     return trainer
 
 train.build_trainer = build_failing
-sys.argv = ["tuilm", *sys.argv[1:]]
-from tuilm.cli import main
-main()
 """
+    + RUN_TUILM
+)
 
 
 def test_a_rank_that_raises_ends_the_job(corpus, tmp_path):
@@ -179,7 +186,8 @@ def test_a_rank_that_raises_ends_the_job(corpus, tmp_path):
     assert "rank 1: training failed at step 4: RuntimeError: planted failure on rank 1" in lines[0]
 
 
-OOM_ON_RANK_1 = """
+OOM_ON_RANK_1 = (
+    """
 import sys
 import torch
 from tuilm.model import GPT
@@ -200,10 +208,9 @@ def init_with_limit(self, *args, **kwargs):
     self.blocks[0].register_full_backward_hook(limited)
 
 GPT.__init__ = init_with_limit
-sys.argv = ["tuilm", *sys.argv[1:]]
-from tuilm.cli import main
-main()
 """
+    + RUN_TUILM
+)
 
 
 def test_an_out_of_memory_on_one_rank_halves_the_micro_batch_on_every_rank(corpus, tmp_path):
