@@ -29,10 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +40,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from anchor import CACHE, CPU_EXAMPLE, SOURCE, nanogpt_checkout, nanogpt_val_chars, score_checkpoint, shakespeare  # noqa: E402
+from vs_nanogpt import header, publish  # noqa: E402
+
+from tuilm.sweep.stats import describe  # noqa: E402
 
 SEEDS = (1337, 1, 2, 3, 4, 5, 6, 7, 8, 9)  # --seeds N takes the first N; 1337 is nanoGPT's own
 
@@ -99,12 +99,8 @@ def run_tuilm(recipe: str, overrides: list[str], folder: Path, n_val_chars: int)
 
 def verdict(rows: list[dict], target_mean: float, target_each: float) -> dict:
     scores = [r["tuilm"]["val_bpc"] for r in rows]
-    out = {
-        "mean_bpc": round(statistics.fmean(scores), 4),
-        "sd_bpc": round(statistics.stdev(scores), 4) if len(scores) > 1 else None,
-        "worst_bpc": max(scores),
-        "n": len(scores),
-    }
+    mean, sd, n = describe(scores)
+    out = {"mean_bpc": round(mean, 4), "sd_bpc": None if sd is None else round(sd, 4), "worst_bpc": max(scores), "n": n}
     ratios = [r["wall_ratio"] for r in rows if "wall_ratio" in r]
     if ratios:
         out["worst_wall_ratio"] = max(ratios)
@@ -166,21 +162,15 @@ def main() -> None:
         rows.append(row)
         print(f"seed {seed}: " + json.dumps(row), file=sys.stderr)
     report = {
-        "benchmark": "quality",
-        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "val_text": "tiny Shakespeare, last 10% of the characters (nanoGPT's val split)",
+        **header("quality", val_text="tiny Shakespeare, last 10% of the characters (nanoGPT's val split)"),
         "unit": "bits per character",
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
         "recipe": args.recipe,
         "overrides": args.overrides,
         "seeds": rows,
         "summary": verdict(rows, args.target_mean, args.target_each),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
+    publish(report, args.json)
     print("\n" + table(rows), file=sys.stderr)
-    if args.json:
-        args.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":
