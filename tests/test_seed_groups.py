@@ -34,6 +34,18 @@ def finished_run(folder: Path, bpc: float, steps: int = 300, elapsed: float = 30
     return folder
 
 
+def record_table():
+    """benchmarks/record_table.py, imported once (it is a script, not a module of the package)."""
+    if "record_table" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "record_table", Path(__file__).parent.parent / "benchmarks" / "record_table.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["record_table"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["record_table"]
+
+
 @pytest.fixture
 def groups(tmp_path):
     for i, bpc in enumerate(A):
@@ -86,15 +98,36 @@ def test_a_sweep_group_reports_n_beside_mean_and_sd():
 
 
 def test_the_record_table_is_rendered_from_the_runs(groups):
-    spec = importlib.util.spec_from_file_location(
-        "record_table", Path(__file__).parent.parent / "benchmarks" / "record_table.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("record_table", module)
-    spec.loader.exec_module(module)
+    module = record_table()
     rows = [{"change": "base", "runs": ["sweep-a"]}, {"change": "the change", "runs": ["b*"]}]
     table = module.render(rows, groups).splitlines()
     assert table[2] == "| 0 | base | 3 | 300 | 30.0 | 0.100 | 2.1915 ± 0.0159 |  |"
     assert table[3] == "| 1 | the change | 4 | 600 | 45.0 | 0.075 | 2.1561 ± 0.0110 | -0.0353, p = 0.0192 (kept) |"
     scaled = module.render(rows, groups, chars=2000).splitlines()  # half the runs' 1000 characters
     assert "| 1.0957 ± 0.0080 |" in scaled[2]
+
+
+def test_a_rows_file_names_each_rows_command_and_renders_the_tried_rows(groups, tmp_path):
+    module = record_table()
+    rows_file = tmp_path / "records.toml"
+    rows_file.write_text(
+        'recipe = "tiny"\nseeds = 3\ncommon = ["train.threads=1"]\nout = "runs/r"\n'
+        '[[row]]\nchange = "base"\nsteps = 300\nset = ["train.lr=1e-3", "model.n_layers=2"]\n'
+        '[[row]]\nchange = "lr"\nset = ["train.lr=2e-3"]\n'
+        '[[tried]]\nat = 0\nchange = "deeper"\nset = ["model.n_layers=4"]\nseeds = 1\nsteps = 600\n',
+        encoding="utf-8",
+    )
+    spec = module.load_spec(rows_file)
+    # Each row on top of the one before (its steps too); a tried row on top of its `at` row.
+    assert module.sweep_command(spec, spec["row"][1]) == [
+        "tuilm", "sweep", "tiny", "--seeds", "3", "--budget", "300",
+        "--set", "train.threads=1", "--set", "train.lr=2e-3", "--set", "model.n_layers=2", "--out", "runs/r/1",
+    ]  # fmt: skip
+    tried = spec["tried"][0]
+    assert tried["settings"] == {"train.lr": "1e-3", "model.n_layers": "4"} and tried["runs"] == ["runs/r/tried-0"]
+    assert module.sweep_command(spec, tried)[3:7] == ["--seeds", "1", "--budget", "600"]
+    # Rendered from runs: the rows measured by the groups fixture, the tried row against row 0.
+    spec["row"][0]["runs"], spec["row"][1]["runs"], tried["runs"] = ["sweep-a"], ["b*"], ["b0"]
+    table = module.render_tried(spec["tried"], spec["row"], groups).splitlines()
+    assert table[2] == f"| deeper | 0 | 1 | 600 | 45.0 | {B[0]:.4f} | {B[0] - sum(A) / 3:+.4f} |"
+    assert "--out runs/r/tried-0" in module.commands_block(module.load_spec(rows_file))
