@@ -97,6 +97,38 @@ def run_tuilm(recipe: str, overrides: list[str], folder: Path, n_val_chars: int)
     }
 
 
+def stream_nats(model, stream, batch_rows: int = 32) -> tuple[float, int]:
+    """(summed nats, targets) of a token stream in consecutive windows of the model's block, each window's last
+    token the next one's first: every token after the first predicted once, from 1 to seq_len tokens of the
+    stream before it, across speech boundaries. It is how score_checkpoint scores nanoGPT's checkpoint."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    block = model.cfg.seq_len
+    ids = torch.from_numpy(np.asarray(stream, dtype=np.int64))
+    starts = list(range(0, len(ids) - 1, block))
+    nats, targets = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(starts), batch_rows):
+                group = starts[i : i + batch_rows]
+                width = min(block, len(ids) - 1 - group[0])
+                x = torch.zeros(len(group), width, dtype=torch.long)
+                y = torch.full((len(group), width), -100, dtype=torch.long)
+                for r, s in enumerate(group):
+                    piece = ids[s : s + block + 1]
+                    x[r, : len(piece) - 1], y[r, : len(piece) - 1] = piece[:-1], piece[1:]
+                logits = model(x)
+                nats += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"))
+                targets += int((y != -100).sum())
+    finally:
+        model.train(was_training)
+    return nats, targets
+
+
 def verdict(rows: list[dict], target_mean: float, target_each: float) -> dict:
     scores = [r["tuilm"]["val_bpc"] for r in rows]
     mean, sd, n = describe(scores)

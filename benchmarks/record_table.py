@@ -47,8 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anchor import nanogpt_val_chars, shakespeare
 
 from tuilm.commands.groups import METRIC_FIELDS, expand, scores
+from tuilm.errors import TuilmError
 from tuilm.sweep.runinfo import summarize_run
 from tuilm.sweep.stats import describe, welch
+
+NOT_RUN = "not run yet (record_table.py --run)"
 
 
 def mean_of(values: list[float | None]) -> float | None:
@@ -143,9 +146,15 @@ def run_missing(spec: dict, jobs: int) -> None:
 # -- the tables ------------------------------------------------------------------------------------------------
 
 
-def measure(row: dict, base: Path, metric: str, chars: int | None) -> dict:
-    runs = expand([base / r for r in row["runs"]])
-    values = scores(runs, metric)
+def measure(row: dict, base: Path, metric: str, chars: int | None) -> dict | None:
+    """The row's figures over its completed runs, or None while it has none (--run trains them)."""
+    try:
+        runs = [r for r in expand([base / r for r in row["runs"]]) if summarize_run(r).status == "completed"]
+        values = scores(runs, metric)  # a stopped run (Ctrl-C) is not counted: a second --run finishes it
+    except TuilmError:
+        return None
+    if not runs:
+        return None
     summaries = [summarize_run(r) for r in runs]
     if chars and metric == "bpc":
         values = [v * s.val_characters / chars for v, s in zip(values, summaries, strict=True)]
@@ -185,6 +194,10 @@ def render(rows: list[dict], base: Path, metric: str = "bpc", alpha: float = 0.0
     previous: list[float] | None = None
     for i, row in enumerate(rows):
         m = measure(row, base, metric, chars)
+        if m is None:
+            lines.append(f"| {i} | {row['change']} | {NOT_RUN} |  |  |  |  |  |")
+            previous = None
+            continue
         cells = [str(i), row["change"], str(m["n"]), number(m["steps"], 0, True), number(m["seconds"], 1)]
         lines.append(
             "| "
@@ -210,9 +223,12 @@ def render_tried(
     ]
     for row in tried:
         m = measure(row, base, metric, chars)
+        if m is None:
+            lines.append(f"| {row['change']} | {row['at']} | {NOT_RUN} |  |  |  |  |")
+            continue
         at = measure(rows[row["at"]], base, metric, chars)
         cells = [row["change"], str(row["at"]), str(m["n"]), number(m["steps"], 0, True), number(m["seconds"], 1)]
-        lines.append("| " + " | ".join([*cells, m["score"], against(m["values"], at["values"], alpha)]) + " |")
+        lines.append("| " + " | ".join([*cells, m["score"], against(m["values"], at and at["values"], alpha)]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -131,3 +131,5 @@ def test_a_rows_file_names_each_rows_command_and_renders_the_tried_rows(groups, 
     table = module.render_tried(spec["tried"], spec["row"], groups).splitlines()
     assert table[2] == f"| deeper | 0 | 1 | 600 | 45.0 | {B[0]:.4f} | {B[0] - sum(A) / 3:+.4f} |"
     assert "--out runs/r/tried-0" in module.commands_block(module.load_spec(rows_file))
+    tried["runs"] = ["not-yet"]  # a row not trained yet is said to be so, not a traceback
+    assert module.NOT_RUN in module.render_tried(spec["tried"], spec["row"], groups)
