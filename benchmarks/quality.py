@@ -9,15 +9,23 @@ For each seed, one after the other (so the machine's drift touches both alike):
 Each wall time is the whole command, start to exit, as a user would time it. Both models are then scored on
 the same text, nanoGPT's val split (the last 10% of tiny Shakespeare's characters, data/shakespeare_char/
 prepare.py), in the same unit: summed nats over the text / (characters x ln 2), with nanoGPT's count of
-predicted characters as the denominator for both. nanoGPT's checkpoint is scored by its own model.py in
-consecutive windows of its block (each character from 1-64 characters of context: the whole-split version of
-its own estimate_loss, whose last printed val loss is reported beside it); tuilm is scored as `tuilm eval`
-does, each speech from its start, on its `tail` split, which is that same text less the partial speech at the
-cut ("?" and a blank line) and the final newline: 4 of 111,540 characters. tuilm's own bits/char (its unit
-counts each blank line between speeches as one character) is printed beside it.
+predicted characters as the denominator for both. And by the same method: the text as one stream in
+consecutive windows of each model's own block, every character (token) after the first predicted once, from the
+text before it in its window, across speech boundaries. nanoGPT's checkpoint is scored so by its own model.py
+(1-64 characters of context: the whole-split version of its own estimate_loss, whose last printed val loss is
+reported beside it); tuilm's as `data.val_context = "stream"` scores a val split (1 to seq_len tokens of
+context), on its `tail` split, which is that same text less the partial speech at the cut ("?" and a blank
+line) and the final newline (4 of 111,540 characters), with an end-of-sequence token where the text has a
+blank line between speeches.
 
-The record (issue 23): the recipe's mean over the seeds at most --target-mean, every seed at most
---target-each, and every tuilm command no longer than the nanoGPT command run just before it.
+tuilm is also scored "per speech" (`data.val_context = "document"`, the default): each speech from its
+start, with nothing of the speech before it, the stricter of the two for a model that has learnt to use the
+text before a speech (who spoke last, who is on stage); and in tuilm's own unit, which counts each blank line
+between speeches as one character.
+
+The record (issue 23), on the first scoring (nanoGPT's method): the recipe's mean over the seeds at most
+--target-mean, every seed at most --target-each, and every tuilm command no longer than the nanoGPT command run
+just before it.
 
 Usage: python benchmarks/quality.py [--recipe tiny_shakespeare_cpu] [--set key=value ...] [--seeds 3 | --seed N]
        [--skip-nanogpt] [--nanogpt SOURCE] [--cache DIR] [--json OUT]
@@ -34,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -75,6 +84,7 @@ def run_tuilm(recipe: str, overrides: list[str], folder: Path, n_val_chars: int)
     from tuilm.checkpoint import load_checkpoint
     from tuilm.config import from_dict
     from tuilm.data.dataset import prepare
+    from tuilm.data.pipeline import eval_rows
     from tuilm.train.evaluate import evaluate
 
     run = folder / "run"
@@ -85,48 +95,23 @@ def run_tuilm(recipe: str, overrides: list[str], folder: Path, n_val_chars: int)
     if config.data.split != "tail":
         sys.exit(f"{recipe} validates on a '{config.data.split}' split; only 'tail' is nanoGPT's val text")
     dataset = prepare(config.data, config.model.seq_len, config.rows_per_step, progress=False, tokenizer=ckpt.tokenizer)
-    result = evaluate(ckpt.model, dataset, "cpu")
-    nats = result.loss * result.tokens
+    scored = {
+        context: evaluate(
+            ckpt.model, replace(dataset, val_rows=eval_rows(dataset.val, config.model.seq_len, context)), "cpu"
+        )
+        for context in ("stream", "document")
+    }
+    stream, speeches = scored["stream"], scored["document"]
     return {
         "wall_s": round(wall, 1),
         "steps": ckpt.meta.get("step"),
-        "val_bpc": round(nats / (n_val_chars * math.log(2)), 4),
-        "val_bpc_tuilm_unit": round(result.bpc, 4),
-        "val_characters_tuilm_unit": result.characters,
+        "val_bpc": round(stream.loss * stream.tokens / (n_val_chars * math.log(2)), 4),
+        "val_bpc_per_speech": round(speeches.loss * speeches.tokens / (n_val_chars * math.log(2)), 4),
+        "val_bpc_tuilm_unit": round(stream.bpc, 4),
+        "val_bpc_per_speech_tuilm_unit": round(speeches.bpc, 4),
+        "val_characters_tuilm_unit": stream.characters,
         "params": sum(p.numel() for p in ckpt.model.parameters()),
     }
-
-
-def stream_nats(model, stream, batch_rows: int = 32) -> tuple[float, int]:
-    """(summed nats, targets) of a token stream in consecutive windows of the model's block, each window's last
-    token the next one's first: every token after the first predicted once, from 1 to seq_len tokens of the
-    stream before it, across speech boundaries. It is how score_checkpoint scores nanoGPT's checkpoint."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    block = model.cfg.seq_len
-    ids = torch.from_numpy(np.asarray(stream, dtype=np.int64))
-    starts = list(range(0, len(ids) - 1, block))
-    nats, targets = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i in range(0, len(starts), batch_rows):
-                group = starts[i : i + batch_rows]
-                width = min(block, len(ids) - 1 - group[0])
-                x = torch.zeros(len(group), width, dtype=torch.long)
-                y = torch.full((len(group), width), -100, dtype=torch.long)
-                for r, s in enumerate(group):
-                    piece = ids[s : s + block + 1]
-                    x[r, : len(piece) - 1], y[r, : len(piece) - 1] = piece[:-1], piece[1:]
-                logits = model(x)
-                nats += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum"))
-                targets += int((y != -100).sum())
-    finally:
-        model.train(was_training)
-    return nats, targets
 
 
 def verdict(rows: list[dict], target_mean: float, target_each: float) -> dict:
@@ -151,14 +136,16 @@ def verdict(rows: list[dict], target_mean: float, target_each: float) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| seed | nanoGPT wall | nanoGPT bits/char (its own estimate) | tuilm wall | tuilm steps | tuilm bits/char | wall ratio |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| seed | nanoGPT wall | nanoGPT bits/char (its own estimate) | tuilm wall | tuilm steps | tuilm bits/char "
+        "| tuilm per speech | wall ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         n, t = r.get("nanogpt"), r["tuilm"]
         nano = f"{n['wall_s']} s | {n['val_bpc']:.4f} ({n['own_estimate']['val_bpc']:.3f})" if n else " | "
         lines.append(
-            f"| {r['seed']} | {nano} | {t['wall_s']} s | {t['steps']} | **{t['val_bpc']:.4f}** | {r.get('wall_ratio', '')} |"
+            f"| {r['seed']} | {nano} | {t['wall_s']} s | {t['steps']} | **{t['val_bpc']:.4f}** "
+            f"| {t['val_bpc_per_speech']:.4f} | {r.get('wall_ratio', '')} |"
         )
     return "\n".join(lines)
 

@@ -123,6 +123,18 @@ def test_eval_rows_keep_every_token(docs):
     assert sum(rows.lengths - 1) == docs.n_tokens
 
 
+def test_stream_eval_rows_predict_each_token_once_from_the_documents_before_it(docs):
+    rows = eval_rows(docs, 5, "stream")
+    # Consecutive windows, each one's last token the next one's first: the second document's tokens are
+    # predicted from the end of the first, which the document rows never show them.
+    assert rows_of(rows) == [[1, 10, 11, 12, 1, 20], [20, 1, 30, 31, 32, 33], [33, 34, 1]]
+    batch = collate(rows, np.arange(len(rows)), trim=True, eos_id=EOS)
+    assert batch.n_targets == docs.n_tokens
+    assert sorted(batch.targets[batch.targets != IGNORE].tolist()) == sorted(docs.stream[1:].tolist())
+    with pytest.raises(ConfigError, match="unknown val context"):
+        eval_rows(docs, 5, "speech")
+
+
 def test_epoch_batches_are_reproducible_and_drop_only_an_incomplete_last_batch(docs):
     rows = make_rows(docs, "pad-overflow", 4)
     a = epoch_batches(rows, 3, seed=7, epoch=2)

@@ -151,6 +151,7 @@ def test_every_other_setting_loads_its_default(key):
         ("explode_factor=nan", "health.explode_factor must be a finite number > 0.0, got nan"),
         ("momentum=nan", "train.momentum must be a finite number in [0.0, 1.0), got nan"),
         ("health.update_low=0", "health.update_low (0.0) must be at most health.update_high"),
+        ("val_context=speech", "data.val_context 'speech' is not one of: document, stream"),
     ],
 )
 def test_the_issues_settings_are_refused(override, fragment):
@@ -174,6 +175,12 @@ def test_cross_field_rules_do_not_depend_on_the_order_of_overrides():
             apply_overrides(base, order)
     for order in (["lr=1e-5", "min_lr=1e-6"], ["min_lr=1e-6", "lr=1e-5"]):
         assert apply_overrides(base, order).train.min_lr == 1e-6
+
+
+def test_a_stream_evaluation_is_refused_for_a_model_that_never_attends_across_documents():
+    for order in (["doc_mask=true", "val_context=stream"], ["val_context=stream", "doc_mask=true"]):
+        with pytest.raises(ConfigError, match="data.doc_mask never lets attention cross a document end"):
+            apply_overrides(from_dict({}), order)
 
 
 def assert_one_line(out, *fragments):

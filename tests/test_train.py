@@ -197,3 +197,26 @@ def test_batch_tokens_sets_rows_per_step_from_seq_len(small_corpus, tmp_path):
     trainer.run()
     assert all(s.tokens - prev <= 64 for s, prev in zip(rec.of(ev.Step), [0, rec.of(ev.Step)[0].tokens], strict=True))
     assert rec.of(ev.Step)[0].tokens == 64  # packed rows are full: 4 rows x 16 targets
+
+
+def test_a_stream_evaluation_scores_every_val_token_from_the_text_before_it(small_corpus, tmp_path):
+    trainer, recorder = tiny_trainer(small_corpus, tmp_path / "run", "val_context=stream", "max_steps=3")
+    trainer.run()
+    from tuilm.train.evaluate import evaluate
+
+    model, val = trainer.model, trainer.dataset.val
+    stream = evaluate(model, trainer.dataset, "cpu")
+    # By hand: consecutive windows of seq_len targets over [eos] d0 eos d1 ..., each window's last input the
+    # next one's first, so every token after the first is predicted once, across document ends.
+    ids, block, nats = torch.from_numpy(val.stream.astype("int64")), model.cfg.seq_len, 0.0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, block):
+            piece = ids[start : start + block + 1]
+            logits = model(piece[None, :-1])
+            nats += float(torch.nn.functional.cross_entropy(logits[0], piece[1:], reduction="sum"))
+    assert stream.tokens == val.n_tokens
+    assert stream.loss == pytest.approx(nats / val.n_tokens, rel=1e-5)
+    # The run's own evaluations were the stream's: its last eval event holds the same figure.
+    last = [e for e in recorder.events if isinstance(e, ev.Eval)][-1]
+    assert last.val_loss == pytest.approx(stream.loss, rel=1e-5)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from tuilm.data.config import POLICIES, SPLITS, DataConfig
+from tuilm.data.config import POLICIES, SPLITS, VAL_CONTEXTS, DataConfig
 from tuilm.errors import ConfigError
 from tuilm.formatting import short
 from tuilm.model.config import LIMITS, MODEL_LEAST, ModelConfig
@@ -130,6 +130,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "hea
 CHOICES = {
     "data.policy": POLICIES,
     "data.split": SPLITS,
+    "data.val_context": VAL_CONTEXTS,
     "train.optimizer": ("adamw", "adam", "sgd", "adafactor", "muon"),
     "train.schedule": ("cosine", "linear", "constant", "wsd"),
     "train.decay_shape": ("linear", "sqrt"),
@@ -448,6 +449,11 @@ def validate(config: RunConfig) -> None:
     d, t, h = config.data, config.train, config.health
     checks = [
         (d.stride <= config.model.seq_len, f"data.stride must be 0 or 1..seq_len, got {d.stride}"),
+        (
+            not (d.doc_mask and d.val_context == "stream"),
+            "data.doc_mask never lets attention cross a document end, which data.val_context = 'stream' scores: "
+            "choose one of them",
+        ),
         (t.min_lr <= t.lr, f"train.min_lr must be between 0 and train.lr ({t.lr}), got {t.min_lr}"),
         (
             h.update_low <= h.update_high,

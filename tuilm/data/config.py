@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 POLICIES = ("pack", "pad", "pad-overflow", "bucket")  # how documents become fixed-length rows (data.pipeline)
 SPLITS = ("random", "tail")  # which documents are held out for validation
+VAL_CONTEXTS = ("document", "stream")  # what a val token is predicted from (data.pipeline.eval_rows)
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class DataConfig:
     val_fraction: float = 0.1
     split_seed: int = 1337
     train_fraction: float = 1.0  # use only this (seeded) fraction of the training documents
+    val_context: str = "document"  # document: each val document from its start | stream: the text before it too
     # corpora (issue 15): "" trains tuilm's BPE; "gpt2"... or a Hugging Face model dir uses that model's tokenizer
     tokenizer: str = ""
     text_field: str = "text"  # hf:<name> sources: the column holding the text

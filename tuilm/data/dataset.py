@@ -74,7 +74,7 @@ def prepare(
         overflow_min=data.overflow_min,
         batch_size=batch_size,
     )
-    return Dataset(corpus, tokenizer, train, val, rows, eval_rows(val, seq_len))
+    return Dataset(corpus, tokenizer, train, val, rows, eval_rows(val, seq_len, data.val_context))
 
 
 def _tokenized_split(data, progress, on_status, tokenizer):

@@ -306,12 +306,23 @@ def collate(
     return batch
 
 
-def eval_rows(docs: TokenizedDocs, seq_len: int) -> Rows:
-    """Validation rows: every document from its start, in pieces of seq_len, nothing dropped.
+def eval_rows(docs: TokenizedDocs, seq_len: int, context: str = "document") -> Rows:
+    """Validation rows: every target once, nothing dropped, whatever policy trained the model.
 
-    The same for every training policy, so val loss and bits/char compare across policies and block sizes.
+    document (the default): every document from its start, in pieces of seq_len, so val loss and bits/char
+    compare across policies and block sizes. stream: the documents as one stream in consecutive windows of seq_len
+    targets, each window's last token the next one's first, so a document is predicted from the ones before it
+    too (up to seq_len tokens back): how nanoGPT scores its val text, for figures set beside its own.
     """
-    return make_rows(docs, "pad-overflow", seq_len, overflow_min=1)
+    if context == "document":
+        return make_rows(docs, "pad-overflow", seq_len, overflow_min=1)
+    if context != "stream":
+        raise ConfigError(f"unknown val context '{context}'; choose document or stream")
+    n = len(docs.stream)
+    starts = np.arange(0, n - 1, seq_len, dtype=np.int64)
+    lengths = np.minimum(seq_len + 1, n - starts)
+    report = PolicyReport("stream", len(starts), docs.n_tokens, 0, 0.0)
+    return Rows(docs.stream, starts, lengths, seq_len, "stream", report)
 
 
 def eval_batches(rows: Rows, max_tokens: int) -> list[np.ndarray]:

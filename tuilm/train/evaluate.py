@@ -1,7 +1,9 @@
 """Validation: loss, perplexity, bits per character and bits per UTF-8 byte over the whole val split.
 
 Every val document is scored from its start (after an end-of-sequence token), in pieces of seq_len, with no
-token dropped, whatever policy trained the model; so losses compare across policies and block sizes, and
+token dropped, whatever policy trained the model (or with data.val_context = "stream", the val documents as one
+stream, each from the ones before it too: data.pipeline.eval_rows); so losses compare across policies and
+block sizes, and
 bits per character (summed nats / (characters x ln 2)) compares across tokenizers too; bits per byte (the same
 over the text's UTF-8 bytes) also across scripts and with byte-level models. For ASCII text the two are equal.
 """
