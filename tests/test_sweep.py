@@ -251,6 +251,19 @@ def test_interrupted_sweep_resumes_where_it_stopped(small_corpus, tmp_path, buil
     assert builds.calls == []
 
 
+def test_a_run_made_before_a_setting_existed_matches_that_settings_default(tmp_path):
+    from tuilm.config import apply_overrides, from_dict
+
+    config = from_dict({})
+    saved = tmp_path / "config.toml"
+    # An older tuilm's config.toml: no data.val_context line; the run scored as the default does.
+    saved.write_text(config.to_toml().replace('val_context = "document"\n', ""), encoding="utf-8")
+    assert "val_context" not in saved.read_text(encoding="utf-8")
+    assert runner.config_difference(saved, config) == ""
+    stream = apply_overrides(config, ["val_context=stream"])
+    assert runner.config_difference(saved, stream) == "data.val_context document there, stream here"
+
+
 def test_second_ctrl_c_quits_at_once_and_a_rerun_finishes(small_corpus, tmp_path, builds, capsys):
     main = threading.main_thread().ident
 

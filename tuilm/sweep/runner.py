@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from tuilm.atomic import atomic_write_text
-from tuilm.config import RunConfig
+from tuilm.config import RunConfig, from_dict
 from tuilm.errors import CheckpointError, ConfigError, TuilmError
 from tuilm.formatting import fmt, percent, show_value
 from tuilm.run_setup import (
@@ -83,9 +83,16 @@ def check_existing(sweep_dir: Path, plan: list[PlannedRun], configs: dict[str, A
 
 def config_difference(saved: Path, config: RunConfig) -> str:
     try:
-        theirs = flatten(tomllib.loads(saved.read_text(encoding="utf-8")))
+        table = tomllib.loads(saved.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return "its config.toml is unreadable"
+    try:
+        # Through the loader, so a setting added since that run was made counts at its default (which it ran
+        # with), and a rerun after an upgrade of tuilm reuses the run instead of refusing it.
+        table = tomllib.loads(from_dict(table, table.get("recipe", "custom")).to_toml())
+    except TuilmError:
+        pass  # a config this version cannot load (a newer tuilm's): compared as written
+    theirs = flatten(table)
     ours = flatten(tomllib.loads(config.to_toml()))  # through TOML too, so both sides spell values alike
     keys = [k for k in dict.fromkeys([*ours, *theirs]) if k not in IGNORED_IN_MATCH]
     differ = [k for k in keys if ours.get(k) != theirs.get(k)]
