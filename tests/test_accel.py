@@ -207,6 +207,14 @@ def test_cpu_flags_decide_native_bf16(monkeypatch):
     assert not device_mod.cpu_native_bf16()
 
 
+def test_bf16_on_a_cpu_without_native_bf16_trains_as_asked_and_says_why_it_is_slow(monkeypatch):
+    monkeypatch.setattr(device_mod, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    precision = device_mod.pick_precision(torch.device("cpu"), "bf16")
+    assert precision.name == "bf16" and "no native bf16" in precision.note and "train.dtype=fp32" in precision.note
+    monkeypatch.setattr(device_mod, "_cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert device_mod.pick_precision(torch.device("cpu"), "bf16").note == ""
+
+
 def test_bf16_on_an_mps_without_it_falls_back_with_a_notice(monkeypatch):
     monkeypatch.setattr(device_mod, "_mps_autocast_works", lambda dtype=torch.float16: dtype == torch.float16)
     precision = device_mod.pick_precision(torch.device("mps"), "bf16")

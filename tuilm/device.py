@@ -72,6 +72,10 @@ def pick_precision(device: torch.device, name: str = "auto") -> Precision:
             return Precision(fallback.name, fallback.dtype, fallback.scaler, note)
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("this GPU does not support bf16; use --set train.dtype=fp16")
+        if device.type == "cpu" and not cpu_native_bf16():
+            # A recipe tuned on a CPU with AMX (tiny_shakespeare_cpu) still runs here, as asked, but say why it is slow.
+            note = "this CPU has no native bf16 (AVX512-BF16/AMX): bf16 autocast is emulated, slower than fp32 here (--set train.dtype=fp32)"
+            return Precision("bf16", torch.bfloat16, False, note)
         return Precision("bf16", torch.bfloat16, False)
     if name == "fp16":
         # On the CPU it is slow and no better than bf16, but it is the path a GPU without bf16 takes (autocast and
