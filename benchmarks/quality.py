@@ -169,6 +169,7 @@ def main() -> None:
     n_val_chars = nanogpt_val_chars(data.read_text(encoding="utf-8"))
     repo = None if args.skip_nanogpt else nanogpt_checkout(args.nanogpt, args.cache, data)
     seeds = [args.seed] if args.seed is not None else list(SEEDS[: args.seeds])
+    head = header("quality", val_text="tiny Shakespeare, last 10% of the characters (nanoGPT's val split)")
     rows = []
     for seed in seeds:
         row: dict = {"seed": seed}
@@ -181,7 +182,7 @@ def main() -> None:
         rows.append(row)
         print(f"seed {seed}: " + json.dumps(row), file=sys.stderr)
     report = {
-        **header("quality", val_text="tiny Shakespeare, last 10% of the characters (nanoGPT's val split)"),
+        **head,  # made before the runs: `started` is when they started
         "unit": "bits per character",
         "recipe": args.recipe,
         "overrides": args.overrides,
