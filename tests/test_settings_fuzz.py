@@ -179,7 +179,7 @@ def test_cross_field_rules_do_not_depend_on_the_order_of_overrides():
 
 def test_a_stream_evaluation_is_refused_for_a_model_that_never_attends_across_documents():
     for order in (["doc_mask=true", "val_context=stream"], ["val_context=stream", "doc_mask=true"]):
-        with pytest.raises(ConfigError, match="data.doc_mask never lets attention cross a document end"):
+        with pytest.raises(ConfigError, match=r"data\.doc_mask never lets attention cross a document end"):
             apply_overrides(from_dict({}), order)
 
 

@@ -7,6 +7,7 @@ finished, resumes the one that was interrupted, and retries the ones that crashe
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 import tomllib
@@ -86,12 +87,11 @@ def config_difference(saved: Path, config: RunConfig) -> str:
         table = tomllib.loads(saved.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return "its config.toml is unreadable"
-    try:
-        # Through the loader, so a setting added since that run was made counts at its default (which it ran
-        # with), and a rerun after an upgrade of tuilm reuses the run instead of refusing it.
+    # Through the loader, so a setting added since that run was made counts at its default (which it ran with),
+    # and a rerun after an upgrade of tuilm reuses the run instead of refusing it. A config this version cannot
+    # load (a newer tuilm's) is compared as written.
+    with contextlib.suppress(TuilmError):
         table = tomllib.loads(from_dict(table, table.get("recipe", "custom")).to_toml())
-    except TuilmError:
-        pass  # a config this version cannot load (a newer tuilm's): compared as written
     theirs = flatten(table)
     ours = flatten(tomllib.loads(config.to_toml()))  # through TOML too, so both sides spell values alike
     keys = [k for k in dict.fromkeys([*ours, *theirs]) if k not in IGNORED_IN_MATCH]
