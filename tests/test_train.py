@@ -220,3 +220,15 @@ def test_a_stream_evaluation_scores_every_val_token_from_the_text_before_it(smal
     # The run's own evaluations were the stream's: its last eval event holds the same figure.
     last = [e for e in recorder.events if isinstance(e, ev.Eval)][-1]
     assert last.val_loss == pytest.approx(stream.loss, rel=1e-5)
+
+
+def test_tuilm_eval_scores_a_runs_own_val_split_as_the_run_did(small_corpus, tmp_path, capsys):
+    from tuilm.commands.eval import eval_command
+
+    trainer, recorder = tiny_trainer(small_corpus, tmp_path / "run", "val_context=stream", "max_steps=3")
+    trainer.run()
+    eval_command(tmp_path / "run" / "last.safetensors", None, "cpu", as_json=True)
+    doc = json.loads(capsys.readouterr().out)
+    last = [e for e in recorder.events if isinstance(e, ev.Eval)][-1]
+    assert doc["data"].endswith("scored as one stream)")
+    assert doc["val_loss"] == pytest.approx(last.val_loss, rel=1e-5)

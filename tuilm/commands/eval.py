@@ -113,9 +113,11 @@ def own_val_split(ckpt):
         raise DataError(
             f"{source} has changed since this model was trained (different content); evaluate on a file with --data"
         )
+    context = config.data.val_context  # scored as the run scored its own evaluations
     if dataset is None:
-        dataset = _scored(ckpt, corpus, [corpus.documents[i] for i in val_idx])
-    return dataset, f"{name} (val split, {n_docs:,} documents)"
+        dataset = _scored(ckpt, corpus, [corpus.documents[i] for i in val_idx], context)
+    how = ", scored as one stream" if context == "stream" else ""
+    return dataset, f"{name} (val split, {n_docs:,} documents{how})"
 
 
 def other_text(ckpt, data: str):
@@ -133,13 +135,14 @@ def other_text(ckpt, data: str):
     return _scored(ckpt, corpus, corpus.documents), f"{corpus.name} ({len(corpus.documents):,} documents)"
 
 
-def _scored(ckpt, corpus, texts: list[str]):
+def _scored(ckpt, corpus, texts: list[str], context: str = "document"):
     from tuilm.data.dataset import Dataset
     from tuilm.data.pipeline import encode_docs, eval_rows, make_rows
 
     tokenizer, seq_len = ckpt.tokenizer, ckpt.model.cfg.seq_len
     docs = encode_docs(tokenizer, texts)
-    return Dataset(corpus, tokenizer, docs, docs, make_rows(docs, "pad", seq_len), eval_rows(docs, seq_len))
+    rows = eval_rows(docs, seq_len, context)
+    return Dataset(corpus, tokenizer, docs, docs, make_rows(docs, "pad", seq_len), rows)
 
 
 def sliding_eval_command(
