@@ -102,11 +102,15 @@ def run_tuilm(recipe: str, overrides: list[str], folder: Path, n_val_chars: int)
         for context in ("stream", "document")
     }
     stream, speeches = scored["stream"], scored["document"]
+
+    def nanogpt_unit(result) -> float:  # summed nats over nanoGPT's count of the val characters
+        return round(result.loss * result.tokens / (n_val_chars * math.log(2)), 4)
+
     return {
         "wall_s": round(wall, 1),
         "steps": ckpt.meta.get("step"),
-        "val_bpc": round(stream.loss * stream.tokens / (n_val_chars * math.log(2)), 4),
-        "val_bpc_per_speech": round(speeches.loss * speeches.tokens / (n_val_chars * math.log(2)), 4),
+        "val_bpc": nanogpt_unit(stream),
+        "val_bpc_per_speech": nanogpt_unit(speeches),
         "val_bpc_tuilm_unit": round(stream.bpc, 4),
         "val_bpc_per_speech_tuilm_unit": round(speeches.bpc, 4),
         "val_characters_tuilm_unit": stream.characters,

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anchor import nanogpt_val_chars, shakespeare
 
-from tuilm.commands.groups import METRIC_FIELDS, expand, scores
+from tuilm.commands.groups import METRIC_FIELDS, expand
 from tuilm.errors import TuilmError
 from tuilm.sweep.runinfo import summarize_run
 from tuilm.sweep.stats import describe, welch
@@ -148,16 +148,15 @@ def run_missing(spec: dict, jobs: int) -> None:
 
 def measure(row: dict, base: Path, metric: str, chars: int | None) -> dict | None:
     """The row's figures over its completed runs, or None while it has none (--run trains them)."""
-    try:
-        runs = [r for r in expand([base / r for r in row["runs"]]) if summarize_run(r).status == "completed"]
-        values = scores(runs, metric)  # a stopped run (Ctrl-C) is not counted: a second --run finishes it
+    try:  # each run's metrics read once; a stopped run (Ctrl-C) is not counted: a second --run finishes it
+        summaries = [x for x in map(summarize_run, expand([base / r for r in row["runs"]])) if x.status == "completed"]
     except TuilmError:
         return None
-    if not runs:
+    values = [getattr(x, METRIC_FIELDS[metric][0]) for x in summaries]
+    if not summaries or None in values:  # not run yet, or not evaluated yet
         return None
-    summaries = [summarize_run(r) for r in runs]
     if chars and metric == "bpc":
-        values = [v * s.val_characters / chars for v, s in zip(values, summaries, strict=True)]
+        values = [v * x.val_characters / chars for v, x in zip(values, summaries, strict=True)]
     steps, seconds = mean_of([s.steps for s in summaries]), mean_of([s.elapsed for s in summaries])
     mean, std, n = describe(values)
     return {
@@ -221,12 +220,15 @@ def render_tried(
         f"| change | on row | n | steps | train s | {label} | against that row |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
+    rows_measured: dict[int, dict | None] = {}  # each `at` row read once, however many rows were tried on it
     for row in tried:
         m = measure(row, base, metric, chars)
         if m is None:
             lines.append(f"| {row['change']} | {row['at']} | {NOT_RUN} |  |  |  |  |")
             continue
-        at = measure(rows[row["at"]], base, metric, chars)
+        if row["at"] not in rows_measured:
+            rows_measured[row["at"]] = measure(rows[row["at"]], base, metric, chars)
+        at = rows_measured[row["at"]]
         cells = [row["change"], str(row["at"]), str(m["n"]), number(m["steps"], 0, True), number(m["seconds"], 1)]
         lines.append("| " + " | ".join([*cells, m["score"], against(m["values"], at and at["values"], alpha)]) + " |")
     return "\n".join(lines) + "\n"
